@@ -1,0 +1,1 @@
+"""vaultsvc: the secrets vault of the Interakt platform."""
