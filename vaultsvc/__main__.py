@@ -1,0 +1,3 @@
+from vaultsvc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Audit trail: per-call context and the bounded write-behind buffer for resolves.
+
+Mutations write their event in the same transaction as the change. Everything else is
+written by the interceptor after the handler, before the response leaves. Resolves go
+through :class:`AuditWriter`'s bounded buffer; when events cannot be written (buffer
+full, or the last flush failed), resolves fail closed with UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from vaultsvc.domain import AuditRecord
+from vaultsvc.errors import Unavailable
+from vaultsvc.storage.repository import Repository
+
+_log = logging.getLogger("vaultsvc.audit")
+
+
+@dataclass
+class CallContext:
+    """What the interceptor knows about the current RPC; handlers add names and tool."""
+
+    method: str
+    request_id: str
+    peer: str
+    principal: str = ""
+    role: str = ""
+    record: AuditRecord = field(init=False)
+    audited: bool = False
+
+    def __post_init__(self) -> None:
+        self.record = AuditRecord(
+            principal=self.principal,
+            method=self.method,
+            request_id=self.request_id,
+            peer=self.peer,
+        )
+
+    def set_principal(self, principal: str, role: str) -> None:
+        self.principal = principal
+        self.role = role
+        self.record.principal = principal
+
+
+current_call: ContextVar[CallContext] = ContextVar("vaultsvc_current_call")
+
+
+def audit_record() -> AuditRecord:
+    """The audit record of the current call, for a handler to fill and write in its transaction."""
+    call = current_call.get()
+    return call.record
+
+
+def mark_audited() -> None:
+    current_call.get().audited = True
+
+
+class AuditWriter:
+    """Writes audit events; a bounded buffer flushed in batches for the resolve path."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        *,
+        buffer_size: int = 10_000,
+        flush_interval: float = 0.2,
+        batch_size: int = 500,
+        write_timeout: float = 5.0,
+    ) -> None:
+        self._repo = repository
+        self._queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=buffer_size)
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._write_timeout = write_timeout
+        self._task: asyncio.Task[None] | None = None
+        self._healthy = True
+        self._wakeup = asyncio.Event()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="audit-flusher")
+
+    async def write(self, record: AuditRecord) -> None:
+        """Write one event now; UNAVAILABLE if it cannot be stored."""
+        try:
+            await asyncio.wait_for(self._repo.write_audit([record]), timeout=self._write_timeout)
+        except Exception as exc:
+            _log.error("audit write failed", extra={"error": type(exc).__name__})
+            raise Unavailable(
+                "the audit trail cannot be written; request refused", reason="AUDIT_UNAVAILABLE"
+            ) from None
+
+    def ensure_accepting(self) -> None:
+        """Fail closed before doing work whose event could not be recorded."""
+        if not self._healthy or self._queue.full():
+            raise Unavailable(
+                "the audit trail cannot be written; request refused", reason="AUDIT_UNAVAILABLE"
+            )
+
+    def enqueue(self, record: AuditRecord) -> None:
+        self.ensure_accepting()
+        if record.time is None:
+            record.time = datetime.now(UTC)
+        self._queue.put_nowait(record)
+        if self._queue.qsize() >= self._batch_size:
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        backoff = self._flush_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
+            self._wakeup.clear()
+            try:
+                await self.flush()
+            except Exception as exc:
+                if self._healthy:
+                    _log.error("audit flush failed; refusing resolves until it recovers",
+                               extra={"error": type(exc).__name__})
+                self._healthy = False
+                backoff = min(backoff * 2, 5.0)
+            else:
+                if not self._healthy:
+                    _log.warning("audit flush recovered")
+                self._healthy = True
+                backoff = self._flush_interval
+
+    async def flush(self) -> None:
+        """Write everything buffered; on failure the events stay buffered."""
+        while not self._queue.empty():
+            batch = [self._queue.get_nowait() for _ in range(min(self._batch_size, self._queue.qsize()))]
+            try:
+                await asyncio.wait_for(self._repo.write_audit(batch), timeout=self._write_timeout)
+            except BaseException:
+                # Put them back (newest events may be dropped only if the queue refilled).
+                for record in batch:
+                    with contextlib.suppress(asyncio.QueueFull):
+                        self._queue.put_nowait(record)
+                raise
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await asyncio.wait_for(self.flush(), timeout=timeout)
+        except Exception as exc:
+            _log.error(
+                "audit events lost at shutdown",
+                extra={"error": type(exc).__name__, "count": self._queue.qsize()},
+            )

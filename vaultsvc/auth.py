@@ -1,0 +1,105 @@
+"""Authentication (bearer tokens, mTLS subjects) and the one default-deny role table."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from vaultsvc.errors import PermissionDenied, Unauthenticated
+
+ADMIN = "admin"
+VIEWER = "viewer"
+RESOLVER = "resolver"
+ROLES = frozenset({ADMIN, VIEWER, RESOLVER})
+
+_PKG = "/interakt.vault.v1."
+
+#: Every RPC the vault serves and the roles allowed to call it. Anything not listed is
+#: denied. An admin can NOT resolve: no admin credential ever leads to a value.
+METHOD_ROLES: Mapping[str, frozenset[str]] = {
+    _PKG + "SecretService/CreateSecret": frozenset({ADMIN}),
+    _PKG + "SecretService/GetSecret": frozenset({ADMIN, VIEWER}),
+    _PKG + "SecretService/ListSecrets": frozenset({ADMIN, VIEWER}),
+    _PKG + "SecretService/UpdateSecret": frozenset({ADMIN}),
+    _PKG + "SecretService/DeleteSecret": frozenset({ADMIN}),
+    _PKG + "SecretService/GetVaultStats": frozenset({ADMIN, VIEWER}),
+    _PKG + "ConfigService/PutConfigValue": frozenset({ADMIN}),
+    _PKG + "ConfigService/GetConfigValue": frozenset({ADMIN, VIEWER}),
+    _PKG + "ConfigService/ListConfigValues": frozenset({ADMIN, VIEWER}),
+    _PKG + "ConfigService/DeleteConfigValue": frozenset({ADMIN}),
+    _PKG + "ResolverService/ResolveTemplate": frozenset({RESOLVER}),
+    _PKG + "ResolverService/CheckTemplate": frozenset({ADMIN, VIEWER, RESOLVER}),
+    _PKG + "AuditService/ListAuditEvents": frozenset({ADMIN}),
+}
+
+#: Open to everyone, never audited: standard health checking and server reflection.
+OPEN_SERVICE_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+def is_open_method(method: str) -> bool:
+    return method.startswith(OPEN_SERVICE_PREFIXES)
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    principal: str
+    role: str
+    sha256: bytes
+
+    def __repr__(self) -> str:
+        return f"TokenEntry(principal={self.principal!r}, role={self.role!r})"
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def new_token() -> str:
+    """A fresh random bearer token (256 bits, URL-safe)."""
+    return "vt_" + secrets.token_urlsafe(32)
+
+
+class TokenAuthenticator:
+    """Looks a bearer token up among configured SHA-256 hashes in constant time."""
+
+    def __init__(self, entries: Iterable[TokenEntry]) -> None:
+        self._entries: Sequence[TokenEntry] = tuple(entries)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthenticated("missing authorization metadata (expected 'Bearer <token>')")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+            raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>')")
+        digest = hash_token(token)
+        found: TokenEntry | None = None
+        # Compare against every entry so timing does not depend on which one matches.
+        for entry in self._entries:
+            if hmac.compare_digest(entry.sha256, digest):
+                found = entry
+        if found is None:
+            raise Unauthenticated("unknown token")
+        return Principal(found.principal, found.role)
+
+
+def authorize(method: str, principal: Principal) -> None:
+    allowed = METHOD_ROLES.get(method)
+    if allowed is None or principal.role not in allowed:
+        raise PermissionDenied(
+            f"principal {principal.name} (role {principal.role}) may not call {method}",
+            reason="PERMISSION_DENIED",
+        )

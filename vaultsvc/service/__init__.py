@@ -1,0 +1,17 @@
+"""gRPC servicers: thin, mapping protos to :mod:`vaultsvc.core` and back, nothing else."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+
+def timestamp(value: datetime | None) -> Any:
+    """A ``google.protobuf.Timestamp`` (or None to leave the field unset)."""
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts

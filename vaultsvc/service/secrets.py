@@ -1,0 +1,128 @@
+"""SecretService and ConfigService servicers. No response here ever carries a secret value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import empty_pb2
+from interakt.vault.v1 import config_service_pb2 as cpb
+from interakt.vault.v1 import config_service_pb2_grpc as cgrpc
+from interakt.vault.v1 import secret_service_pb2 as spb
+from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
+
+from vaultsvc.audit import audit_record, mark_audited
+from vaultsvc.core import Vault
+from vaultsvc.domain import ConfigRecord, SecretMeta
+from vaultsvc.service import timestamp
+
+
+def secret_message(meta: SecretMeta) -> spb.Secret:
+    return spb.Secret(
+        name=meta.name,
+        description=meta.description,
+        create_time=timestamp(meta.create_time),
+        update_time=timestamp(meta.update_time),
+        etag=meta.etag,
+    )
+
+
+def config_message(record: ConfigRecord) -> cpb.ConfigValue:
+    return cpb.ConfigValue(
+        key=record.key,
+        value=record.value,
+        description=record.description,
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
+    )
+
+
+class SecretServicer(sgrpc.SecretServiceServicer):
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    async def CreateSecret(self, request: spb.CreateSecretRequest, context: Any) -> spb.Secret:
+        audit = audit_record()
+        meta = await self.vault.create_secret(
+            request.name, request.value, request.description, audit
+        )
+        mark_audited()
+        return secret_message(meta)
+
+    async def GetSecret(self, request: spb.GetSecretRequest, context: Any) -> spb.Secret:
+        audit_record().secret_names = [request.name.lower()]
+        return secret_message(await self.vault.get_secret(request.name))
+
+    async def ListSecrets(
+        self, request: spb.ListSecretsRequest, context: Any
+    ) -> spb.ListSecretsResponse:
+        rows, next_token, total = await self.vault.list_secrets(
+            request.page_size, request.page_token, request.name_contains
+        )
+        return spb.ListSecretsResponse(
+            secrets=[secret_message(m) for m in rows],
+            next_page_token=next_token,
+            total_size=total,
+        )
+
+    async def UpdateSecret(self, request: spb.UpdateSecretRequest, context: Any) -> spb.Secret:
+        audit = audit_record()
+        meta = await self.vault.update_secret(
+            request.name,
+            request.value if request.HasField("value") else None,
+            request.description if request.HasField("description") else None,
+            request.etag,
+            audit,
+        )
+        mark_audited()
+        return secret_message(meta)
+
+    async def DeleteSecret(
+        self, request: spb.DeleteSecretRequest, context: Any
+    ) -> empty_pb2.Empty:
+        await self.vault.delete_secret(request.name, request.etag, audit_record())
+        mark_audited()
+        return empty_pb2.Empty()
+
+    async def GetVaultStats(
+        self, request: spb.GetVaultStatsRequest, context: Any
+    ) -> spb.VaultStats:
+        total, last = await self.vault.stats()
+        return spb.VaultStats(total_secrets=total, last_update_time=timestamp(last))
+
+
+class ConfigServicer(cgrpc.ConfigServiceServicer):
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+
+    async def PutConfigValue(
+        self, request: cpb.PutConfigValueRequest, context: Any
+    ) -> cpb.ConfigValue:
+        record = await self.vault.put_config(
+            request.key, request.value, request.description, audit_record()
+        )
+        mark_audited()
+        return config_message(record)
+
+    async def GetConfigValue(
+        self, request: cpb.GetConfigValueRequest, context: Any
+    ) -> cpb.ConfigValue:
+        return config_message(await self.vault.get_config(request.key))
+
+    async def ListConfigValues(
+        self, request: cpb.ListConfigValuesRequest, context: Any
+    ) -> cpb.ListConfigValuesResponse:
+        rows, next_token, total = await self.vault.list_configs(
+            request.page_size, request.page_token, request.key_contains
+        )
+        return cpb.ListConfigValuesResponse(
+            config_values=[config_message(r) for r in rows],
+            next_page_token=next_token,
+            total_size=total,
+        )
+
+    async def DeleteConfigValue(
+        self, request: cpb.DeleteConfigValueRequest, context: Any
+    ) -> empty_pb2.Empty:
+        await self.vault.delete_config(request.key, audit_record())
+        mark_audited()
+        return empty_pb2.Empty()

@@ -1,0 +1,491 @@
+"""SQL for the vault. ``$n`` parameters only; one transaction per unit of work.
+
+The repository never sees key material: writers pass a ``seal`` callable that turns a
+:class:`SecretContext` into a :class:`SealedValue`, so the ciphertext can be bound to the
+row's id and version chosen inside the transaction.
+"""
+
+from __future__ import annotations
+
+import secrets as _random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from vaultsvc.crypto import SealedValue, SecretContext
+from vaultsvc.domain import AuditRecord, ConfigRecord, SecretMeta
+from vaultsvc.errors import Aborted, AlreadyExists, NotFound
+from vaultsvc.storage.db import Database
+
+Sealer = Callable[[SecretContext], SealedValue]
+
+_SECRET_META = "id, name, description, etag, create_time, update_time"
+
+
+@dataclass(frozen=True)
+class SealedRow:
+    """What a resolve needs to open one secret."""
+
+    id: uuid.UUID
+    name: str
+    value_version: int
+    sealed: SealedValue
+
+    @property
+    def context(self) -> SecretContext:
+        return SecretContext(secret_id=str(self.id), name=self.name, value_version=self.value_version)
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    key_id: str
+    check_value: bytes | None
+    wrap_count: int
+    data_keys: int
+
+
+def _new_etag() -> str:
+    return _random.token_urlsafe(12)
+
+
+def _meta(row: Any) -> SecretMeta:
+    return SecretMeta(
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        etag=row["etag"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+    )
+
+
+def _config(row: Any) -> ConfigRecord:
+    return ConfigRecord(
+        key=row["key"],
+        value=row["value"],
+        description=row["description"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+    )
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern matching ``text`` as a literal, case-insensitive substring."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+async def insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
+    await conn.executemany(
+        """INSERT INTO audit_events
+               (time, principal, method, outcome, secret_names, tool, request_id, peer)
+           VALUES (COALESCE($1, clock_timestamp()), $2, $3, $4, $5, $6, $7, $8)""",
+        [
+            (
+                r.time,
+                r.principal,
+                r.method,
+                r.outcome,
+                r.secret_names,
+                r.tool,
+                r.request_id,
+                r.peer,
+            )
+            for r in records
+        ],
+    )
+
+
+class Repository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ----------------------------------------------------------------- secrets
+
+    async def create_secret(
+        self, name: str, description: str, seal: Sealer, audit: AuditRecord
+    ) -> SecretMeta:
+        secret_id = uuid.uuid4()
+        sealed = seal(SecretContext(secret_id=str(secret_id), name=name, value_version=1))
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                f"""INSERT INTO secrets (id, name, description, value_version, kek_id,
+                                        wrapped_dek, ciphertext, etag, create_time, update_time)
+                   VALUES ($1, $2, $3, 1, $4, $5, $6, $7, now(), now())
+                   ON CONFLICT (name_key) DO NOTHING
+                   RETURNING {_SECRET_META}""",
+                secret_id,
+                name,
+                description,
+                sealed.key_id,
+                sealed.wrapped_dek,
+                sealed.ciphertext,
+                _new_etag(),
+            )
+            if row is None:
+                raise AlreadyExists(
+                    f"a secret named {name!r} already exists (names are compared ignoring case)",
+                    reason="ALREADY_EXISTS",
+                )
+            await self._after_change(conn, secrets_delta=1, wrapped_key_id=sealed.key_id)
+            await insert_audit(conn, [audit])
+            return _meta(row)
+
+    async def get_secret(self, name: str) -> SecretMeta | None:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_SECRET_META} FROM secrets WHERE name_key = lower($1)", name
+            )
+        return _meta(row) if row else None
+
+    async def list_secrets(
+        self, contains: str, after: str | None, limit: int
+    ) -> tuple[list[SecretMeta], int, bool]:
+        """One page sorted by name: (rows, total matching, more pages follow)."""
+        conditions: list[str] = []
+        args: list[Any] = []
+        if contains:
+            args.append(like_pattern(contains))
+            conditions.append(f"name_key LIKE ${len(args)}")
+        count_where = " AND ".join(conditions) or "TRUE"
+        count_args = list(args)
+        if after is not None:
+            args.append(after)
+            conditions.append(f"name_key > ${len(args)}")
+        args.append(limit + 1)
+        where = " AND ".join(conditions) or "TRUE"
+        async with self.db.transaction(isolation="repeatable_read") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_SECRET_META} FROM secrets WHERE {where} "
+                f"ORDER BY name_key LIMIT ${len(args)}",
+                *args,
+            )
+            if contains:
+                total = await conn.fetchval(
+                    f"SELECT count(*) FROM secrets WHERE {count_where}", *count_args
+                )
+            else:
+                total = await conn.fetchval("SELECT total_secrets FROM vault_state WHERE id = 1")
+        more = len(rows) > limit
+        return [_meta(r) for r in rows[:limit]], int(total), more
+
+    async def update_secret(
+        self,
+        name: str,
+        etag: str,
+        description: str | None,
+        seal: Sealer | None,
+        audit: AuditRecord,
+    ) -> SecretMeta:
+        async with self.db.transaction() as conn:
+            current = await conn.fetchrow(
+                "SELECT id, name, etag, value_version FROM secrets "
+                "WHERE name_key = lower($1) FOR UPDATE",
+                name,
+            )
+            if current is None:
+                raise NotFound(f"secret not found: {name}", reason="SECRET_NOT_FOUND")
+            if etag and etag != current["etag"]:
+                raise Aborted(
+                    f"etag mismatch for secret {current['name']}: it was changed since you read it",
+                    reason="ETAG_MISMATCH",
+                )
+            sets = ["etag = $2", "update_time = now()"]
+            args: list[Any] = [current["id"], _new_etag()]
+            if description is not None:
+                args.append(description)
+                sets.append(f"description = ${len(args)}")
+            wrapped_key_id = None
+            if seal is not None:
+                version = current["value_version"] + 1
+                sealed = seal(SecretContext(str(current["id"]), current["name"], version))
+                wrapped_key_id = sealed.key_id
+                args.extend([version, sealed.key_id, sealed.wrapped_dek, sealed.ciphertext])
+                n = len(args)
+                sets.append(
+                    f"value_version = ${n - 3}, kek_id = ${n - 2}, "
+                    f"wrapped_dek = ${n - 1}, ciphertext = ${n}"
+                )
+            row = await conn.fetchrow(
+                f"UPDATE secrets SET {', '.join(sets)} WHERE id = $1 RETURNING {_SECRET_META}",
+                *args,
+            )
+            await self._after_change(conn, secrets_delta=0, wrapped_key_id=wrapped_key_id)
+            await insert_audit(conn, [audit])
+            return _meta(row)
+
+    async def delete_secret(self, name: str, etag: str, audit: AuditRecord) -> str:
+        async with self.db.transaction() as conn:
+            current = await conn.fetchrow(
+                "SELECT id, name, etag FROM secrets WHERE name_key = lower($1) FOR UPDATE", name
+            )
+            if current is None:
+                raise NotFound(f"secret not found: {name}", reason="SECRET_NOT_FOUND")
+            if etag and etag != current["etag"]:
+                raise Aborted(
+                    f"etag mismatch for secret {current['name']}: it was changed since you read it",
+                    reason="ETAG_MISMATCH",
+                )
+            await conn.execute("DELETE FROM secrets WHERE id = $1", current["id"])
+            await self._after_change(conn, secrets_delta=-1, wrapped_key_id=None)
+            await insert_audit(conn, [audit])
+            return str(current["name"])
+
+    async def stats(self) -> tuple[int, datetime | None]:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT total_secrets, last_update_time FROM vault_state WHERE id = 1"
+            )
+        return int(row["total_secrets"]), row["last_update_time"]
+
+    async def _after_change(
+        self, conn: Any, *, secrets_delta: int, wrapped_key_id: str | None
+    ) -> None:
+        await conn.execute(
+            "UPDATE vault_state SET total_secrets = total_secrets + $1, "
+            "last_update_time = now() WHERE id = 1",
+            secrets_delta,
+        )
+        if wrapped_key_id is not None:
+            await conn.execute(
+                "UPDATE master_keys SET wrap_count = wrap_count + 1 WHERE key_id = $1",
+                wrapped_key_id,
+            )
+
+    # ----------------------------------------------------------------- resolve
+
+    async def fetch_for_resolve(
+        self, secret_names: Sequence[str], config_keys: Sequence[str]
+    ) -> tuple[dict[str, SealedRow], dict[str, str]]:
+        """Every named secret and config value in ONE statement, hence one snapshot.
+
+        Keys of both dicts are lower-cased names.
+        """
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                """SELECT 's' AS kind, name_key AS k, id, name, value_version, kek_id,
+                          wrapped_dek, ciphertext, NULL::text AS value
+                     FROM secrets WHERE name_key = ANY($1::text[])
+                   UNION ALL
+                   SELECT 'c', key_lower, NULL, key, NULL, NULL, NULL, NULL, value
+                     FROM config_values WHERE key_lower = ANY($2::text[])""",
+                [n.lower() for n in secret_names],
+                [k.lower() for k in config_keys],
+            )
+        found_secrets: dict[str, SealedRow] = {}
+        found_configs: dict[str, str] = {}
+        for r in rows:
+            if r["kind"] == "s":
+                found_secrets[r["k"]] = SealedRow(
+                    id=r["id"],
+                    name=r["name"],
+                    value_version=r["value_version"],
+                    sealed=SealedValue(r["kek_id"], bytes(r["wrapped_dek"]), bytes(r["ciphertext"])),
+                )
+            else:
+                found_configs[r["k"]] = r["value"]
+        return found_secrets, found_configs
+
+    async def existing_names(
+        self, secret_names: Sequence[str], config_keys: Sequence[str]
+    ) -> tuple[set[str], set[str]]:
+        """Lower-cased names that exist (for CheckTemplate; reads no ciphertext)."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                """SELECT 's' AS kind, name_key AS k FROM secrets WHERE name_key = ANY($1::text[])
+                   UNION ALL
+                   SELECT 'c', key_lower FROM config_values WHERE key_lower = ANY($2::text[])""",
+                [n.lower() for n in secret_names],
+                [k.lower() for k in config_keys],
+            )
+        return (
+            {r["k"] for r in rows if r["kind"] == "s"},
+            {r["k"] for r in rows if r["kind"] == "c"},
+        )
+
+    # ----------------------------------------------------------------- configs
+
+    async def put_config(
+        self, key: str, value: str, description: str, audit: AuditRecord
+    ) -> ConfigRecord:
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                """INSERT INTO config_values (key, value, description, create_time, update_time)
+                   VALUES ($1, $2, $3, now(), now())
+                   ON CONFLICT (key_lower) DO UPDATE
+                      SET value = EXCLUDED.value, description = EXCLUDED.description,
+                          update_time = now()
+                   RETURNING key, value, description, create_time, update_time""",
+                key,
+                value,
+                description,
+            )
+            await insert_audit(conn, [audit])
+            return _config(row)
+
+    async def get_config(self, key: str) -> ConfigRecord | None:
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT key, value, description, create_time, update_time "
+                "FROM config_values WHERE key_lower = lower($1)",
+                key,
+            )
+        return _config(row) if row else None
+
+    async def list_configs(
+        self, contains: str, after: str | None, limit: int
+    ) -> tuple[list[ConfigRecord], int, bool]:
+        conditions: list[str] = []
+        args: list[Any] = []
+        if contains:
+            args.append(like_pattern(contains))
+            conditions.append(f"key_lower LIKE ${len(args)}")
+        count_where = " AND ".join(conditions) or "TRUE"
+        count_args = list(args)
+        if after is not None:
+            args.append(after)
+            conditions.append(f"key_lower > ${len(args)}")
+        args.append(limit + 1)
+        where = " AND ".join(conditions) or "TRUE"
+        async with self.db.transaction(isolation="repeatable_read") as conn:
+            rows = await conn.fetch(
+                "SELECT key, value, description, create_time, update_time FROM config_values "
+                f"WHERE {where} ORDER BY key_lower LIMIT ${len(args)}",
+                *args,
+            )
+            total = await conn.fetchval(
+                f"SELECT count(*) FROM config_values WHERE {count_where}", *count_args
+            )
+        return [_config(r) for r in rows[:limit]], int(total), len(rows) > limit
+
+    async def delete_config(self, key: str, audit: AuditRecord) -> None:
+        async with self.db.transaction() as conn:
+            deleted = await conn.fetchval(
+                "DELETE FROM config_values WHERE key_lower = lower($1) RETURNING key", key
+            )
+            if deleted is None:
+                raise NotFound(f"config value not found: {key}", reason="CONFIG_NOT_FOUND")
+            await insert_audit(conn, [audit])
+
+    # ------------------------------------------------------------- master keys
+
+    async def key_usage(self) -> list[KeyUsage]:
+        """Every key id the database knows: registered check values and data keys wrapped."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                """SELECT COALESCE(m.key_id, s.kek_id) AS key_id, m.check_value,
+                          COALESCE(m.wrap_count, 0) AS wrap_count, COALESCE(s.n, 0) AS data_keys
+                     FROM master_keys m
+                     FULL OUTER JOIN (SELECT kek_id, count(*) AS n FROM secrets GROUP BY kek_id) s
+                       ON s.kek_id = m.key_id
+                    ORDER BY 1"""
+            )
+        return [
+            KeyUsage(
+                key_id=r["key_id"],
+                check_value=bytes(r["check_value"]) if r["check_value"] is not None else None,
+                wrap_count=int(r["wrap_count"]),
+                data_keys=int(r["data_keys"]),
+            )
+            for r in rows
+        ]
+
+    async def register_master_keys(self, check_values: dict[str, bytes]) -> None:
+        async with self.db.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO master_keys (key_id, check_value) VALUES ($1, $2) "
+                "ON CONFLICT (key_id) DO NOTHING",
+                list(check_values.items()),
+            )
+
+    async def rewrap_batch(
+        self, primary_key_id: str, rewrap: Callable[[SealedRow], SealedValue], batch_size: int
+    ) -> int:
+        """Re-wrap up to ``batch_size`` data keys not under the primary; returns how many.
+
+        Rows are locked with SKIP LOCKED so concurrent writers and other rewrap runs are
+        never blocked for long; ciphertext is never touched.
+        """
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(
+                """SELECT id, name, value_version, kek_id, wrapped_dek, ciphertext
+                     FROM secrets WHERE kek_id <> $1
+                    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                primary_key_id,
+                batch_size,
+            )
+            updates = []
+            for r in rows:
+                row = SealedRow(
+                    id=r["id"],
+                    name=r["name"],
+                    value_version=r["value_version"],
+                    sealed=SealedValue(r["kek_id"], bytes(r["wrapped_dek"]), bytes(r["ciphertext"])),
+                )
+                new = rewrap(row)
+                updates.append((r["id"], new.key_id, new.wrapped_dek))
+            if updates:
+                await conn.executemany(
+                    "UPDATE secrets SET kek_id = $2, wrapped_dek = $3 WHERE id = $1", updates
+                )
+                await conn.execute(
+                    "UPDATE master_keys SET wrap_count = wrap_count + $2 WHERE key_id = $1",
+                    primary_key_id,
+                    len(updates),
+                )
+            return len(updates)
+
+    async def count_not_under(self, primary_key_id: str) -> int:
+        async with self.db.connection() as conn:
+            return int(
+                await conn.fetchval("SELECT count(*) FROM secrets WHERE kek_id <> $1", primary_key_id)
+            )
+
+    # ------------------------------------------------------------------- audit
+
+    async def write_audit(self, records: Sequence[AuditRecord]) -> None:
+        async with self.db.transaction() as conn:
+            await insert_audit(conn, records)
+
+    async def list_audit(
+        self, secret_name: str, principal: str, before_id: int | None, limit: int
+    ) -> tuple[list[tuple[int, AuditRecord]], bool]:
+        conditions: list[str] = []
+        args: list[Any] = []
+        if secret_name:
+            args.append([secret_name.lower()])
+            conditions.append(f"secret_names && ${len(args)}::text[]")
+        if principal:
+            args.append(principal)
+            conditions.append(f"principal = ${len(args)}")
+        if before_id is not None:
+            args.append(before_id)
+            conditions.append(f"id < ${len(args)}")
+        args.append(limit + 1)
+        where = " AND ".join(conditions) or "TRUE"
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, time, principal, method, outcome, secret_names, tool, request_id, peer "
+                f"FROM audit_events WHERE {where} ORDER BY id DESC LIMIT ${len(args)}",
+                *args,
+            )
+        out = [
+            (
+                int(r["id"]),
+                AuditRecord(
+                    principal=r["principal"],
+                    method=r["method"],
+                    request_id=r["request_id"],
+                    peer=r["peer"],
+                    outcome=r["outcome"],
+                    secret_names=list(r["secret_names"]),
+                    tool=r["tool"],
+                    time=r["time"],
+                ),
+            )
+            for r in rows[:limit]
+        ]
+        return out, len(rows) > limit
+
