@@ -1,0 +1,52 @@
+"""Typed Python client for vaultsvc, the Interakt secrets vault.
+
+``VaultClient`` (blocking) and ``AsyncVaultClient`` (``grpc.aio``) wrap every
+RPC; failures raise :class:`VaultError` subclasses; :class:`Redactor` masks
+resolved values (and their common encodings) in logs and tool output.
+"""
+
+from ._common import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, RetryPolicy, TLSConfig, parse_encoding
+from .aio import AsyncVaultClient
+from .client import VaultClient
+from .errors import (
+    AlreadyExists,
+    ConfigNotFound,
+    DataLoss,
+    DeadlineExceeded,
+    EtagMismatch,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SecretNotFound,
+    Unauthenticated,
+    Unavailable,
+    VaultError,
+)
+from .redact import Redactor
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_TIMEOUT",
+    "AlreadyExists",
+    "AsyncVaultClient",
+    "ConfigNotFound",
+    "DataLoss",
+    "DeadlineExceeded",
+    "EtagMismatch",
+    "InternalError",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "Redactor",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "SecretNotFound",
+    "TLSConfig",
+    "Unauthenticated",
+    "Unavailable",
+    "VaultClient",
+    "VaultError",
+    "parse_encoding",
+]
