@@ -1,0 +1,52 @@
+"""The placeholder template engine: parse, check and render templates (pure, no I/O).
+
+Usage: ``compile_template(text, encoding)`` once (cached for small templates),
+then ``compiled.render(lookup)`` with the looked-up values. ``scan_template``
+reports every problem instead of raising on the first, for CheckTemplate.
+"""
+
+from vaultsvc.templates.compiler import (
+    CACHEABLE_TEMPLATE_LENGTH,
+    MAX_PROBLEMS,
+    MAX_TEMPLATE_BYTES,
+    CompiledTemplate,
+    Lookup,
+    compile_template,
+    scan_template,
+)
+from vaultsvc.templates.model import (
+    INVALID_ENCODING,
+    INVALID_HEADER_VALUE,
+    INVALID_TEMPLATE,
+    INVALID_URL_VALUE,
+    INVALID_VALUE,
+    MALFORMED_PLACEHOLDER,
+    PLACEHOLDER_NOT_ALLOWED,
+    TEMPLATE_TOO_LARGE,
+    Encoding,
+    Placeholder,
+    PlaceholderKind,
+    Problem,
+)
+
+__all__ = [
+    "CACHEABLE_TEMPLATE_LENGTH",
+    "INVALID_ENCODING",
+    "INVALID_HEADER_VALUE",
+    "INVALID_TEMPLATE",
+    "INVALID_URL_VALUE",
+    "INVALID_VALUE",
+    "MALFORMED_PLACEHOLDER",
+    "MAX_PROBLEMS",
+    "MAX_TEMPLATE_BYTES",
+    "PLACEHOLDER_NOT_ALLOWED",
+    "TEMPLATE_TOO_LARGE",
+    "CompiledTemplate",
+    "Encoding",
+    "Lookup",
+    "Placeholder",
+    "PlaceholderKind",
+    "Problem",
+    "compile_template",
+    "scan_template",
+]
