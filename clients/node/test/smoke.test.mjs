@@ -61,11 +61,11 @@ describe('vault smoke', { skip }, () => {
 
   after(async () => {
     // Best-effort cleanup when a test failed half-way.
-    for (const p of [
-      admin?.deleteSecret({ name: NAME }),
-      admin?.deleteConfigValue({ key: CONFIG_KEY }),
-    ]) {
-      await p?.catch(() => {});
+    if (admin) {
+      await Promise.allSettled([
+        admin.deleteSecret({ name: NAME }),
+        admin.deleteConfigValue({ key: CONFIG_KEY }),
+      ]);
     }
     for (const c of [admin, viewer, resolver, anon]) c?.close();
   });
@@ -231,7 +231,17 @@ describe('vault smoke', { skip }, () => {
   });
 
   it('records audit events for the secret, without values', async () => {
-    const r = await admin.listAuditEvents({ secret_name: NAME, page_size: 100 });
+    // Audit events may be written in batches (the resolve path buffers them):
+    // poll briefly for the last ones to land.
+    const wanted = ['CreateSecret', 'DeleteSecret'].map((m) => `/interakt.vault.v1.SecretService/${m}`);
+    wanted.push('/interakt.vault.v1.ResolverService/ResolveTemplate');
+    let r;
+    for (let waited = 0; ; waited += 100) {
+      r = await admin.listAuditEvents({ secret_name: NAME, page_size: 100 });
+      const seen = new Set(r.events.map((e) => e.method));
+      if (wanted.every((m) => seen.has(m)) || waited >= 5000) break;
+      await new Promise((res) => setTimeout(res, 100));
+    }
     assert.ok(r.events.length > 0, 'no audit events for the secret');
     const methods = new Set(r.events.map((e) => e.method));
     for (const m of ['CreateSecret', 'DeleteSecret']) {
