@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 GEN    := clients/python/src
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: run test install proto clients lint typecheck bench-resolve clean
+.PHONY: run test install node-deps proto clients lint typecheck bench-resolve clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ run: $(STAMP)
 	$(PY) -m vaultsvc dev
 
 ## Run the whole test suite.
-test: $(STAMP)
+test: $(STAMP) node-deps
 	$(PY) -m pytest -q
+
+## The Node client's dependencies (skipped, and its test skips loudly, where node is absent).
+node-deps:
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix clients/node --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Node client test will be skipped"; fi
 
 ## Regenerate the Python stubs from protos/ (committed; a test fails when they drift).
 proto: $(STAMP)
@@ -33,7 +38,7 @@ proto: $(STAMP)
 
 ## Regenerate every generated client.
 clients: proto
-	@if command -v npm >/dev/null 2>&1; then cd clients/node && npm install --no-audit --no-fund --silent; fi
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix clients/node --no-audit --no-fund; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vaultsvc tests clients/python/src/vaultsvc_client

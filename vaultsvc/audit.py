@@ -81,6 +81,8 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._healthy = True
         self._wakeup = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._retry: list[AuditRecord] = []
 
     @property
     def healthy(self) -> bool:
@@ -107,6 +109,22 @@ class AuditWriter:
                 "the audit trail cannot be written; request refused", reason="AUDIT_UNAVAILABLE"
             )
 
+    async def ready(self) -> None:
+        """Like :meth:`ensure_accepting`, but first tries one flush when degraded.
+
+        So a recovered database is noticed by the very next resolve rather than after the
+        flusher's backoff.
+        """
+        if self._healthy and not self._queue.full():
+            return
+        try:
+            await self.flush()
+        except Exception:
+            self._mark(healthy=False)
+        else:
+            self._mark(healthy=True)
+        self.ensure_accepting()
+
     def enqueue(self, record: AuditRecord) -> None:
         self.ensure_accepting()
         if record.time is None:
@@ -114,6 +132,13 @@ class AuditWriter:
         self._queue.put_nowait(record)
         if self._queue.qsize() >= self._batch_size:
             self._wakeup.set()
+
+    def _mark(self, *, healthy: bool) -> None:
+        if healthy and not self._healthy:
+            _log.warning("audit trail writable again; resolves accepted")
+        elif not healthy and self._healthy:
+            _log.error("audit events cannot be written; refusing resolves until they can")
+        self._healthy = healthy
 
     async def _run(self) -> None:
         backoff = self._flush_interval
@@ -123,30 +148,25 @@ class AuditWriter:
             self._wakeup.clear()
             try:
                 await self.flush()
-            except Exception as exc:
-                if self._healthy:
-                    _log.error("audit flush failed; refusing resolves until it recovers",
-                               extra={"error": type(exc).__name__})
-                self._healthy = False
-                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                self._mark(healthy=False)
+                backoff = min(backoff * 2, 2.0)
             else:
-                if not self._healthy:
-                    _log.warning("audit flush recovered")
-                self._healthy = True
+                self._mark(healthy=True)
                 backoff = self._flush_interval
 
     async def flush(self) -> None:
-        """Write everything buffered; on failure the events stay buffered."""
-        while not self._queue.empty():
-            batch = [self._queue.get_nowait() for _ in range(min(self._batch_size, self._queue.qsize()))]
-            try:
-                await asyncio.wait_for(self._repo.write_audit(batch), timeout=self._write_timeout)
-            except BaseException:
-                # Put them back (newest events may be dropped only if the queue refilled).
-                for record in batch:
-                    with contextlib.suppress(asyncio.QueueFull):
-                        self._queue.put_nowait(record)
-                raise
+        """Write everything buffered. A batch that fails is kept and retried first, so no
+        event is dropped; the queue bound plus one batch bounds the memory held."""
+        async with self._flush_lock:
+            while self._retry or not self._queue.empty():
+                if not self._retry:
+                    count = min(self._batch_size, self._queue.qsize())
+                    self._retry = [self._queue.get_nowait() for _ in range(count)]
+                await asyncio.wait_for(
+                    self._repo.write_audit(self._retry), timeout=self._write_timeout
+                )
+                self._retry = []
 
     async def stop(self, timeout: float = 5.0) -> None:
         if self._task is not None:
@@ -159,5 +179,5 @@ class AuditWriter:
         except Exception as exc:
             _log.error(
                 "audit events lost at shutdown",
-                extra={"error": type(exc).__name__, "count": self._queue.qsize()},
+                extra={"error": type(exc).__name__, "count": self._queue.qsize() + len(self._retry)},
             )

@@ -35,7 +35,7 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
                                   reason="INVALID_TOOL")
         record.tool = safe_label(request.tool, MAX_TOOL_CHARS)
         # Refuse before decrypting anything if this call could not be recorded.
-        self.audit.ensure_accepting()
+        await self.audit.ready()
         try:
             resolved = await self.vault.resolve(_fields(request), request.inputs, record)
         except Exception as exc:
