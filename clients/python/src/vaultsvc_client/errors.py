@@ -42,7 +42,9 @@ __all__ = [
 ERROR_DOMAIN = "vault.interakt"
 """The ``ErrorInfo.domain`` of every error the vault raises."""
 
-_SECRET_NOT_FOUND_MESSAGE = re.compile(r"^secret not found:\s*(?P<names>.+)$", re.IGNORECASE)
+_NOT_FOUND_MESSAGE = re.compile(
+    r"^(?:secret|config)s? not found:\s*(?P<names>.+)$", re.IGNORECASE | re.DOTALL
+)
 
 
 class VaultError(Exception):
@@ -75,6 +77,11 @@ class VaultError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.domain: str = domain
 
+    @property
+    def request_id(self) -> str | None:
+        """The server's id of the failed request (quote it when reporting a problem)."""
+        return self.metadata.get("request_id") or None
+
     def __str__(self) -> str:
         if self.reason and self.reason != self.code.name:
             return f"{self.code.name} ({self.reason}): {self.message}"
@@ -88,18 +95,14 @@ class VaultError(Exception):
 
 
 class NotFound(VaultError):
-    """NOT_FOUND: the named secret, config value or resource does not exist."""
+    """NOT_FOUND: the named secret, config value or resource does not exist.
+
+    ``names`` lists what is missing (a resolve reports all missing secrets at
+    once): the ErrorInfo metadata key ``names`` (comma-separated), or, when
+    that is absent, the names in a ``secret not found: a, b`` message.
+    """
 
     default_code = grpc.StatusCode.NOT_FOUND
-
-
-class SecretNotFound(NotFound):
-    """NOT_FOUND with reason SECRET_NOT_FOUND.
-
-    ``names`` lists every missing secret: a resolve fails with all of them at
-    once. Taken from the ErrorInfo metadata key ``names`` (comma-separated),
-    or parsed from the message ``secret not found: a, b`` when that is absent.
-    """
 
     def __init__(
         self,
@@ -111,11 +114,15 @@ class SecretNotFound(NotFound):
         domain: str = "",
     ) -> None:
         super().__init__(message, code=code, reason=reason, metadata=metadata, domain=domain)
-        self.names: list[str] = _secret_names(self.metadata, message)
+        self.names: list[str] = _missing_names(self.metadata, message)
+
+
+class SecretNotFound(NotFound):
+    """NOT_FOUND with reason SECRET_NOT_FOUND; ``names`` are the missing secrets."""
 
 
 class ConfigNotFound(NotFound):
-    """NOT_FOUND with reason CONFIG_NOT_FOUND."""
+    """NOT_FOUND with reason CONFIG_NOT_FOUND; ``names`` are the missing keys."""
 
 
 class AlreadyExists(VaultError):
@@ -248,9 +255,9 @@ def error_from_rpc_error(error: grpc.RpcError) -> VaultError:
     return error_from_status(code, details, reason=reason, metadata=metadata, domain=domain)
 
 
-def _secret_names(metadata: Mapping[str, str], message: str) -> list[str]:
+def _missing_names(metadata: Mapping[str, str], message: str) -> list[str]:
     raw = metadata.get("names", "")
     if not raw:
-        match = _SECRET_NOT_FOUND_MESSAGE.match(message.strip())
+        match = _NOT_FOUND_MESSAGE.match(message.strip())
         raw = match.group("names") if match else ""
     return [name.strip() for name in raw.split(",") if name.strip()]

@@ -81,14 +81,23 @@ def _base64(value: str) -> list[str]:
     return [standard, standard.rstrip("="), urlsafe, urlsafe.rstrip("=")]
 
 
-def encodings(value: str) -> set[str]:
-    """Every form of ``value`` a :class:`Redactor` masks (before the length filter)."""
-    forms: set[str] = set()
-    for part in [value, *value.splitlines()]:
-        for encode in (_raw, _percent, _json, _base64):
-            forms.update(encode(part))
-    forms.discard("")
+_ENCODERS = (("raw", _raw), ("percent", _percent), ("json", _json), ("base64", _base64))
+
+
+def _forms(value: str, min_length: int) -> list[tuple[str, str]]:
+    """``(kind, text)`` of every maskable form: the value and each line, each encoded."""
+    forms: list[tuple[str, str]] = []
+    for part in dict.fromkeys([value, *value.splitlines()]):
+        if len(part) < min_length:
+            continue
+        for kind, encode in _ENCODERS:
+            forms.extend((kind, text) for text in encode(part) if len(text) >= min_length)
     return forms
+
+
+def encodings(value: str, min_length: int = DEFAULT_MIN_LENGTH) -> set[str]:
+    """Every form of ``value`` a :class:`Redactor` with this ``min_length`` masks."""
+    return {text for _, text in _forms(value, min_length)}
 
 
 def _pattern(candidate: str, kind: str) -> str:
@@ -146,22 +155,13 @@ class Redactor:
         if not isinstance(value, str):
             raise TypeError("Redactor values must be str")
         added = False
-        for part in [value, *value.splitlines()]:
-            if len(part) < self._min_length:
+        for kind, candidate in _forms(value, self._min_length):
+            if candidate in self._mask:
                 continue
-            for kind, encode in (
-                ("raw", _raw),
-                ("percent", _percent),
-                ("json", _json),
-                ("base64", _base64),
-            ):
-                for candidate in encode(part):
-                    if len(candidate) < self._min_length or candidate in self._mask:
-                        continue
-                    pattern = _pattern(candidate, kind)
-                    if pattern not in self._patterns:
-                        self._patterns[pattern] = len(candidate)
-                        added = True
+            pattern = _pattern(candidate, kind)
+            if pattern not in self._patterns:
+                self._patterns[pattern] = len(candidate)
+                added = True
         if added:
             self._regex = None
 
