@@ -21,7 +21,6 @@ from interakt.vault.v1 import config_service_pb2 as config_pb
 from interakt.vault.v1 import resolver_service_pb2 as resolver_pb
 from interakt.vault.v1 import secret_service_pb2 as secret_pb
 from test_client_support import FakeVault, abort, start_fake
-
 from vaultsvc_client import (
     AsyncVaultClient,
     DeadlineExceeded,

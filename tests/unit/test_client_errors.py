@@ -10,7 +10,6 @@ import grpc
 import pytest
 from google.rpc import status_pb2
 from test_client_support import FakeVault, start_fake
-
 from vaultsvc_client import (
     AlreadyExists,
     AsyncVaultClient,

@@ -10,7 +10,6 @@ from urllib.parse import quote, quote_plus
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
-
 from vaultsvc_client.redact import RedactingFilter, Redactor, encodings
 
 MASK = "[REDACTED]"
