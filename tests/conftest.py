@@ -119,7 +119,10 @@ class VaultHandle:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
     def channel(
-        self, role: str | None = ADMIN, *, token: str | None = None,
+        self,
+        role: str | None = ADMIN,
+        *,
+        token: str | None = None,
         metadata: list[tuple[str, str]] | None = None,
     ) -> grpc.aio.Channel:
         """A real channel to the vault sending ``role``'s bearer token (None: no token)."""
@@ -145,7 +148,10 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, dict[s
     settings = Settings(
         listen="127.0.0.1:0",
         database=DatabaseSettings(
-            url=database_url, connect_timeout=2, acquire_timeout=2, command_timeout=5,
+            url=database_url,
+            connect_timeout=2,
+            acquire_timeout=2,
+            command_timeout=5,
             statement_timeout_ms=5000,
         ),
         keyring=parse_master_keys(master_keys),

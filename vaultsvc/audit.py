@@ -179,5 +179,8 @@ class AuditWriter:
         except Exception as exc:
             _log.error(
                 "audit events lost at shutdown",
-                extra={"error": type(exc).__name__, "count": self._queue.qsize() + len(self._retry)},
+                extra={
+                    "error": type(exc).__name__,
+                    "count": self._queue.qsize() + len(self._retry),
+                },
             )

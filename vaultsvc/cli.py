@@ -43,8 +43,10 @@ async def _serve(settings: Settings, ready_message: str | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        _log.info("shutdown requested; draining in-flight RPCs",
-                  extra={"grace_seconds": settings.grace_period})
+        _log.info(
+            "shutdown requested; draining in-flight RPCs",
+            extra={"grace_seconds": settings.grace_period},
+        )
     finally:
         await stop_server(runtime)
 
@@ -104,7 +106,9 @@ def _dev_credentials(data_dir: Path) -> dict[str, Any]:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     try:
-        base = load_settings(None, {k: v for k, v in os.environ.items() if k != "VAULT_MASTER_KEYS"})
+        base = load_settings(
+            None, {k: v for k, v in os.environ.items() if k != "VAULT_MASTER_KEYS"}
+        )
     except ConfigError as exc:
         return _fail(str(exc))
     creds = _dev_credentials(base.data_dir)
@@ -209,7 +213,9 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vaultsvc", description="The Interakt secrets vault.")
+    parser = argparse.ArgumentParser(
+        prog="python -m vaultsvc", description="The Interakt secrets vault."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the vault (production)")

@@ -98,7 +98,9 @@ def _parse_tokens(spec: str, source: str) -> tuple[TokenEntry, ...]:
                 f"{source}: entry {position} must be principal:role:sha256hex "
                 "(only the SHA-256 hash of a token belongs in config)"
             )
-        entries.append(validate_token_entry(parts[0], parts[1], parts[2], f"{source} entry {position}"))
+        entries.append(
+            validate_token_entry(parts[0], parts[1], parts[2], f"{source} entry {position}")
+        )
     return tuple(entries)
 
 
@@ -166,7 +168,9 @@ def _tls(table: Any, base: Path) -> TLSSettings:
     principals: list[ClientPrincipal] = []
     for position, entry in enumerate(table.get("client_principals", []), start=1):
         try:
-            cp = ClientPrincipal(str(entry["subject_cn"]), str(entry["principal"]), str(entry["role"]))
+            cp = ClientPrincipal(
+                str(entry["subject_cn"]), str(entry["principal"]), str(entry["role"])
+            )
         except (KeyError, TypeError):
             raise ConfigError(
                 f"[[tls.client_principals]] entry {position} needs subject_cn, principal, role"

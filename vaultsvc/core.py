@@ -91,7 +91,9 @@ def decode_page_token(token: str, filter_text: str) -> str | None:
     except (ValueError, binascii.Error, KeyError, TypeError, UnicodeError):
         ok = False
     if not ok:
-        raise InvalidArgument("page_token is not a token this server issued", reason="INVALID_PAGE_TOKEN")
+        raise InvalidArgument(
+            "page_token is not a token this server issued", reason="INVALID_PAGE_TOKEN"
+        )
     if data["f"] != filter_text:
         raise InvalidArgument(
             "page_token was issued for a different filter; start again without a token",
@@ -301,7 +303,9 @@ class Vault:
                 return configs[name.lower()]
             return inputs[name]
 
-        return [(f.key, t.render(lookup)) for f, t in zip(fields, compiled, strict=True)]
+        return [
+            (f.key, t.render(lookup, field=f.key)) for f, t in zip(fields, compiled, strict=True)
+        ]
 
     async def check(
         self, fields: Sequence[Field]
@@ -340,15 +344,27 @@ class Vault:
                 if name_key not in have_secrets:
                     for field_key, raw in uses:
                         problems.append(
-                            FieldProblem(field_key, "SECRET_NOT_FOUND", raw, _name_of(raw),
-                                         f"secret not found: {_name_of(raw)}", -1)
+                            FieldProblem(
+                                field_key,
+                                "SECRET_NOT_FOUND",
+                                raw,
+                                _name_of(raw),
+                                f"secret not found: {_name_of(raw)}",
+                                -1,
+                            )
                         )
             for key_lower, uses in wanted_configs.items():
                 if key_lower not in have_configs:
                     for field_key, raw in uses:
                         problems.append(
-                            FieldProblem(field_key, "CONFIG_NOT_FOUND", raw, _name_of(raw),
-                                         f"config not found: {_name_of(raw)}", -1)
+                            FieldProblem(
+                                field_key,
+                                "CONFIG_NOT_FOUND",
+                                raw,
+                                _name_of(raw),
+                                f"config not found: {_name_of(raw)}",
+                                -1,
+                            )
                         )
         return references, problems
 

@@ -91,7 +91,7 @@ class InternalError(VaultError):
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
-class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Request id, authentication, authorization, deadline, audit and error mapping.
 
     The last-resort handler turns every unexpected exception into INTERNAL carrying only
@@ -161,7 +161,9 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             call.set_principal(principal.name, principal.role)
             authorize(method, principal)
             remaining = context.time_remaining()
-            budget = self.rpc_timeout_cap if remaining is None else min(remaining, self.rpc_timeout_cap)
+            budget = (
+                self.rpc_timeout_cap if remaining is None else min(remaining, self.rpc_timeout_cap)
+            )
             try:
                 async with asyncio.timeout(max(budget, 0.001)):
                     response = await inner(request, context)
@@ -203,7 +205,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort(
                 status.code,
                 status.details,
-                tuple(status.trailing_metadata) + (("x-request-id", request_id),),
+                (*status.trailing_metadata, ("x-request-id", request_id)),
             )
         context.set_trailing_metadata((("x-request-id", request_id),))
         return response
@@ -212,8 +214,10 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         try:
             self.audit.enqueue(call.record)
         except Unavailable:
-            _log.error("audit event for a cancelled call could not be buffered",
-                       extra={"request_id": call.request_id})
+            _log.error(
+                "audit event for a cancelled call could not be buffered",
+                extra={"request_id": call.request_id},
+            )
 
     @staticmethod
     def _log_access(call: CallContext, outcome: str, reason: str, started: float) -> None:
@@ -308,9 +312,16 @@ async def prepare_database(db: Database, keyring: Keyring) -> None:
         _log.warning(warning)
     async with db.connection() as conn:
         await migrate(conn)
-    await Repository(db).register_master_keys(
+    mismatched = await Repository(db).register_master_keys(
         {key_id: key_check_value(keyring.get(key_id)) for key_id in keyring.ids}
     )
+    if mismatched:
+        raise StartupError(
+            f"master key {mismatched[0]!r} does not match the key registered in this database "
+            "by another process a moment ago (key check value mismatch). Check "
+            f"VAULT_MASTER_KEYS: the key material for id {mismatched[0]!r} is wrong. "
+            "No key was registered."
+        )
 
 
 def _is_loopback(host: str) -> bool:
@@ -368,20 +379,21 @@ async def start_server(settings: Settings) -> Runtime:
             ResolverServicer(vault, audit), server
         )
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(repository), server)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
 
-        host, _, port_text = settings.listen.rpartition(":")
+        host = settings.listen.rpartition(":")[0]
         credentials = _server_credentials(settings)
         if credentials is None:
             if not _is_loopback(host):
                 if not settings.allow_plaintext_non_loopback:
                     raise ConfigError(
-                        f"refusing to listen in plaintext on non-loopback address {settings.listen}: "
-                        "configure [tls] or set [server] allow_plaintext_non_loopback = true"
+                        "refusing to listen in plaintext on non-loopback address "
+                        f"{settings.listen}: configure [tls] or set "
+                        "[server] allow_plaintext_non_loopback = true"
                     )
                 _log.warning(
                     "listening in PLAINTEXT on a non-loopback address: tokens and values cross "
@@ -397,8 +409,12 @@ async def start_server(settings: Settings) -> Runtime:
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        _log.info("vault listening", extra={"listen": f"{host}:{port}", "tls": credentials is not None})
-        return Runtime(settings, db, repository, vault, audit, server, health_servicer, port, embedded)
+        _log.info(
+            "vault listening", extra={"listen": f"{host}:{port}", "tls": credentials is not None}
+        )
+        return Runtime(
+            settings, db, repository, vault, audit, server, health_servicer, port, embedded
+        )
     except BaseException:
         await db.close()
         if embedded is not None:

@@ -23,8 +23,9 @@ async def test_postgres_down_gives_unavailable_fast_and_recovers(
     resolver = rpbg.ResolverServiceStub(vault.channel("resolver"))
     await secrets.CreateSecret(pb.CreateSecretRequest(name="k", value="value-1"))
     request = rpb.ResolveTemplateRequest(
-        fields=[rpb.TemplateField(key="h", template="Bearer {{secret:k}}",
-                                  encoding=rpb.ENCODING_HEADER)]
+        fields=[
+            rpb.TemplateField(key="h", template="Bearer {{secret:k}}", encoding=rpb.ENCODING_HEADER)
+        ]
     )
     assert (await resolver.ResolveTemplate(request)).fields[0].value == "Bearer value-1"
 
@@ -33,7 +34,9 @@ async def test_postgres_down_gives_unavailable_fast_and_recovers(
     deadline = 5.0
     for call in (
         lambda: secrets.GetSecret(pb.GetSecretRequest(name="k"), timeout=deadline),
-        lambda: secrets.CreateSecret(pb.CreateSecretRequest(name="k2", value="v"), timeout=deadline),
+        lambda: secrets.CreateSecret(
+            pb.CreateSecretRequest(name="k2", value="v"), timeout=deadline
+        ),
         lambda: secrets.ListSecrets(pb.ListSecretsRequest(), timeout=deadline),
         lambda: resolver.ResolveTemplate(request, timeout=deadline),
     ):

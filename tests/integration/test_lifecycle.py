@@ -55,8 +55,14 @@ async def start_serve(data_dir: Path, env_extra: dict[str, str]) -> ServeProcess
     env.pop("VAULT_DATABASE_URL", None)
     with stderr_path.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vaultsvc", "serve",
-            env=env, cwd=str(REPO), stdout=asyncio.subprocess.DEVNULL, stderr=err,
+            sys.executable,
+            "-m",
+            "vaultsvc",
+            "serve",
+            env=env,
+            cwd=str(REPO),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
         )
     handle = ServeProcess(proc, f"127.0.0.1:{port}", token, stderr_path)
     deadline = time.monotonic() + 60
@@ -107,7 +113,8 @@ async def test_restart_keeps_secrets_and_sigterm_exits_cleanly(
         md = admin_metadata(first.admin_token)
         created = await stub.CreateSecret(
             pb.CreateSecretRequest(name="survivor", value="still-here", description="kept"),
-            metadata=md, timeout=10,
+            metadata=md,
+            timeout=10,
         )
     assert await stop(first) == 0
     assert (data_dir / "pg" / "PG_VERSION").exists()
@@ -118,7 +125,8 @@ async def test_restart_keeps_secrets_and_sigterm_exits_cleanly(
             stub = pbg.SecretServiceStub(channel)
             got = await stub.GetSecret(
                 pb.GetSecretRequest(name="survivor"),
-                metadata=admin_metadata(second.admin_token), timeout=10,
+                metadata=admin_metadata(second.admin_token),
+                timeout=10,
             )
             assert got == created
     finally:
@@ -144,7 +152,8 @@ async def test_sigterm_drains_in_flight_rpc_after_health_goes_not_serving(
         in_flight = asyncio.ensure_future(
             stub.UpdateSecret(
                 pb.UpdateSecretRequest(name="locked", description="finished"),
-                metadata=md, timeout=30,
+                metadata=md,
+                timeout=30,
             )
         )
         await asyncio.sleep(0.5)
@@ -178,10 +187,16 @@ async def test_serve_refuses_to_start_without_master_keys(tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
     env["VAULT_DATA_DIR"] = str(tmp_path / "d")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vaultsvc", "serve", env=env, cwd=str(REPO),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "vaultsvc",
+        "serve",
+        env=env,
+        cwd=str(REPO),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode != 0
     assert b"VAULT_MASTER_KEYS" in err
     assert not (tmp_path / "d").exists(), "nothing is created before the config is valid"

@@ -55,8 +55,19 @@ async def test_create_get_roundtrip(vault: VaultHandle) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "1abc", "_abc", "-abc", "has space", "dot.name", "a" * 129, "ümlaut", "a\nb", "a/b",
-     "{{secret:x}}"],
+    [
+        "",
+        "1abc",
+        "_abc",
+        "-abc",
+        "has space",
+        "dot.name",
+        "a" * 129,
+        "ümlaut",
+        "a\nb",
+        "a/b",
+        "{{secret:x}}",
+    ],
 )
 async def test_bad_names_are_invalid_argument(vault: VaultHandle, name: str) -> None:
     s = stub(vault)
@@ -66,7 +77,9 @@ async def test_bad_names_are_invalid_argument(vault: VaultHandle, name: str) -> 
         "INVALID_NAME",
     )
     await expect_error(
-        s.GetSecret(pb.GetSecretRequest(name=name)), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NAME"
+        s.GetSecret(pb.GetSecretRequest(name=name)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_NAME",
     )
 
 
@@ -139,7 +152,8 @@ async def test_update_semantics(vault: VaultHandle) -> None:
     assert u1.description == "keep me"
     assert u1.etag != created.etag
     assert (u1.update_time.seconds, u1.update_time.nanos) > (
-        created.update_time.seconds, created.update_time.nanos,
+        created.update_time.seconds,
+        created.update_time.nanos,
     )
     assert u1.create_time == created.create_time
     rows = await vault.sql("SELECT ciphertext, value_version FROM secrets")
@@ -222,7 +236,12 @@ async def test_delete_and_stats(vault: VaultHandle) -> None:
 
 async def test_list_search_sort_and_pages(vault: VaultHandle) -> None:
     s = stub(vault)
-    names = [f"key_{i:03d}" for i in range(25)] + ["Alpha", "beta", "GAMMA_KEY", "pct%_x"[:0] + "p_x"]
+    names = [f"key_{i:03d}" for i in range(25)] + [
+        "Alpha",
+        "beta",
+        "GAMMA_KEY",
+        "pct%_x"[:0] + "p_x",
+    ]
     for n in names:
         await s.CreateSecret(pb.CreateSecretRequest(name=n, value="v"))
     first = await s.ListSecrets(pb.ListSecretsRequest())

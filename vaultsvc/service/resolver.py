@@ -31,8 +31,9 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
     ) -> rpb.ResolveTemplateResponse:
         record = audit_record()
         if len(request.tool) > MAX_TOOL_CHARS:
-            raise InvalidArgument(f"tool is longer than {MAX_TOOL_CHARS} characters",
-                                  reason="INVALID_TOOL")
+            raise InvalidArgument(
+                f"tool is longer than {MAX_TOOL_CHARS} characters", reason="INVALID_TOOL"
+            )
         record.tool = safe_label(request.tool, MAX_TOOL_CHARS)
         # Refuse before decrypting anything if this call could not be recorded.
         await self.audit.ready()
@@ -94,8 +95,9 @@ class AuditServicer(agrpc.AuditServiceServicer):
         before_id: int | None = None
         if after is not None:
             if not after.isdigit():
-                raise InvalidArgument("page_token is not a token this server issued",
-                                      reason="INVALID_PAGE_TOKEN")
+                raise InvalidArgument(
+                    "page_token is not a token this server issued", reason="INVALID_PAGE_TOKEN"
+                )
             before_id = int(after)
         rows, more = await self.repo.list_audit(
             request.secret_name, request.principal, before_id, limit

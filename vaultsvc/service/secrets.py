@@ -76,9 +76,7 @@ class SecretServicer(sgrpc.SecretServiceServicer):
         mark_audited()
         return secret_message(meta)
 
-    async def DeleteSecret(
-        self, request: spb.DeleteSecretRequest, context: Any
-    ) -> empty_pb2.Empty:
+    async def DeleteSecret(self, request: spb.DeleteSecretRequest, context: Any) -> empty_pb2.Empty:
         await self.vault.delete_secret(request.name, request.etag, audit_record())
         mark_audited()
         return empty_pb2.Empty()

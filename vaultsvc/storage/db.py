@@ -45,7 +45,9 @@ async def translate_db_errors() -> AsyncIterator[None]:
     except asyncpg.QueryCanceledError:
         raise DeadlineExceeded("database statement timed out", reason="DATABASE_TIMEOUT") from None
     except TimeoutError:
-        raise Unavailable("database did not answer in time", reason="DATABASE_UNAVAILABLE") from None
+        raise Unavailable(
+            "database did not answer in time", reason="DATABASE_UNAVAILABLE"
+        ) from None
     except _UNAVAILABLE_ERRORS:
         raise Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE") from None
 
@@ -81,9 +83,11 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
-        async with translate_db_errors():
-            async with self.pool.acquire(timeout=self.settings.acquire_timeout) as conn:
-                yield conn
+        async with (
+            translate_db_errors(),
+            self.pool.acquire(timeout=self.settings.acquire_timeout) as conn,
+        ):
+            yield conn
 
     @asynccontextmanager
     async def transaction(self, *, isolation: str = "read_committed") -> AsyncIterator[Any]:
@@ -97,7 +101,7 @@ class Database:
     async def close(self, timeout: float = 5.0) -> None:
         try:
             await asyncio.wait_for(self.pool.close(), timeout=timeout)
-        except (TimeoutError, *_UNAVAILABLE_ERRORS):
+        except Exception:
             self.pool.terminate()
 
 

