@@ -2,7 +2,6 @@
 
 # ``timeout`` is the gRPC deadline sent to the server (as in grpc.aio itself),
 # not a local wait that asyncio.timeout() could replace.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 

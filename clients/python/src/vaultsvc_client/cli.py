@@ -162,7 +162,21 @@ def _one_line(text: str) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No prefix matching: "--value x" must not silently become "--value-stdin x".
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
+        # Someone may have typed a secret value as an argument: never echo argument
+        # text into a terminal log or CI output.
+        if message.startswith("unrecognized arguments:"):
+            message = (
+                "unrecognized argument(s), not shown in case one is a secret value "
+                "(values are never arguments: pipe them on stdin or answer the prompt)"
+            )
+        elif "ignored explicit argument" in message:
+            message = message.split(": ignored explicit argument", 1)[0] + " takes no value"
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{PROG}: usage: {_one_line(message)}\n")
 
@@ -913,8 +927,8 @@ def _cell(text: str) -> str:
     )
 
 
-def _print_table(headers: list[str], rows: Iterable[list[str]]) -> None:
-    cells = [headers] + [[_cell(cell) for cell in row] for row in rows]
+def _print_table(headers: list[str], rows: Iterable[Sequence[str | None]]) -> None:
+    cells = [headers] + [[_cell(cell or "") for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         print(
