@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 GEN    := clients/python/src
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: run test install node-deps proto clients lint typecheck bench-resolve clean
+.PHONY: run test install node-deps proto clients lint typecheck bench-resolve bench-search clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ typecheck: $(STAMP)
 
 bench-resolve: $(STAMP)
 	$(PY) -m tests.bench.bench_resolve
+
+## ListSecrets search and paging over a million secrets, indexed vs index scans disabled.
+bench-search: $(STAMP)
+	$(PY) -m tests.bench.bench_search
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
