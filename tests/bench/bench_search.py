@@ -39,7 +39,8 @@ async def load(db: Database, rows: int) -> None:
             """INSERT INTO secrets (id, name, description, value_version, kek_id, wrapped_dek,
                                     ciphertext, etag, create_time, update_time)
                SELECT gen_random_uuid(),
-                      'svc_' || lpad(i::text, 7, '0') || CASE WHEN i % 3 = 0 THEN '_api' ELSE '_key' END
+                      'svc_' || lpad(i::text, 7, '0')
+                        || CASE WHEN i % 3 = 0 THEN '_api' ELSE '_key' END
                         || CASE WHEN i % 100000 = 7 THEN '_x7q9' ELSE '' END,
                       '', 1, 'bench', '\\x00', '\\x00', md5(i::text), now(), now()
                  FROM generate_series(1, $1) AS i""",
