@@ -303,14 +303,23 @@ async def test_resolve_with_the_resolver_token(vaultctl: Vaultctl, tmp_path: Pat
     assert "stripe_kye" in missing.err and "nope_key" in missing.err
     assert missing.out == ""
 
-    audit = await vaultctl("--json", "audit", "--secret", "stripe_key")
-    assert audit.code == 0, audit.err
-    assert_no_value(audit)
-    events = audit.json()["events"]
-    assert any(
-        e["method"].endswith("/ResolveTemplate") and e["tool"] == "charge-tool" for e in events
-    )
-    assert any(e["method"].endswith("/CreateSecret") for e in events)
+    # The audit trail is written by a background flusher: poll briefly.
+    def recorded(events: list[dict[str, Any]]) -> bool:
+        return any(
+            e["method"].endswith("/ResolveTemplate") and e["tool"] == "charge-tool" for e in events
+        ) and any(e["method"].endswith("/CreateSecret") for e in events)
+
+    for _ in range(50):
+        audit = await vaultctl("--json", "audit", "--secret", "stripe_key")
+        assert audit.code == 0, audit.err
+        assert_no_value(audit)
+        if recorded(audit.json()["events"]):
+            break
+        await asyncio.sleep(0.1)
+    assert recorded(audit.json()["events"]), audit.out
+    table = await vaultctl("audit", "--secret", "stripe_key", "--limit", "1")
+    assert table.code == 0
+    assert len(table.out.splitlines()) == 2  # header + the newest event
 
 
 async def test_check_finds_a_typo(vaultctl: Vaultctl, tmp_path: Path) -> None:
