@@ -9,6 +9,7 @@ no-echo prompt asked twice. The one command that prints values is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -123,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error_line("interrupted", "cancelled by user")
         return 130
     except BrokenPipeError:
+        # The reader went away (``vaultctl ... | head``): silence the final flush too.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
         return EXIT_ERROR
 
 
