@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +86,15 @@ async def start_serve(data_dir: Path, env_extra: dict[str, str]) -> ServeProcess
 
 
 @pytest.fixture
-async def serve_env(tmp_path: Path) -> AsyncIterator[dict[str, str]]:
+def data_dir() -> Iterator[Path]:
+    """Outside pytest's 0700 tmp tree: Postgres runs as its own OS user and must reach it."""
+    base = Path(tempfile.mkdtemp(prefix="vaultsvc-serve-"))
+    yield base / "vault-data"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+async def serve_env() -> AsyncIterator[dict[str, str]]:
     key_id, key = generate_master_key()
     token = new_token()
     yield {
@@ -104,9 +114,8 @@ async def stop(process: ServeProcess, timeout: float = 30) -> int:
 
 
 async def test_restart_keeps_secrets_and_sigterm_exits_cleanly(
-    tmp_path: Path, serve_env: dict[str, str]
+    data_dir: Path, serve_env: dict[str, str]
 ) -> None:
-    data_dir = tmp_path / "vault-data"
     first = await start_serve(data_dir, dict(serve_env))
     async with grpc.aio.insecure_channel(first.address) as channel:
         stub = pbg.SecretServiceStub(channel)
@@ -134,9 +143,8 @@ async def test_restart_keeps_secrets_and_sigterm_exits_cleanly(
 
 
 async def test_sigterm_drains_in_flight_rpc_after_health_goes_not_serving(
-    tmp_path: Path, serve_env: dict[str, str]
+    data_dir: Path, serve_env: dict[str, str]
 ) -> None:
-    data_dir = tmp_path / "vault-data"
     proc = await start_serve(data_dir, dict(serve_env))
     md = admin_metadata(proc.admin_token)
     async with grpc.aio.insecure_channel(proc.address) as channel:
