@@ -30,9 +30,11 @@ from vaultsvc.storage.repository import Repository, SealedRow
 from vaultsvc.templates import (
     CompiledTemplate,
     Encoding,
+    Placeholder,
     PlaceholderKind,
     Problem,
     compile_template,
+    find_placeholders,
     scan_template,
 )
 
@@ -44,6 +46,9 @@ MAX_PLACEHOLDERS = 1000
 MAX_INPUTS = 1000
 MAX_INPUT_VALUE_BYTES = 1024 * 1024
 MAX_TOOL_CHARS = 256
+MAX_RENDERED_CHARS = 8 * 1024 * 1024
+"""Cap on the characters of all resolved fields of one response (at most 32 MiB of UTF-8,
+well under the server's send limit)."""
 
 
 @dataclass(frozen=True)
@@ -303,70 +308,86 @@ class Vault:
                 return configs[name.lower()]
             return inputs[name]
 
-        return [
-            (f.key, t.render(lookup, field=f.key)) for f, t in zip(fields, compiled, strict=True)
-        ]
+        # A small request can ask for a huge answer (1000 uses of a 3 MiB input): refuse
+        # before rendering when the raw values alone are over the cap, and again as the
+        # encoded fields (up to a dozen times longer) add up.
+        raw_size = sum(len(f.template) for f in fields) + sum(
+            len(lookup(p.kind, p.name)) for t in compiled for p in t.placeholders
+        )
+        if raw_size > MAX_RENDERED_CHARS:
+            raise _rendered_too_large()
+        rendered: list[tuple[str, str]] = []
+        total = 0
+        for f, t in zip(fields, compiled, strict=True):
+            value = t.render(lookup, field=f.key)
+            total += len(value)
+            if total > MAX_RENDERED_CHARS:
+                raise _rendered_too_large()
+            rendered.append((f.key, value))
+        return rendered
 
     async def check(
         self, fields: Sequence[Field]
     ) -> tuple[list[FieldReferences], list[FieldProblem]]:
-        """What each field references and what is wrong, without reading any value."""
+        """What each field references and what is wrong, without reading any value.
+
+        References and missing names are reported for every valid placeholder, also in
+        a field that has other problems (a malformed placeholder, a secret in a URL host).
+        Problems come in field order, then by offset. One query checks every name.
+        """
         if len(fields) > MAX_FIELDS:
             raise ResourceExhausted(
                 f"{len(fields)} fields; at most {MAX_FIELDS} per request", reason="TOO_MANY_FIELDS"
             )
         references: list[FieldReferences] = []
-        problems: list[FieldProblem] = []
-        wanted_secrets: dict[str, list[tuple[str, str]]] = {}
-        wanted_configs: dict[str, list[tuple[str, str]]] = {}
-        for f in fields:
+        found: list[tuple[int, FieldProblem]] = []
+        uses: list[tuple[int, str, Placeholder]] = []
+        for index, f in enumerate(fields):
             if len(f.template.encode("utf-8")) > MAX_TEMPLATE_BYTES:
                 raise ResourceExhausted(
                     f"field {f.key!r} is larger than 1 MiB", reason="TEMPLATE_TOO_LARGE"
                 )
-            template, found = scan_template(f.template, f.encoding, field=f.key)
-            problems.extend(_field_problem(f.key, p) for p in found)
-            placeholders = template.placeholders if template is not None else ()
+            template, scanned = scan_template(f.template, f.encoding, field=f.key)
+            found.extend((index, _field_problem(f.key, p)) for p in scanned)
+            placeholders = (
+                template.placeholders if template is not None else find_placeholders(f.template)
+            )
+            if len(uses) + len(placeholders) > MAX_PLACEHOLDERS:
+                raise ResourceExhausted(
+                    f"more than {MAX_PLACEHOLDERS} placeholders in one request",
+                    reason="TOO_MANY_PLACEHOLDERS",
+                )
             secrets = _unique(p.name for p in placeholders if p.kind is PlaceholderKind.SECRET)
             configs = _unique(p.name for p in placeholders if p.kind is PlaceholderKind.CONFIG)
             inputs = _unique(p.name for p in placeholders if p.kind is PlaceholderKind.INPUT)
             references.append(FieldReferences(f.key, secrets, configs, inputs))
-            for p in placeholders:
-                if p.kind is PlaceholderKind.SECRET:
-                    wanted_secrets.setdefault(p.name.lower(), []).append((f.key, p.raw))
-                elif p.kind is PlaceholderKind.CONFIG:
-                    wanted_configs.setdefault(p.name.lower(), []).append((f.key, p.raw))
+            uses.extend((index, f.key, p) for p in placeholders)
+        wanted_secrets = {p.name.lower() for _, _, p in uses if p.kind is PlaceholderKind.SECRET}
+        wanted_configs = {p.name.lower() for _, _, p in uses if p.kind is PlaceholderKind.CONFIG}
         if wanted_secrets or wanted_configs:
             have_secrets, have_configs = await self.repo.existing_names(
-                list(wanted_secrets), list(wanted_configs)
+                sorted(wanted_secrets), sorted(wanted_configs)
             )
-            for name_key, uses in wanted_secrets.items():
-                if name_key not in have_secrets:
-                    for field_key, raw in uses:
-                        problems.append(
-                            FieldProblem(
-                                field_key,
-                                "SECRET_NOT_FOUND",
-                                raw,
-                                _name_of(raw),
-                                f"secret not found: {_name_of(raw)}",
-                                -1,
-                            )
-                        )
-            for key_lower, uses in wanted_configs.items():
-                if key_lower not in have_configs:
-                    for field_key, raw in uses:
-                        problems.append(
-                            FieldProblem(
-                                field_key,
-                                "CONFIG_NOT_FOUND",
-                                raw,
-                                _name_of(raw),
-                                f"config not found: {_name_of(raw)}",
-                                -1,
-                            )
-                        )
-        return references, problems
+            for index, field_key, p in uses:
+                if p.kind is PlaceholderKind.SECRET and p.name.lower() not in have_secrets:
+                    kind, what = "SECRET_NOT_FOUND", "secret"
+                elif p.kind is PlaceholderKind.CONFIG and p.name.lower() not in have_configs:
+                    kind, what = "CONFIG_NOT_FOUND", "config"
+                else:
+                    continue
+                message = f"{field_key}: {what} not found: {p.name}"
+                found.append(
+                    (index, FieldProblem(field_key, kind, p.raw, p.name, message, p.start))
+                )
+        found.sort(key=lambda item: (item[0], item[1].offset))
+        return references, [problem for _, problem in found]
+
+
+def _rendered_too_large() -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the resolved fields would be longer than {MAX_RENDERED_CHARS} characters",
+        reason="RESPONSE_TOO_LARGE",
+    )
 
 
 def _unique(items: object) -> tuple[str, ...]:
@@ -374,11 +395,6 @@ def _unique(items: object) -> tuple[str, ...]:
     for item in items:  # type: ignore[attr-defined]
         seen.setdefault(item, None)
     return tuple(seen)
-
-
-def _name_of(raw: str) -> str:
-    inner = raw.strip("{} ")
-    return inner.split(":", 1)[1] if ":" in inner else inner
 
 
 _PROBLEM_KINDS = {

@@ -2,7 +2,8 @@
 
 Usage: ``compile_template(text, encoding)`` once (cached for small templates),
 then ``compiled.render(lookup)`` with the looked-up values. ``scan_template``
-reports every problem instead of raising on the first, for CheckTemplate.
+reports every problem instead of raising on the first, and ``find_placeholders``
+every valid placeholder even when there are problems, for CheckTemplate.
 """
 
 from vaultsvc.templates.compiler import (
@@ -12,6 +13,7 @@ from vaultsvc.templates.compiler import (
     CompiledTemplate,
     Lookup,
     compile_template,
+    find_placeholders,
     scan_template,
 )
 from vaultsvc.templates.model import (
@@ -48,5 +50,6 @@ __all__ = [
     "PlaceholderKind",
     "Problem",
     "compile_template",
+    "find_placeholders",
     "scan_template",
 ]

@@ -180,6 +180,17 @@ def scan_template(
     ]
 
 
+def find_placeholders(template: str) -> tuple[Placeholder, ...]:
+    """Every valid placeholder in ``template``, in order, whatever else is wrong with it.
+
+    For CheckTemplate, which reports references even in a field that also holds a
+    malformed placeholder or breaks its encoding's rules (and so does not compile).
+    Malformed placeholders are skipped; ``scan_template`` reports them.
+    """
+    segments = scan_placeholders(template, [], 0)
+    return tuple(segment for segment in segments if isinstance(segment, Placeholder))
+
+
 def compile_template(
     template: str, encoding: Encoding | int, *, field: str = ""
 ) -> CompiledTemplate:
