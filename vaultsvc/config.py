@@ -70,6 +70,7 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     grace_period: float = 10.0
+    shutdown_delay: float = 1.0
     max_concurrent_rpcs: int = 256
     max_receive_message_bytes: int = 4 * 1024 * 1024 + 64 * 1024
     rpc_timeout_cap: float = 30.0
@@ -268,6 +269,7 @@ def load_settings(
         log_level=log_level,
         log_format=log_format,
         grace_period=_number(server_table, "grace_period", 10.0, minimum=0),
+        shutdown_delay=_number(server_table, "shutdown_delay", 1.0, minimum=0),
         max_concurrent_rpcs=_int(server_table, "max_concurrent_rpcs", 256, minimum=1),
         rpc_timeout_cap=_number(server_table, "rpc_timeout_cap", 30.0, minimum=0.1),
         audit_buffer_size=_int(server_table, "audit_buffer_size", 10_000, minimum=1),

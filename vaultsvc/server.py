@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -42,7 +43,14 @@ from vaultsvc.crypto import (
     verify_key_check_value,
 )
 from vaultsvc.domain import safe_label
-from vaultsvc.errors import ERROR_DOMAIN, DeadlineExceeded, Unauthenticated, Unavailable, VaultError
+from vaultsvc.errors import (
+    ERROR_DOMAIN,
+    DeadlineExceeded,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+    VaultError,
+)
 from vaultsvc.service.resolver import AuditServicer, ResolverServicer
 from vaultsvc.service.secrets import ConfigServicer, SecretServicer
 from vaultsvc.storage.db import Database, migrate, schema_exists
@@ -118,14 +126,38 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         method: str = handler_call_details.method
         handler = await continuation(handler_call_details)
-        if handler is None or is_open_method(method) or handler.unary_unary is None:
+        if handler is None or is_open_method(method):
             return handler
+        if handler.unary_unary is None:
+            return self._streaming_refused(method, handler)
         inner: Handler = handler.unary_unary
 
         async def behavior(request: Any, context: Any) -> Any:
             return await self._handle(inner, method, request, context)
 
         return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _streaming_refused(self, method: str, handler: Any) -> Any:
+        """Default deny for streaming methods: every vault RPC is unary, so a streaming one
+        is refused (after authentication, and audited) rather than served unchecked."""
+
+        async def refuse(request: Any, context: Any) -> None:
+            raise PermissionDenied(f"streaming method {method} is not served")
+
+        async def behavior(request: Any, context: Any) -> None:
+            await self._handle(refuse, method, request, context)
+
+        if handler.unary_stream is not None:
+            make = grpc.unary_stream_rpc_method_handler
+        elif handler.stream_unary is not None:
+            make = grpc.stream_unary_rpc_method_handler
+        else:
+            make = grpc.stream_stream_rpc_method_handler
+        return make(
             behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
@@ -334,13 +366,46 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def check_transport(settings: Settings) -> None:
+    """Refuse, before anything is opened, transport settings that are unsafe or that would
+    silently not do what they say."""
+    tls = settings.tls
+    if tls is None:
+        if not _is_loopback(settings.listen.rpartition(":")[0]) and not (
+            settings.allow_plaintext_non_loopback
+        ):
+            raise ConfigError(
+                "refusing to listen in plaintext on non-loopback address "
+                f"{settings.listen}: configure [tls] or set "
+                "[server] allow_plaintext_non_loopback = true"
+            )
+        return
+    if tls.require_client_cert and tls.client_ca_file is None:
+        raise ConfigError(
+            "[tls] require_client_cert needs client_ca_file (the CA that signs client certificates)"
+        )
+    if tls.client_principals and not tls.require_client_cert:
+        # gRPC only asks for (and verifies) client certificates when they are required.
+        raise ConfigError(
+            "[[tls.client_principals]] need [tls] require_client_cert = true and client_ca_file: "
+            "otherwise no client certificate is requested and the mapping would never apply"
+        )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {path}: {exc.strerror}") from None
+
+
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     tls = settings.tls
     if tls is None:
         return None
-    key = tls.key_file.read_bytes()
-    cert = tls.cert_file.read_bytes()
-    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    key = _read(tls.key_file)
+    cert = _read(tls.cert_file)
+    ca = _read(tls.client_ca_file) if tls.client_ca_file else None
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=tls.require_client_cert
     )
@@ -348,6 +413,7 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 async def start_server(settings: Settings) -> Runtime:
     keyring = settings.require_keyring()
+    check_transport(settings)
     db, embedded = await open_database(settings)
     try:
         await prepare_database(db, keyring)
@@ -388,13 +454,7 @@ async def start_server(settings: Settings) -> Runtime:
         host = settings.listen.rpartition(":")[0]
         credentials = _server_credentials(settings)
         if credentials is None:
-            if not _is_loopback(host):
-                if not settings.allow_plaintext_non_loopback:
-                    raise ConfigError(
-                        "refusing to listen in plaintext on non-loopback address "
-                        f"{settings.listen}: configure [tls] or set "
-                        "[server] allow_plaintext_non_loopback = true"
-                    )
+            if not _is_loopback(host):  # allowed by check_transport: say it loudly
                 _log.warning(
                     "listening in PLAINTEXT on a non-loopback address: tokens and values cross "
                     "the network unencrypted",
@@ -426,6 +486,8 @@ async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     """Health NOT_SERVING first, then let in-flight RPCs finish within the grace period."""
     grace = runtime.settings.grace_period if grace is None else grace
     await runtime.health.enter_graceful_shutdown()
+    # Give load balancers probing health a moment to see NOT_SERVING and stop routing.
+    await asyncio.sleep(min(runtime.settings.shutdown_delay, grace))
     await runtime.server.stop(grace)
     await runtime.audit.stop()
     await runtime.db.close()
