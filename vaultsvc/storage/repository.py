@@ -27,6 +27,7 @@ _log = logging.getLogger("vaultsvc.storage")
 _KEY_REGISTRATION_LOCK_ID = 0x7661756C746B  # "vaultk"
 
 _META_COLUMNS = "id, name, description, etag, create_time, update_time"
+_CONFIG_COLUMNS = "key, value, description, create_time, update_time"
 
 
 @dataclass(frozen=True)
@@ -177,32 +178,60 @@ class Repository:
         self, contains: str, after: str | None, limit: int
     ) -> tuple[list[SecretMeta], int, bool]:
         """One page sorted by name: (rows, total matching, more pages follow)."""
-        conditions: list[str] = []
+        rows, total, more = await self._page(
+            "secrets",
+            "name_key",
+            _META_COLUMNS,
+            contains,
+            after,
+            limit,
+            # Without a filter the total is the maintained counter, not a count(*).
+            unfiltered_total="SELECT total_secrets FROM vault_state WHERE id = 1",
+        )
+        return [_meta(r) for r in rows], total, more
+
+    async def _page(
+        self,
+        table: str,
+        key_column: str,
+        columns: str,
+        contains: str,
+        after: str | None,
+        limit: int,
+        *,
+        unfiltered_total: str | None = None,
+    ) -> tuple[list[Any], int, bool]:
+        """Keyset pagination over ``key_column`` with an optional substring filter.
+
+        ``table``, ``key_column`` and ``columns`` are fixed identifiers from this module;
+        every user-supplied value is a ``$n`` parameter. Page and total come from one
+        REPEATABLE READ snapshot.
+        """
+        filters: list[str] = []
         args: list[Any] = []
         if contains:
             args.append(like_pattern(contains))
-            conditions.append(f"name_key LIKE ${len(args)}")
-        count_where = " AND ".join(conditions) or "TRUE"
+            filters.append(f"{key_column} LIKE ${len(args)}")
         count_args = list(args)
+        count_where = " AND ".join(filters) or "TRUE"
         if after is not None:
             args.append(after)
-            conditions.append(f"name_key > ${len(args)}")
+            filters.append(f"{key_column} > ${len(args)}")
         args.append(limit + 1)
-        where = " AND ".join(conditions) or "TRUE"
+        where = " AND ".join(filters) or "TRUE"
         async with self.db.transaction(isolation="repeatable_read") as conn:
             rows = await conn.fetch(
-                f"SELECT {_META_COLUMNS} FROM secrets WHERE {where} "
-                f"ORDER BY name_key LIMIT ${len(args)}",
+                f"SELECT {columns} FROM {table} WHERE {where} "
+                f"ORDER BY {key_column} LIMIT ${len(args)}",
                 *args,
             )
-            if contains:
-                total = await conn.fetchval(
-                    f"SELECT count(*) FROM secrets WHERE {count_where}", *count_args
-                )
+            if not contains and unfiltered_total is not None:
+                total = await conn.fetchval(unfiltered_total)
             else:
-                total = await conn.fetchval("SELECT total_secrets FROM vault_state WHERE id = 1")
-        more = len(rows) > limit
-        return [_meta(r) for r in rows[:limit]], int(total), more
+                total = await conn.fetchval(
+                    f"SELECT count(*) FROM {table} WHERE {count_where}", *count_args
+                )
+        return list(rows[:limit]), int(total), len(rows) > limit
 
     async def update_secret(
         self,
@@ -365,8 +394,7 @@ class Repository:
     async def get_config(self, key: str) -> ConfigRecord | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
-                "SELECT key, value, description, create_time, update_time "
-                "FROM config_values WHERE key_lower = lower($1)",
+                f"SELECT {_CONFIG_COLUMNS} FROM config_values WHERE key_lower = lower($1)",
                 key,
             )
         return _config(row) if row else None
@@ -374,28 +402,10 @@ class Repository:
     async def list_configs(
         self, contains: str, after: str | None, limit: int
     ) -> tuple[list[ConfigRecord], int, bool]:
-        conditions: list[str] = []
-        args: list[Any] = []
-        if contains:
-            args.append(like_pattern(contains))
-            conditions.append(f"key_lower LIKE ${len(args)}")
-        count_where = " AND ".join(conditions) or "TRUE"
-        count_args = list(args)
-        if after is not None:
-            args.append(after)
-            conditions.append(f"key_lower > ${len(args)}")
-        args.append(limit + 1)
-        where = " AND ".join(conditions) or "TRUE"
-        async with self.db.transaction(isolation="repeatable_read") as conn:
-            rows = await conn.fetch(
-                "SELECT key, value, description, create_time, update_time FROM config_values "
-                f"WHERE {where} ORDER BY key_lower LIMIT ${len(args)}",
-                *args,
-            )
-            total = await conn.fetchval(
-                f"SELECT count(*) FROM config_values WHERE {count_where}", *count_args
-            )
-        return [_config(r) for r in rows[:limit]], int(total), len(rows) > limit
+        rows, total, more = await self._page(
+            "config_values", "key_lower", _CONFIG_COLUMNS, contains, after, limit
+        )
+        return [_config(r) for r in rows], total, more
 
     async def delete_config(self, key: str, audit: AuditRecord) -> None:
         async with self.db.transaction() as conn:
