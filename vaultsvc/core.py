@@ -44,7 +44,6 @@ MAX_FIELDS = 256
 MAX_TEMPLATE_BYTES = 1024 * 1024
 MAX_PLACEHOLDERS = 1000
 MAX_INPUTS = 1000
-MAX_INPUT_VALUE_BYTES = 1024 * 1024
 MAX_TOOL_CHARS = 256
 MAX_RENDERED_CHARS = 8 * 1024 * 1024
 """Cap on the characters of all resolved fields of one response (at most 32 MiB of UTF-8,
