@@ -11,7 +11,7 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 
 from vaultsvc.audit import AuditWriter, audit_record, mark_audited
 from vaultsvc.core import MAX_TOOL_CHARS, Field, Vault, decode_page_token, encode_page_token
-from vaultsvc.domain import safe_label, validate_page_size
+from vaultsvc.domain import safe_label, validate_filter, validate_page_size
 from vaultsvc.errors import InvalidArgument
 from vaultsvc.service import timestamp
 from vaultsvc.storage.repository import Repository
@@ -90,6 +90,8 @@ class AuditServicer(agrpc.AuditServiceServicer):
         self, request: apb.ListAuditEventsRequest, context: Any
     ) -> apb.ListAuditEventsResponse:
         limit = validate_page_size(request.page_size)
+        validate_filter(request.secret_name, "secret_name")
+        validate_filter(request.principal, "principal")
         filter_key = f"{request.secret_name.lower()}\x1f{request.principal}"
         after = decode_page_token(request.page_token, filter_key)
         before_id: int | None = None
