@@ -418,3 +418,37 @@ async def test_a_violated_constraint_fails_closed_too(vault: VaultHandle) -> Non
     await vault.sql("ALTER TABLE audit_events DROP CONSTRAINT audit_frozen")
     await admin.CreateSecret(spb.CreateSecretRequest(name="fresh", value=VALUE))
     assert len(await vault.sql("SELECT 1 FROM secrets")) == 1
+
+
+async def test_listing_is_in_event_time_order_even_for_late_buffered_events(
+    make_vault: Any,
+) -> None:
+    """A resolve's event is buffered and written after later synchronous events; the list
+    is still newest first by when things happened."""
+    vault = await make_vault(audit_flush_interval=30.0)
+    admin_channel = vault.channel("admin")
+    secrets = sgrpc.SecretServiceStub(admin_channel)
+    await secrets.CreateSecret(spb.CreateSecretRequest(name="ordered", value="v"))
+    resolver = rgrpc.ResolverServiceStub(vault.channel("resolver"))
+    await resolver.ResolveTemplate(
+        rpb.ResolveTemplateRequest(
+            fields=[rpb.TemplateField(key="k", template="{{secret:ordered}}")], tool="late"
+        )
+    )
+    await secrets.GetVaultStats(spb.GetVaultStatsRequest())  # written at once, after the resolve
+    await vault.runtime.audit.flush()  # the resolve's event is inserted last
+    ids = await vault.sql("SELECT id, method FROM audit_events ORDER BY id")
+    assert ids[-1]["method"].endswith("ResolveTemplate")
+
+    audit = agrpc.AuditServiceStub(admin_channel)
+    methods: list[str] = []
+    token = ""
+    while True:  # page size 1 exercises the (time, id) cursor too
+        page = await audit.ListAuditEvents(
+            apb.ListAuditEventsRequest(page_size=1, page_token=token)
+        )
+        methods += [e.method.rsplit("/", 1)[1] for e in page.events]
+        token = page.next_page_token
+        if not token:
+            break
+    assert methods[:3] == ["GetVaultStats", "ResolveTemplate", "CreateSecret"], methods

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from interakt.vault.v1 import audit_service_pb2 as apb
@@ -93,18 +94,15 @@ class AuditServicer(agrpc.AuditServiceServicer):
         validate_filter(request.secret_name, "secret_name")
         validate_filter(request.principal, "principal")
         filter_key = f"{request.secret_name.lower()}\x1f{request.principal}"
-        after = decode_page_token(request.page_token, filter_key)
-        before_id: int | None = None
-        if after is not None:
-            if not after.isdigit():
-                raise InvalidArgument(
-                    "page_token is not a token this server issued", reason="INVALID_PAGE_TOKEN"
-                )
-            before_id = int(after)
+        before = _audit_cursor(decode_page_token(request.page_token, filter_key))
         rows, more = await self.repo.list_audit(
-            request.secret_name, request.principal, before_id, limit
+            request.secret_name, request.principal, before, limit
         )
-        next_token = encode_page_token(str(rows[-1][0]), filter_key) if more and rows else ""
+        next_token = ""
+        if more and rows:
+            last_id, last = rows[-1]
+            assert last.time is not None
+            next_token = encode_page_token(f"{last.time.isoformat()}|{last_id}", filter_key)
         return apb.ListAuditEventsResponse(
             events=[
                 apb.AuditEvent(
@@ -121,3 +119,19 @@ class AuditServicer(agrpc.AuditServiceServicer):
             ],
             next_page_token=next_token,
         )
+
+
+def _audit_cursor(position: str | None) -> tuple[datetime, int] | None:
+    """(time, id) of the last event of the previous page, from a page token's position."""
+    if position is None:
+        return None
+    time_text, _, id_text = position.rpartition("|")
+    try:
+        moment = datetime.fromisoformat(time_text)
+        if moment.tzinfo is None or not id_text.isdigit():
+            raise ValueError(position)
+    except ValueError:
+        raise InvalidArgument(
+            "page_token is not a token this server issued", reason="INVALID_PAGE_TOKEN"
+        ) from None
+    return moment, int(id_text)

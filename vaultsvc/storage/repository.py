@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from vaultsvc.crypto import NONCE_HARD_LIMIT, NONCE_WARN_THRESHOLD, SealedValue, SecretContext
 from vaultsvc.domain import AuditRecord, ConfigRecord, SecretMeta
-from vaultsvc.errors import Aborted, AlreadyExists, NotFound
+from vaultsvc.errors import Aborted, AlreadyExists, NotFound, Unavailable
 from vaultsvc.storage.db import Database
 
 Sealer = Callable[[SecretContext], SealedValue]
@@ -81,7 +83,8 @@ def _note_wraps(key_id: str, new_count: int | None, added: int) -> None:
 
 
 def _new_etag() -> str:
-    return _random.token_urlsafe(12)
+    # Hex: never starts with "-", so it is safe as a command-line option value.
+    return _random.token_hex(10)
 
 
 def _meta(row: Any) -> SecretMeta:
@@ -112,6 +115,17 @@ def like_pattern(text: str) -> str:
 
 
 async def insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
+    """Insert audit events; any database refusal becomes UNAVAILABLE (fail closed)."""
+    try:
+        await _insert_audit(conn, records)
+    except asyncpg.PostgresError:
+        _log.error("audit events cannot be written; request refused")
+        raise Unavailable(
+            "the audit trail cannot be written; request refused", reason="AUDIT_UNAVAILABLE"
+        ) from None
+
+
+async def _insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
     await conn.executemany(
         """INSERT INTO audit_events
                (time, principal, method, outcome, secret_names, tool, request_id, peer)
@@ -544,8 +558,14 @@ class Repository:
             await insert_audit(conn, records)
 
     async def list_audit(
-        self, secret_name: str, principal: str, before_id: int | None, limit: int
+        self,
+        secret_name: str,
+        principal: str,
+        before: tuple[datetime, int] | None,
+        limit: int,
     ) -> tuple[list[tuple[int, AuditRecord]], bool]:
+        """Newest first by event time (buffered resolve events are written late, so the id
+        alone is not time order); ``before`` is the (time, id) of the previous page's last."""
         conditions: list[str] = []
         args: list[Any] = []
         if secret_name:
@@ -554,15 +574,15 @@ class Repository:
         if principal:
             args.append(principal)
             conditions.append(f"principal = ${len(args)}")
-        if before_id is not None:
-            args.append(before_id)
-            conditions.append(f"id < ${len(args)}")
+        if before is not None:
+            args.extend(before)
+            conditions.append(f"(time, id) < (${len(args) - 1}, ${len(args)})")
         args.append(limit + 1)
         where = " AND ".join(conditions) or "TRUE"
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 "SELECT id, time, principal, method, outcome, secret_names, tool, request_id, peer "
-                f"FROM audit_events WHERE {where} ORDER BY id DESC LIMIT ${len(args)}",
+                f"FROM audit_events WHERE {where} ORDER BY time DESC, id DESC LIMIT ${len(args)}",
                 *args,
             )
         out = [

@@ -58,5 +58,7 @@ CREATE TABLE audit_events (
     request_id   text        NOT NULL,
     peer         text        NOT NULL DEFAULT ''
 );
-CREATE INDEX audit_events_principal ON audit_events (principal, id DESC);
+-- Listing is newest first by (time, id); buffered resolve events arrive late.
+CREATE INDEX audit_events_time ON audit_events (time DESC, id DESC);
+CREATE INDEX audit_events_principal ON audit_events (principal, time DESC, id DESC);
 CREATE INDEX audit_events_secret_names ON audit_events USING gin (secret_names);
