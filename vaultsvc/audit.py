@@ -95,7 +95,8 @@ class AuditWriter:
     async def write(self, record: AuditRecord) -> None:
         """Write one event now; UNAVAILABLE if it cannot be stored."""
         try:
-            await asyncio.wait_for(self._repo.write_audit([record]), timeout=self._write_timeout)
+            async with asyncio.timeout(self._write_timeout):
+                await self._repo.write_audit([record])
         except Exception as exc:
             _log.error("audit write failed", extra={"error": type(exc).__name__})
             raise Unavailable(
@@ -163,9 +164,8 @@ class AuditWriter:
                 if not self._retry:
                     count = min(self._batch_size, self._queue.qsize())
                     self._retry = [self._queue.get_nowait() for _ in range(count)]
-                await asyncio.wait_for(
-                    self._repo.write_audit(self._retry), timeout=self._write_timeout
-                )
+                async with asyncio.timeout(self._write_timeout):
+                    await self._repo.write_audit(self._retry)
                 self._retry = []
 
     async def stop(self, timeout: float = 5.0) -> None:
