@@ -1,0 +1,327 @@
+"""Helpers for the master key lifecycle tests (this module holds no tests).
+
+Everything runs against the REAL embedded Postgres and REAL grpc.aio servers; the CLI
+and ``serve`` run as real subprocesses (``python -m vaultsvc ...``) driven by asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from interakt.vault.v1 import resolver_service_pb2 as rpb
+from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
+from interakt.vault.v1 import secret_service_pb2 as spb
+from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
+
+from tests.conftest import VaultHandle, make_settings
+from vaultsvc.crypto import generate_master_key
+from vaultsvc.server import start_server, stop_server
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CLI_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class Key:
+    """One test master key: its id, base64 text and raw bytes (to look for leaks)."""
+
+    key_id: str
+    b64: str
+
+    @property
+    def spec(self) -> str:
+        return f"{self.key_id}:{self.b64}"
+
+    @property
+    def leak_patterns(self) -> list[str]:
+        raw = base64.b64decode(self.b64)
+        urlsafe = base64.urlsafe_b64encode(raw).decode()
+        return [self.b64, self.b64.rstrip("="), urlsafe.rstrip("="), raw.hex(), raw.hex().upper()]
+
+
+def new_key(key_id: str) -> Key:
+    _, b64 = generate_master_key()
+    return Key(key_id, b64)
+
+
+def keyring_spec(*keys: Key) -> str:
+    return ",".join(k.spec for k in keys)
+
+
+def assert_no_key_material(text: str, *keys: Key) -> None:
+    for key in keys:
+        for pattern in key.leak_patterns:
+            assert pattern not in text, f"key material of {key.key_id!r} leaked"
+
+
+# ------------------------------------------------------------------ servers
+
+
+@asynccontextmanager
+async def vault_server(url: str, master_keys: str, **overrides: Any) -> AsyncIterator[VaultHandle]:
+    """A vault this test starts and stops itself (a "replica" with its own keyring)."""
+    settings, tokens, spec = make_settings(url, master_keys=master_keys, **overrides)
+    runtime = await start_server(settings)
+    handle = VaultHandle(
+        runtime=runtime,
+        address=f"127.0.0.1:{runtime.port}",
+        tokens=tokens,
+        settings=settings,
+        database_url=url,
+        master_keys=spec,
+    )
+    try:
+        yield handle
+    finally:
+        for channel in handle.channels:
+            await channel.close()
+        await stop_server(runtime, grace=0.5)
+
+
+def secrets_stub(vault: VaultHandle) -> sgrpc.SecretServiceStub:
+    return sgrpc.SecretServiceStub(vault.channel("admin"))
+
+
+def resolver_stub(vault: VaultHandle) -> rgrpc.ResolverServiceStub:
+    return rgrpc.ResolverServiceStub(vault.channel("resolver"))
+
+
+async def create_secrets(
+    vault: VaultHandle, values: Mapping[str, str], concurrency: int = 16
+) -> None:
+    stub = secrets_stub(vault)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(name: str, value: str) -> None:
+        async with gate:
+            await stub.CreateSecret(spb.CreateSecretRequest(name=name, value=value), timeout=10)
+
+    await asyncio.gather(*(one(n, v) for n, v in values.items()))
+
+
+def _request(names: Sequence[str]) -> rpb.ResolveTemplateRequest:
+    return rpb.ResolveTemplateRequest(
+        fields=[
+            rpb.TemplateField(
+                key=name, template=f"{{{{secret:{name}}}}}", encoding=rpb.ENCODING_RAW
+            )
+            for name in names
+        ],
+        tool="test-keys",
+    )
+
+
+async def resolve_many(stub: rgrpc.ResolverServiceStub, names: Sequence[str]) -> dict[str, str]:
+    response = await stub.ResolveTemplate(_request(names), timeout=10)
+    return {f.key: f.value for f in response.fields}
+
+
+async def resolve(stub: rgrpc.ResolverServiceStub, name: str) -> str:
+    return (await resolve_many(stub, [name]))[name]
+
+
+async def resolve_all(vault: VaultHandle, expected: Mapping[str, str], chunk: int = 100) -> None:
+    """Every secret resolves to exactly its expected value."""
+    stub = resolver_stub(vault)
+    names = sorted(expected)
+    for start in range(0, len(names), chunk):
+        part = names[start : start + chunk]
+        got = await resolve_many(stub, part)
+        assert got == {n: expected[n] for n in part}
+
+
+async def expect_unreadable(
+    stub: rgrpc.ResolverServiceStub,
+    names: Sequence[str],
+    culprit: str,
+    *,
+    not_named: Iterable[str] = (),
+    values: Iterable[str] = (),
+) -> None:
+    """Resolving ``names`` fails with DATA_LOSS / SECRET_UNREADABLE naming ``culprit`` only."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ResolveTemplate(_request(names), timeout=10)
+    err = info.value
+    assert err.code() == grpc.StatusCode.DATA_LOSS, (err.code(), err.details())
+    status = rpc_status.from_call(err)
+    assert status is not None and len(status.details) == 1
+    error_info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(error_info)
+    assert error_info.reason == "SECRET_UNREADABLE"
+    assert error_info.domain == "vault.interakt"
+    details = str(err.details())
+    assert culprit in details
+    assert error_info.metadata.get("names") == culprit
+    everything = details + repr(dict(error_info.metadata)) + repr(err.trailing_metadata())
+    for other in not_named:
+        assert other not in everything, f"error for {culprit} names {other}"
+    for value in values:
+        assert value not in everything, "a value leaked into an error"
+
+
+# ------------------------------------------------------------------ subprocesses
+
+
+@dataclass(frozen=True)
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def cli_env(database_url: str | None, master_keys: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    if database_url is not None:
+        env["VAULT_DATABASE_URL"] = database_url
+    if master_keys is not None:
+        env["VAULT_MASTER_KEYS"] = master_keys
+    env["VAULT_LOG_FORMAT"] = "text"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+async def start_cli(args: Sequence[str], env: Mapping[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vaultsvc",
+        *args,
+        env=dict(env),
+        cwd=REPO_ROOT,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish(proc: asyncio.subprocess.Process, timeout: float = CLI_TIMEOUT) -> Completed:
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"subprocess did not finish within {timeout}s") from None
+    assert proc.returncode is not None
+    return Completed(
+        proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    )
+
+
+async def run_cli(
+    args: Sequence[str], env: Mapping[str, str], timeout: float = CLI_TIMEOUT
+) -> Completed:
+    return await finish(await start_cli(args, env), timeout)
+
+
+# ------------------------------------------------------------------ database
+
+
+async def sql(url: str, query: str, *args: Any) -> list[Any]:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close(timeout=5)
+
+
+async def kek_counts(url: str) -> dict[str, int]:
+    rows = await sql(url, "SELECT kek_id, count(*) AS n FROM secrets GROUP BY kek_id")
+    return {r["kek_id"]: int(r["n"]) for r in rows}
+
+
+async def wrap_counts(url: str) -> dict[str, int]:
+    rows = await sql(url, "SELECT key_id, wrap_count FROM master_keys")
+    return {r["key_id"]: int(r["wrap_count"]) for r in rows}
+
+
+async def db_fingerprint(url: str) -> dict[str, Any]:
+    """Everything a write could change: every relation, every row of every table (hashed)
+    and the per-table insert/update/delete counters (which also count rolled-back writes).
+
+    Waits until no other session is connected, so exited sessions have flushed their stats.
+    """
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        others = -1
+        for _ in range(200):
+            others = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'"
+            )
+            if others == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert others == 0, "another session is still connected to the database"
+        relations = [
+            (r["nspname"], r["relname"], r["relkind"])
+            for r in await conn.fetch(
+                """SELECT n.nspname, c.relname, c.relkind::text AS relkind
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                      AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+                    ORDER BY 1, 2"""
+            )
+        ]
+        content: dict[str, tuple[int, str]] = {}
+        for schema, name, kind in relations:
+            if kind not in ("r", "p"):
+                continue
+            row = await conn.fetchrow(
+                f"SELECT count(*) AS n, md5(coalesce(string_agg(t::text, chr(10) "
+                f'ORDER BY t::text), \'\')) AS h FROM "{schema}"."{name}" t'
+            )
+            assert row is not None
+            content[f"{schema}.{name}"] = (int(row["n"]), str(row["h"]))
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        counters = {
+            r["relname"]: (r["n_tup_ins"], r["n_tup_upd"], r["n_tup_del"])
+            for r in await conn.fetch(
+                "SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables"
+            )
+        }
+        master_keys = (
+            [
+                (r["key_id"], bytes(r["check_value"]).hex(), int(r["wrap_count"]))
+                for r in await conn.fetch(
+                    "SELECT key_id, check_value, wrap_count FROM master_keys ORDER BY key_id"
+                )
+            ]
+            if ("public", "master_keys", "r") in relations
+            else []
+        )
+        migrations = (
+            [
+                (r["version"], r["name"])
+                for r in await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY 1")
+            ]
+            if ("public", "schema_migrations", "r") in relations
+            else []
+        )
+    finally:
+        await conn.close(timeout=5)
+    return {
+        "relations": relations,
+        "content": content,
+        "counters": counters,
+        "master_keys": master_keys,
+        "migrations": migrations,
+    }
