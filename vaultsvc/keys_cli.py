@@ -37,6 +37,7 @@ from vaultsvc.crypto import (
     KeyringError,
     SealedValue,
 )
+from vaultsvc.errors import VaultError
 from vaultsvc.logs import configure_logging
 from vaultsvc.storage.db import Database, schema_exists
 from vaultsvc.storage.repository import Repository, SealedRow
@@ -181,6 +182,8 @@ def cmd_keys_status(args: argparse.Namespace) -> int:
         keyring, rows, has_schema = asyncio.run(key_status(settings))
     except (ConfigError, StartupError, KeyringError) as exc:
         return _fail(str(exc))
+    except VaultError as exc:
+        return _fail(f"{exc.message} ({exc.reason})")
     if args.json:
         print(
             json.dumps(
@@ -406,6 +409,8 @@ def cmd_keys_rewrap(args: argparse.Namespace) -> int:
         outcome = asyncio.run(run(settings))
     except (ConfigError, StartupError, KeyringError) as exc:
         return _fail(str(exc))
+    except VaultError as exc:
+        return _fail(f"{exc.message} ({exc.reason})")
     primary = outcome.primary
     print(
         f"rewrapped {outcome.rewrapped} data key(s) under {primary!r} in {outcome.batches} "
