@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import shutil
@@ -192,9 +193,11 @@ async def make_vault(pg: EmbeddedPostgres, log_capture: LogCapture) -> AsyncIter
 
     yield factory
     for handle in handles:
-        for channel in handle.channels:
-            await channel.close()
-        await stop_server(handle.runtime, grace=0.5)
+        # Bounded: a stuck close must fail the test run, not hang it.
+        async with asyncio.timeout(30):
+            for channel in handle.channels:
+                await channel.close(grace=None)
+            await stop_server(handle.runtime, grace=0.5)
 
 
 @pytest.fixture

@@ -131,7 +131,10 @@ def _keyring_from_file(entries: Any, base: Path) -> Keyring:
             raise ConfigError(f"master_keys entry {position} needs an id")
         key_id = str(entry["id"])
         if "key_file" in entry:
-            material = load_key_file(base / str(entry["key_file"]))
+            try:
+                material = load_key_file(base / str(entry["key_file"]))
+            except KeyringError as exc:
+                raise ConfigError(f"master key {key_id!r}: {exc}") from None
             specs.append(f"{key_id}:{base64.b64encode(material).decode()}")
         elif "key" in entry:
             specs.append(f"{key_id}:{entry['key']}")
