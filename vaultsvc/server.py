@@ -99,6 +99,11 @@ class InternalError(VaultError):
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
+def _sanitize_names(call: CallContext) -> None:
+    """Names a handler recorded before validating them may hold control characters."""
+    call.record.secret_names = [safe_label(n, 128) for n in call.record.secret_names]
+
+
 class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Request id, authentication, authorization, deadline, audit and error mapping.
 
@@ -225,7 +230,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         outcome = error.code.name if error is not None else "OK"
         if not call.audited:
             call.record.outcome = outcome
-            call.record.secret_names = [safe_label(n, 128) for n in call.record.secret_names]
+            _sanitize_names(call)
             try:
                 await self.audit.write(call.record)
             except Unavailable as exc:
@@ -243,6 +248,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return response
 
     def _enqueue_quietly(self, call: CallContext) -> None:
+        _sanitize_names(call)
         try:
             self.audit.enqueue(call.record)
         except Unavailable:
