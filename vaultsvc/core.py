@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from vaultsvc.crypto import DecryptionFailed, Envelope, SealedValue
+from vaultsvc.crypto import DecryptionFailed, Envelope, SealedValue, SecretContext
 from vaultsvc.domain import (
     AuditRecord,
     ConfigRecord,
@@ -26,7 +26,7 @@ from vaultsvc.domain import (
     validate_value,
 )
 from vaultsvc.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
-from vaultsvc.storage.repository import Repository, SealedRow
+from vaultsvc.storage.repository import Repository, SealedRow, Sealer
 from vaultsvc.templates import (
     CompiledTemplate,
     Encoding,
@@ -124,10 +124,16 @@ class Vault:
         validate_description(description)
         assert plaintext is not None
         audit.secret_names = [name.lower()]
+        return await self.repo.create_secret(name, description, self._sealer(plaintext), audit)
+
+    def _sealer(self, plaintext: bytes) -> Sealer:
+        """Seals ``plaintext`` for the identity the repository picks inside its transaction."""
         envelope = self.envelope
-        return await self.repo.create_secret(
-            name, description, lambda ctx: envelope.seal(plaintext, ctx), audit
-        )
+
+        def seal(ctx: SecretContext) -> SealedValue:
+            return envelope.seal(plaintext, ctx)
+
+        return seal
 
     async def get_secret(self, name: str) -> SecretMeta:
         validate_name(name)
@@ -159,15 +165,7 @@ class Vault:
         if description is not None:
             validate_description(description)
         audit.secret_names = [name.lower()]
-        envelope = self.envelope
-        seal = None
-        if plaintext is not None:
-            sealed_plaintext = plaintext
-
-            def seal_value(ctx: object) -> SealedValue:
-                return envelope.seal(sealed_plaintext, ctx)  # type: ignore[arg-type]
-
-            seal = seal_value
+        seal = self._sealer(plaintext) if plaintext is not None else None
         return await self.repo.update_secret(name, etag, description, seal, audit)
 
     async def delete_secret(self, name: str, etag: str, audit: AuditRecord) -> None:

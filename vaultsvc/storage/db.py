@@ -94,10 +94,6 @@ class Database:
         async with self.connection() as conn, conn.transaction(isolation=isolation):
             yield conn
 
-    async def ping(self) -> None:
-        async with self.connection() as conn:
-            await conn.fetchval("SELECT 1")
-
     async def close(self, timeout: float = 5.0) -> None:
         try:
             await asyncio.wait_for(self.pool.close(), timeout=timeout)
