@@ -61,18 +61,11 @@ class Resolution(VaultBase):
     def _compile_all(self, fields: Sequence[Field]) -> list[CompiledTemplate]:
         if not fields:
             raise InvalidArgument("at least one field is required", reason=Reason.NO_FIELDS)
-        if len(fields) > MAX_FIELDS:
-            raise ResourceExhausted(
-                f"{len(fields)} fields; at most {MAX_FIELDS} per request",
-                reason=Reason.TOO_MANY_FIELDS,
-            )
+        _refuse_too_many_fields(fields)
         compiled: list[CompiledTemplate] = []
         placeholders = 0
         for f in fields:
-            if len(f.template.encode("utf-8")) > MAX_TEMPLATE_BYTES:
-                raise ResourceExhausted(
-                    f"field {f.key!r} is larger than 1 MiB", reason=Reason.TEMPLATE_TOO_LARGE
-                )
+            _refuse_too_large(f)
             template = compile_template(f.template, f.encoding, field=f.key)
             placeholders += len(template.placeholders)
             if placeholders > MAX_PLACEHOLDERS:
@@ -179,19 +172,12 @@ class Resolution(VaultBase):
         a field that has other problems (a malformed placeholder, a secret in a URL host).
         Problems come in field order, then by offset. One query checks every name.
         """
-        if len(fields) > MAX_FIELDS:
-            raise ResourceExhausted(
-                f"{len(fields)} fields; at most {MAX_FIELDS} per request",
-                reason=Reason.TOO_MANY_FIELDS,
-            )
+        _refuse_too_many_fields(fields)
         references: list[FieldReferences] = []
         found: list[tuple[int, FieldProblem]] = []
         uses: list[tuple[int, str, Placeholder]] = []
         for index, f in enumerate(fields):
-            if len(f.template.encode("utf-8")) > MAX_TEMPLATE_BYTES:
-                raise ResourceExhausted(
-                    f"field {f.key!r} is larger than 1 MiB", reason=Reason.TEMPLATE_TOO_LARGE
-                )
+            _refuse_too_large(f)
             template, scanned = scan_template(f.template, f.encoding, field=f.key)
             found.extend((index, _field_problem(f.key, p)) for p in scanned)
             placeholders = (
@@ -226,6 +212,21 @@ class Resolution(VaultBase):
                 )
         found.sort(key=lambda item: (item[0], item[1].offset))
         return references, [problem for _, problem in found]
+
+
+def _refuse_too_many_fields(fields: Sequence[Field]) -> None:
+    if len(fields) > MAX_FIELDS:
+        raise ResourceExhausted(
+            f"{len(fields)} fields; at most {MAX_FIELDS} per request",
+            reason=Reason.TOO_MANY_FIELDS,
+        )
+
+
+def _refuse_too_large(f: Field) -> None:
+    if len(f.template.encode("utf-8")) > MAX_TEMPLATE_BYTES:
+        raise ResourceExhausted(
+            f"field {f.key!r} is larger than 1 MiB", reason=Reason.TEMPLATE_TOO_LARGE
+        )
 
 
 def _rendered_too_large() -> ResourceExhausted:
