@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from vaultsvc.domain import AuditRecord
-from vaultsvc.errors import Unavailable
+from vaultsvc.errors import Reason, Unavailable
 from vaultsvc.storage.repository import Repository
 
 _log = logging.getLogger("vaultsvc.audit")
@@ -100,14 +100,16 @@ class AuditWriter:
         except Exception as exc:
             _log.error("audit write failed", extra={"error": type(exc).__name__})
             raise Unavailable(
-                "the audit trail cannot be written; request refused", reason="AUDIT_UNAVAILABLE"
+                "the audit trail cannot be written; request refused",
+                reason=Reason.AUDIT_UNAVAILABLE,
             ) from None
 
     def ensure_accepting(self) -> None:
         """Fail closed before doing work whose event could not be recorded."""
         if not self._healthy or self._queue.full():
             raise Unavailable(
-                "the audit trail cannot be written; request refused", reason="AUDIT_UNAVAILABLE"
+                "the audit trail cannot be written; request refused",
+                reason=Reason.AUDIT_UNAVAILABLE,
             )
 
     async def ready(self) -> None:

@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from vaultsvc.errors import PermissionDenied, Unauthenticated
+from vaultsvc.errors import PermissionDenied, Reason, Unauthenticated
 
 ADMIN = "admin"
 VIEWER = "viewer"
@@ -101,5 +101,5 @@ def authorize(method: str, principal: Principal) -> None:
     if allowed is None or principal.role not in allowed:
         raise PermissionDenied(
             f"principal {principal.name} (role {principal.role}) may not call {method}",
-            reason="PERMISSION_DENIED",
+            reason=Reason.PERMISSION_DENIED,
         )

@@ -1,24 +1,30 @@
-"""Domain records and the input rules of the contract (shared/API.md)."""
+"""Domain records and the input rules of the contract (shared/API.md).
+
+A pure module (no I/O, no grpc) rather than part of :mod:`vaultsvc.vault`: the records are
+shared by the layers *below* the vault (storage returns them, the audit trail fills
+them), and storage must not import the behaviour layer that uses it.
+"""
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from vaultsvc.errors import InvalidArgument
+from vaultsvc.errors import InvalidArgument, Reason
+from vaultsvc.limits import (
+    DEFAULT_PAGE_SIZE,
+    MAX_CONFIG_VALUE_BYTES,
+    MAX_DESCRIPTION_CHARS,
+    MAX_FILTER_CHARS,
+    MAX_LABEL_CHARS,
+    MAX_PAGE_SIZE,
+    MAX_VALUE_BYTES,
+)
+from vaultsvc.names import NAME_PATTERN, NAME_RULE
 
-NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,127}")
-MAX_VALUE_BYTES = 64 * 1024
-MAX_DESCRIPTION_CHARS = 1024
-MAX_CONFIG_VALUE_BYTES = 64 * 1024
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
-MAX_FILTER_CHARS = 128
 
-
-def safe_label(text: str, limit: int = 64) -> str:
+def safe_label(text: str, limit: int = MAX_LABEL_CHARS) -> str:
     """A user-supplied name made safe to quote in a message or log line.
 
     Only used for names that failed validation (valid names are already safe): control
@@ -31,11 +37,10 @@ def safe_label(text: str, limit: int = 64) -> str:
 def validate_name(name: str, *, what: str = "name") -> str:
     if not NAME_PATTERN.fullmatch(name):
         if not name:
-            raise InvalidArgument(f"{what} is required", reason="INVALID_NAME")
+            raise InvalidArgument(f"{what} is required", reason=Reason.INVALID_NAME)
         raise InvalidArgument(
-            f"{what} {safe_label(name)!r} is invalid: it must match "
-            "^[A-Za-z][A-Za-z0-9_-]{0,127}$ (a letter, then letters, digits, '_' or '-')",
-            reason="INVALID_NAME",
+            f"{what} {safe_label(name)!r} is invalid: it must match {NAME_RULE}",
+            reason=Reason.INVALID_NAME,
         )
     return name
 
@@ -44,31 +49,41 @@ def validate_value(value: str, *, required: bool) -> bytes | None:
     """UTF-8 bytes of a secret value, or None when an optional value was left empty."""
     if value == "":
         if required:
-            raise InvalidArgument("value is required (1 byte to 64 KiB)", reason="INVALID_VALUE")
+            raise InvalidArgument(
+                "value is required (1 byte to 64 KiB)", reason=Reason.INVALID_VALUE
+            )
         return None
     encoded = value.encode("utf-8")
     if len(encoded) > MAX_VALUE_BYTES:
         raise InvalidArgument(
             f"value is {len(encoded)} bytes; the limit is {MAX_VALUE_BYTES} bytes",
-            reason="VALUE_TOO_LARGE",
+            reason=Reason.VALUE_TOO_LARGE,
         )
     return encoded
+
+
+def validate_config_value(value: str) -> str:
+    if len(value.encode("utf-8")) > MAX_CONFIG_VALUE_BYTES:
+        raise InvalidArgument("config value is larger than 64 KiB", reason=Reason.VALUE_TOO_LARGE)
+    if "\x00" in value:
+        raise InvalidArgument("config value must not contain NUL", reason=Reason.INVALID_VALUE)
+    return value
 
 
 def validate_description(description: str) -> str:
     if len(description) > MAX_DESCRIPTION_CHARS:
         raise InvalidArgument(
             f"description is {len(description)} characters; the limit is {MAX_DESCRIPTION_CHARS}",
-            reason="DESCRIPTION_TOO_LONG",
+            reason=Reason.DESCRIPTION_TOO_LONG,
         )
     if "\x00" in description:
-        raise InvalidArgument("description must not contain NUL", reason="INVALID_DESCRIPTION")
+        raise InvalidArgument("description must not contain NUL", reason=Reason.INVALID_DESCRIPTION)
     return description
 
 
 def validate_page_size(page_size: int) -> int:
     if page_size < 0:
-        raise InvalidArgument("page_size must not be negative", reason="INVALID_PAGE_SIZE")
+        raise InvalidArgument("page_size must not be negative", reason=Reason.INVALID_PAGE_SIZE)
     if page_size == 0:
         return DEFAULT_PAGE_SIZE
     return min(page_size, MAX_PAGE_SIZE)
@@ -77,10 +92,10 @@ def validate_page_size(page_size: int) -> int:
 def validate_filter(text: str, what: str) -> str:
     if len(text) > MAX_FILTER_CHARS:
         raise InvalidArgument(
-            f"{what} is longer than {MAX_FILTER_CHARS} characters", reason="INVALID_FILTER"
+            f"{what} is longer than {MAX_FILTER_CHARS} characters", reason=Reason.INVALID_FILTER
         )
     if "\x00" in text:
-        raise InvalidArgument(f"{what} must not contain NUL", reason="INVALID_FILTER")
+        raise InvalidArgument(f"{what} must not contain NUL", reason=Reason.INVALID_FILTER)
     return text
 
 

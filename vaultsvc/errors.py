@@ -1,92 +1,179 @@
-"""Domain errors. Each carries its gRPC status code and an ErrorInfo reason.
+"""Domain errors, free of any transport: each carries a :class:`Code` and a :class:`Reason`.
 
-Messages may name secrets, config keys, inputs and fields, never a value. One
-interceptor (``vaultsvc.server``) turns these into ``google.rpc.Status`` with a
-single ``google.rpc.ErrorInfo``; anything else becomes INTERNAL with only a
-request id.
+Messages may name secrets, config keys, inputs and fields, never a value. The boundary
+(:mod:`vaultsvc.api.status`) maps :class:`Code` to a gRPC status code in one table and
+builds ``google.rpc.Status`` with a single ``google.rpc.ErrorInfo``; anything else
+becomes INTERNAL with only a request id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-
-import grpc
+from enum import StrEnum
 
 ERROR_DOMAIN = "vault.interakt"
+
+
+class Code(StrEnum):
+    """The kind of failure, named as the canonical status codes (google.rpc.Code)."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    INTERNAL = "INTERNAL"
+    UNAVAILABLE = "UNAVAILABLE"
+    DATA_LOSS = "DATA_LOSS"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+
+
+class Reason(StrEnum):
+    """Every ``ErrorInfo.reason`` the vault sends (shared/API.md); the member name is the value.
+
+    The protos carry the same values as ``enum ErrorReason``.
+    """
+
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
+    CONFIG_IN_USE = "CONFIG_IN_USE"
+    CONFIG_NOT_FOUND = "CONFIG_NOT_FOUND"
+    DATABASE_READ_ONLY = "DATABASE_READ_ONLY"
+    DATABASE_TIMEOUT = "DATABASE_TIMEOUT"
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    DESCRIPTION_TOO_LONG = "DESCRIPTION_TOO_LONG"
+    ETAG_MISMATCH = "ETAG_MISMATCH"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    HOSTS_WIDEN_NEEDS_NEW_VALUE = "HOSTS_WIDEN_NEEDS_NEW_VALUE"
+    INPUT_MISSING = "INPUT_MISSING"
+    INTERNAL = "INTERNAL"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    INVALID_DESCRIPTION = "INVALID_DESCRIPTION"
+    INVALID_ENCODING = "INVALID_ENCODING"
+    INVALID_FILTER = "INVALID_FILTER"
+    INVALID_HEADER_VALUE = "INVALID_HEADER_VALUE"
+    INVALID_NAME = "INVALID_NAME"
+    INVALID_PAGE_SIZE = "INVALID_PAGE_SIZE"
+    INVALID_PAGE_TOKEN = "INVALID_PAGE_TOKEN"  # noqa: S105 - a reason, not a password
+    INVALID_TEMPLATE = "INVALID_TEMPLATE"
+    INVALID_TOOL = "INVALID_TOOL"
+    INVALID_URL_ORIGIN = "INVALID_URL_ORIGIN"
+    INVALID_URL_VALUE = "INVALID_URL_VALUE"
+    INVALID_VALUE = "INVALID_VALUE"
+    MALFORMED_PLACEHOLDER = "MALFORMED_PLACEHOLDER"
+    NAME_RESERVED = "NAME_RESERVED"
+    NEAR_MISS_PLACEHOLDER = "NEAR_MISS_PLACEHOLDER"
+    NOT_FOUND = "NOT_FOUND"
+    NO_FIELDS = "NO_FIELDS"
+    OVERLOADED = "OVERLOADED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    PLACEHOLDER_NOT_ALLOWED = "PLACEHOLDER_NOT_ALLOWED"
+    RATE_LIMITED = "RATE_LIMITED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+    SECRET_DELETED = "SECRET_DELETED"  # noqa: S105 - a reason, not a password
+    SECRET_HOST_NOT_ALLOWED = "SECRET_HOST_NOT_ALLOWED"  # noqa: S105 - a reason, not a password
+    SECRET_IN_USE = "SECRET_IN_USE"  # noqa: S105 - a reason, not a password
+    SECRET_NOT_ALLOWED = "SECRET_NOT_ALLOWED"  # noqa: S105 - a reason, not a password
+    SECRET_NOT_DELETED = "SECRET_NOT_DELETED"  # noqa: S105 - a reason, not a password
+    SECRET_NOT_FOUND = "SECRET_NOT_FOUND"  # noqa: S105 - a reason, not a password
+    SECRET_UNREADABLE = "SECRET_UNREADABLE"  # noqa: S105 - a reason, not a password
+    STORAGE_FULL = "STORAGE_FULL"
+    TEMPLATE_TOO_LARGE = "TEMPLATE_TOO_LARGE"
+    TOO_MANY_FIELDS = "TOO_MANY_FIELDS"
+    TOO_MANY_INPUTS = "TOO_MANY_INPUTS"
+    TOO_MANY_PLACEHOLDERS = "TOO_MANY_PLACEHOLDERS"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    UNAVAILABLE = "UNAVAILABLE"
+    VALUE_TOO_LARGE = "VALUE_TOO_LARGE"
+    VERSION_DESTROYED = "VERSION_DESTROYED"
+    VERSION_IS_CURRENT = "VERSION_IS_CURRENT"
+    VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
 
 
 class VaultError(Exception):
     """Base of every error a client may see. ``message`` must never hold a value."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    default_reason: str = "INTERNAL"
+    code: Code = Code.INTERNAL
+    default_reason: Reason = Reason.INTERNAL
 
     def __init__(
         self,
         message: str,
         *,
-        reason: str | None = None,
+        reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        self.reason: Reason = reason or self.default_reason
         self.metadata: dict[str, str] = dict(metadata or {})
 
     def __str__(self) -> str:
-        return f"{self.code.name} {self.reason}: {self.message}"
+        return f"{self.code} {self.reason}: {self.message}"
 
 
 class InvalidArgument(VaultError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    default_reason = "INVALID_ARGUMENT"
+    code = Code.INVALID_ARGUMENT
+    default_reason = Reason.INVALID_ARGUMENT
 
 
 class NotFound(VaultError):
-    code = grpc.StatusCode.NOT_FOUND
-    default_reason = "NOT_FOUND"
+    code = Code.NOT_FOUND
+    default_reason = Reason.NOT_FOUND
 
 
 class AlreadyExists(VaultError):
-    code = grpc.StatusCode.ALREADY_EXISTS
-    default_reason = "ALREADY_EXISTS"
+    code = Code.ALREADY_EXISTS
+    default_reason = Reason.ALREADY_EXISTS
 
 
 class Aborted(VaultError):
-    code = grpc.StatusCode.ABORTED
-    default_reason = "ETAG_MISMATCH"
+    code = Code.ABORTED
+    default_reason = Reason.ETAG_MISMATCH
 
 
 class FailedPrecondition(VaultError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    default_reason = "FAILED_PRECONDITION"
+    code = Code.FAILED_PRECONDITION
+    default_reason = Reason.FAILED_PRECONDITION
 
 
 class ResourceExhausted(VaultError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    default_reason = "RESOURCE_EXHAUSTED"
+    code = Code.RESOURCE_EXHAUSTED
+    default_reason = Reason.RESOURCE_EXHAUSTED
 
 
 class Unauthenticated(VaultError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-    default_reason = "UNAUTHENTICATED"
+    code = Code.UNAUTHENTICATED
+    default_reason = Reason.UNAUTHENTICATED
 
 
 class PermissionDenied(VaultError):
-    code = grpc.StatusCode.PERMISSION_DENIED
-    default_reason = "PERMISSION_DENIED"
+    code = Code.PERMISSION_DENIED
+    default_reason = Reason.PERMISSION_DENIED
 
 
 class Unavailable(VaultError):
-    code = grpc.StatusCode.UNAVAILABLE
-    default_reason = "UNAVAILABLE"
+    code = Code.UNAVAILABLE
+    default_reason = Reason.UNAVAILABLE
 
 
 class DataLoss(VaultError):
-    code = grpc.StatusCode.DATA_LOSS
-    default_reason = "SECRET_UNREADABLE"
+    code = Code.DATA_LOSS
+    default_reason = Reason.SECRET_UNREADABLE
 
 
 class DeadlineExceeded(VaultError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-    default_reason = "DEADLINE_EXCEEDED"
+    code = Code.DEADLINE_EXCEEDED
+    default_reason = Reason.DEADLINE_EXCEEDED
+
+
+class InternalError(VaultError):
+    """What a client sees for any unexpected exception: a request id and nothing else."""
+
+    code = Code.INTERNAL
+    default_reason = Reason.INTERNAL

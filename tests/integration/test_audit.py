@@ -21,7 +21,7 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
-from tests.conftest import VaultHandle
+from tests.support.vault import VaultHandle
 
 PKG = "/interakt.vault.v1."
 VALUE = "audit-value-8c1f2e"

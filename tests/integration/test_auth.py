@@ -26,7 +26,8 @@ from interakt.vault.v1 import config_service_pb2 as cpb
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 from interakt.vault.v1 import secret_service_pb2 as spb
 
-from tests.conftest import VaultFactory, VaultHandle
+from tests.support.vault import VaultFactory, VaultHandle
+from vaultsvc.api.interceptor import VaultInterceptor
 from vaultsvc.auth import (
     ADMIN,
     METHOD_ROLES,
@@ -40,7 +41,6 @@ from vaultsvc.auth import (
     new_token,
 )
 from vaultsvc.errors import PermissionDenied, Unauthenticated
-from vaultsvc.server import VaultInterceptor
 
 PKG = "/interakt.vault.v1."
 

@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import stat
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,38 +18,13 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
-from tests.conftest import create_database
+from tests.support.cli import run_cli, start_cli
+from tests.support.rpc import bearer
+from tests.support.vault import create_database
 from vaultsvc.config import load_settings
 from vaultsvc.crypto import generate_master_key
 from vaultsvc.server import Runtime, start_server, stop_server
 from vaultsvc.storage.embedded import EmbeddedPostgres
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vaultsvc",
-        *args,
-        cwd=str(REPO),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def bearer(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
 
 
 @pytest.fixture
@@ -64,7 +38,8 @@ async def runtimes() -> AsyncIterator[list[Runtime]]:
 async def test_token_create_prints_a_fresh_token_and_its_hash_line(
     pg: EmbeddedPostgres, runtimes: list[Runtime], tmp_path: Path
 ) -> None:
-    code, out, err = await run_cli("token", "create", "--principal", "ci-bot", "--role", "resolver")
+    done = await run_cli(["token", "create", "--principal", "ci-bot", "--role", "resolver"])
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 0, err
     tokens = re.findall(r"^\s+(vt_[A-Za-z0-9_-]{40,})\s*$", out, re.MULTILINE)
     assert len(tokens) == 1, out
@@ -86,7 +61,9 @@ async def test_token_create_prints_a_fresh_token_and_its_hash_line(
     ]
 
     # A second run gives a different token.
-    _, again, _ = await run_cli("token", "create", "--principal", "ci-bot", "--role", "resolver")
+    again = (
+        await run_cli(["token", "create", "--principal", "ci-bot", "--role", "resolver"])
+    ).stdout
     assert token not in again
 
     # A server configured with that line (and nothing else) accepts the token.
@@ -140,9 +117,9 @@ async def _principals(runtime: Runtime) -> set[str]:
     ],
 )
 async def test_token_create_rejects_bad_arguments(args: tuple[str, ...]) -> None:
-    code, out, _ = await run_cli("token", "create", *args)
-    assert code != 0
-    assert "vt_" not in out
+    done = await run_cli(["token", "create", *args])
+    assert done.returncode != 0
+    assert "vt_" not in done.stdout
 
 
 async def test_dev_prints_one_working_token_per_role(pg: EmbeddedPostgres, tmp_path: Path) -> None:
@@ -156,16 +133,7 @@ async def test_dev_prints_one_working_token_per_role(pg: EmbeddedPostgres, tmp_p
     env.pop("VAULT_TOKENS", None)
     stderr_path = tmp_path / "dev.err"
     with stderr_path.open("wb") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vaultsvc",
-            "dev",
-            cwd=str(REPO),
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-        )
+        proc = await start_cli(["dev"], env, stderr=stderr.fileno())
     try:
         assert proc.stdout is not None
         banner: list[str] = []

@@ -9,8 +9,7 @@ import grpc
 import pytest
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 
-from tests.conftest import VaultHandle
-from tests.integration.test_resolve import (
+from tests.support.resolve import (
     HEADER,
     JSON,
     RAW,
@@ -19,8 +18,9 @@ from tests.integration.test_resolve import (
     FieldSpec,
     put_configs,
     put_secrets,
-    resolver,
 )
+from tests.support.rpc import resolver
+from tests.support.vault import VaultHandle
 
 STORED = "STORED-VALUE-c81d-never-in-a-check"
 CONFIG_VALUE = "CONFIG-VALUE-5e0a-never-in-a-check"

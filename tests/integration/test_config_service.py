@@ -10,16 +10,9 @@ from google.protobuf import empty_pb2
 from interakt.vault.v1 import config_service_pb2 as cpb
 from interakt.vault.v1 import config_service_pb2_grpc as cpbg
 
-from tests.conftest import VaultHandle
-from tests.integration.test_resolve import (
-    RAW,
-    URL,
-    expect_error,
-    put_secrets,
-    request,
-    resolve,
-    resolver,
-)
+from tests.support.resolve import RAW, URL, put_secrets, request, resolve
+from tests.support.rpc import expect_error, resolver
+from tests.support.vault import VaultHandle
 
 
 def configs(vault: VaultHandle, role: str | None = "admin") -> cpbg.ConfigServiceStub:

@@ -11,7 +11,7 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rpbg
 from interakt.vault.v1 import secret_service_pb2 as pb
 from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
-from tests.conftest import VaultFactory, create_database
+from tests.support.vault import VaultFactory, create_database
 from vaultsvc.storage.embedded import EmbeddedPostgres
 
 

@@ -16,28 +16,22 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from interakt.vault.v1 import secret_service_pb2 as spb
 
-from tests.conftest import create_database
-from tests.integration.test_keys_support import (
+from tests.support.cli import cli_env, finish, run_cli, start_cli
+from tests.support.keys import (
     assert_no_key_material,
-    cli_env,
     create_secrets,
     db_fingerprint,
     expect_unreadable,
-    finish,
     kek_counts,
     keyring_spec,
     new_key,
     resolve_all,
     resolve_many,
-    resolver_stub,
-    run_cli,
-    secrets_stub,
-    sql,
-    start_cli,
-    vault_server,
     wrap_counts,
 )
-from vaultsvc.keys_cli import Progress
+from tests.support.rpc import resolver, secrets_admin
+from tests.support.vault import create_database, sql, vault_server
+from vaultsvc.cli.keys import Progress
 from vaultsvc.storage.embedded import EmbeddedPostgres
 
 
@@ -93,7 +87,7 @@ async def test_rotation_under_load_then_old_key_removed(pg: EmbeddedPostgres) ->
         names = sorted(expected)
 
         async def resolver_loop(offset: int) -> None:
-            stub = resolver_stub(vault)
+            stub = resolver(vault)
             position = offset
             while not stop.is_set():
                 chunk = [names[(position + j) % len(names)] for j in range(10)]
@@ -113,7 +107,7 @@ async def test_rotation_under_load_then_old_key_removed(pg: EmbeddedPostgres) ->
                     counters["ok_mixed"] += 1
 
         async def writer_loop() -> None:
-            stub = secrets_stub(vault)
+            stub = secrets_admin(vault)
             round_number = 0
             while not stop.is_set():
                 for name in hot:
@@ -297,7 +291,7 @@ async def test_rewrap_reports_damaged_rows_and_leaves_them_untouched(
             assert not any(value in done.output for value in expected.values())
         assert await kek_counts(url) == {"new": 11, "old": 1}
         assert await sql(url, "SELECT * FROM secrets WHERE name = $1", damaged) == row_before
-        await expect_unreadable(resolver_stub(vault), [damaged], damaged)
+        await expect_unreadable(resolver(vault), [damaged], damaged)
         healthy = {n: v for n, v in expected.items() if n != damaged}
         await resolve_all(vault, healthy)
     status = await status_json(url, keyring_spec(new, old))

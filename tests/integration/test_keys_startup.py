@@ -19,26 +19,31 @@ from pathlib import Path
 import pytest
 from interakt.vault.v1 import secret_service_pb2 as spb
 
-from tests.conftest import LogCapture, VaultFactory, create_database, make_settings
-from tests.integration.test_keys_support import (
+from tests.support.cli import cli_env, run_cli
+from tests.support.keys import (
     Key,
     assert_no_key_material,
-    cli_env,
     create_secrets,
     db_fingerprint,
     keyring_spec,
     new_key,
     resolve_all,
-    run_cli,
-    secrets_stub,
-    sql,
-    vault_server,
     wrap_counts,
 )
+from tests.support.rpc import secrets_admin
+from tests.support.vault import (
+    LogCapture,
+    VaultFactory,
+    create_database,
+    make_settings,
+    sql,
+    vault_server,
+)
+from vaultsvc.bootstrap import StartupError
+from vaultsvc.cli.keys import rewrap_all
 from vaultsvc.config import ConfigError, load_settings
 from vaultsvc.crypto import NONCE_WARN_THRESHOLD, KeyringError
-from vaultsvc.keys_cli import rewrap_all
-from vaultsvc.server import StartupError, start_server, stop_server
+from vaultsvc.server import start_server, stop_server
 from vaultsvc.storage.embedded import EmbeddedPostgres
 
 SERVE_TIMEOUT = 60.0
@@ -290,7 +295,7 @@ async def test_wrap_count_warns_once_when_a_write_crosses_the_threshold(
 ) -> None:
     vault = await make_vault()
     primary = vault.settings.keyring.primary.key_id  # type: ignore[union-attr]
-    stub = secrets_stub(vault)
+    stub = secrets_admin(vault)
     await vault.sql(
         "UPDATE master_keys SET wrap_count = $2 WHERE key_id = $1",
         primary,
@@ -333,7 +338,7 @@ async def test_wrap_count_follows_every_wrap(pg: EmbeddedPostgres) -> None:
     old, new = new_key("old"), new_key("new")
     url = await create_database(pg)
     async with vault_server(url, old.spec) as vault:
-        stub = secrets_stub(vault)
+        stub = secrets_admin(vault)
         await create_secrets(vault, {f"s{i}": f"v{i}" for i in range(5)})
         assert await wrap_counts(url) == {"old": 5}
         await stub.UpdateSecret(spb.UpdateSecretRequest(name="s0", value="v0b"), timeout=10)
@@ -347,7 +352,7 @@ async def test_wrap_count_follows_every_wrap(pg: EmbeddedPostgres) -> None:
         assert await wrap_counts(url) == {"old": 6}
 
     async with vault_server(url, keyring_spec(new, old)) as vault:
-        await secrets_stub(vault).UpdateSecret(
+        await secrets_admin(vault).UpdateSecret(
             spb.UpdateSecretRequest(name="s3", value="v3b"), timeout=10
         )
         assert await wrap_counts(url) == {"old": 6, "new": 1}

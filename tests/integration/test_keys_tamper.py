@@ -12,16 +12,16 @@ import asyncpg
 import pytest
 from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 
-from tests.conftest import VaultFactory, VaultHandle
-from tests.integration.test_keys_support import (
+from tests.support.keys import (
     create_secrets,
     expect_unreadable,
     keyring_spec,
     new_key,
     resolve,
     resolve_many,
-    resolver_stub,
 )
+from tests.support.rpc import resolver
+from tests.support.vault import VaultFactory, VaultHandle
 from vaultsvc.crypto import CIPHERTEXT_OVERHEAD, WRAPPED_DEK_SIZE
 
 TARGET, TARGET_VALUE = "target", "s3cr"
@@ -57,7 +57,7 @@ async def test_every_byte_flip_and_field_change_is_data_loss(
     conn: tuple[VaultHandle, Any],
 ) -> None:
     vault, db = conn
-    stub = resolver_stub(vault)
+    stub = resolver(vault)
     original = await db.fetchrow(
         "SELECT id, kek_id, wrapped_dek, ciphertext, value_version FROM secrets WHERE name = $1",
         TARGET,
@@ -158,7 +158,7 @@ async def test_stale_fields_from_an_older_value_version_do_not_open(
     await sgrpc.SecretServiceStub(vault.channel("admin")).UpdateSecret(
         spb.UpdateSecretRequest(name=TARGET, value="newer"), timeout=10
     )
-    stub = resolver_stub(vault)
+    stub = resolver(vault)
     assert await resolve(stub, TARGET) == "newer"
     await db.execute(
         "UPDATE secrets SET wrapped_dek = $2, ciphertext = $3 WHERE name = $1",
@@ -186,7 +186,7 @@ async def test_swapping_encrypted_fields_between_secrets_is_data_loss(
     )
     await create_secrets(vault, {"badger": "value-badger", "cheetah": "value-cheetah"})
     values = {"aardvark": "value-aardvark", "badger": "value-badger", "cheetah": "value-cheetah"}
-    stub = resolver_stub(vault)
+    stub = resolver(vault)
     db = await asyncpg.connect(vault.database_url, timeout=10)
     try:
         rows = {

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import socket
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,68 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interakt.vault.v1 import secret_service_pb2 as pb
 from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
+from tests.support.cli import ServeProcess, cli_env, run_cli, start_serve
+from tests.support.rpc import bearer
 from vaultsvc.auth import hash_token, new_token
 from vaultsvc.crypto import generate_master_key
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ServeProcess:
-    proc: asyncio.subprocess.Process
-    address: str
-    admin_token: str
-    stderr_path: Path
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-
-async def start_serve(data_dir: Path, env_extra: dict[str, str]) -> ServeProcess:
-    port = free_port()
-    token = env_extra.pop("_admin_token")
-    stderr_path = data_dir.parent / f"serve-{port}.log"
-    env = {
-        **os.environ,
-        "VAULT_DATA_DIR": str(data_dir),
-        "VAULT_LISTEN": f"127.0.0.1:{port}",
-        **env_extra,
-    }
-    env.pop("VAULT_DATABASE_URL", None)
-    with stderr_path.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vaultsvc",
-            "serve",
-            env=env,
-            cwd=str(REPO),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=err,
-        )
-    handle = ServeProcess(proc, f"127.0.0.1:{port}", token, stderr_path)
-    deadline = time.monotonic() + 60
-    async with grpc.aio.insecure_channel(handle.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if proc.returncode is not None:
-                raise AssertionError(f"serve exited early: {handle.stderr()}")
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return handle
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"serve did not become healthy: {handle.stderr()}")
-            await asyncio.sleep(0.2)
 
 
 @pytest.fixture
@@ -93,60 +33,64 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+@dataclass
+class ServeSetup:
+    env: dict[str, str]
+    admin_token: str
+    data_dir: Path
+
+    async def start(self) -> ServeProcess:
+        log = self.data_dir.parent / f"serve-{uuid.uuid4().hex[:8]}.log"
+        return await start_serve(self.env, log)
+
+
 @pytest.fixture
-async def serve_env() -> AsyncIterator[dict[str, str]]:
+def serve_env(data_dir: Path) -> ServeSetup:
     key_id, key = generate_master_key()
     token = new_token()
-    yield {
-        "VAULT_MASTER_KEYS": f"{key_id}:{key}",
-        "VAULT_TOKENS": f"ops:admin:{hash_token(token).hex()}",
-        "_admin_token": token,
-    }
-
-
-def admin_metadata(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
-
-
-async def stop(process: ServeProcess, timeout: float = 30) -> int:
-    process.proc.send_signal(signal.SIGTERM)
-    return await asyncio.wait_for(process.proc.wait(), timeout=timeout)
+    env = cli_env(
+        None,
+        f"{key_id}:{key}",
+        VAULT_TOKENS=f"ops:admin:{hash_token(token).hex()}",
+        VAULT_DATA_DIR=str(data_dir),
+    )
+    return ServeSetup(env, token, data_dir)
 
 
 async def test_restart_keeps_secrets_and_sigterm_exits_cleanly(
-    data_dir: Path, serve_env: dict[str, str]
+    data_dir: Path, serve_env: ServeSetup
 ) -> None:
-    first = await start_serve(data_dir, dict(serve_env))
+    first = await serve_env.start()
     async with grpc.aio.insecure_channel(first.address) as channel:
         stub = pbg.SecretServiceStub(channel)
-        md = admin_metadata(first.admin_token)
+        md = bearer(serve_env.admin_token)
         created = await stub.CreateSecret(
             pb.CreateSecretRequest(name="survivor", value="still-here", description="kept"),
             metadata=md,
             timeout=10,
         )
-    assert await stop(first) == 0
+    assert await first.stop() == 0
     assert (data_dir / "pg" / "PG_VERSION").exists()
 
-    second = await start_serve(data_dir, dict(serve_env))
+    second = await serve_env.start()
     try:
         async with grpc.aio.insecure_channel(second.address) as channel:
             stub = pbg.SecretServiceStub(channel)
             got = await stub.GetSecret(
                 pb.GetSecretRequest(name="survivor"),
-                metadata=admin_metadata(second.admin_token),
+                metadata=bearer(serve_env.admin_token),
                 timeout=10,
             )
             assert got == created
     finally:
-        assert await stop(second) == 0
+        assert await second.stop() == 0
 
 
 async def test_sigterm_drains_in_flight_rpc_after_health_goes_not_serving(
-    data_dir: Path, serve_env: dict[str, str]
+    data_dir: Path, serve_env: ServeSetup
 ) -> None:
-    proc = await start_serve(data_dir, dict(serve_env))
-    md = admin_metadata(proc.admin_token)
+    proc = await serve_env.start()
+    md = bearer(serve_env.admin_token)
     async with grpc.aio.insecure_channel(proc.address) as channel:
         stub = pbg.SecretServiceStub(channel)
         await stub.CreateSecret(pb.CreateSecretRequest(name="locked", value="v"), metadata=md)
@@ -192,19 +136,7 @@ async def test_sigterm_drains_in_flight_rpc_after_health_goes_not_serving(
 
 
 async def test_serve_refuses_to_start_without_master_keys(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
-    env["VAULT_DATA_DIR"] = str(tmp_path / "d")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vaultsvc",
-        "serve",
-        env=env,
-        cwd=str(REPO),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode != 0
-    assert b"VAULT_MASTER_KEYS" in err
+    done = await run_cli(["serve"], cli_env(None, None, VAULT_DATA_DIR=str(tmp_path / "d")))
+    assert done.returncode != 0
+    assert "VAULT_MASTER_KEYS" in done.stderr
     assert not (tmp_path / "d").exists(), "nothing is created before the config is valid"

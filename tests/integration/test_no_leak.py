@@ -31,7 +31,7 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
-from tests.conftest import LogCapture, VaultHandle
+from tests.support.vault import LogCapture, VaultHandle
 from vaultsvc.crypto import Envelope, SealedValue, SecretContext
 from vaultsvc.logs import JsonFormatter, TextFormatter
 from vaultsvc.storage.embedded import EmbeddedPostgres

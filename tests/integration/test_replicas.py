@@ -10,7 +10,7 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rpbg
 from interakt.vault.v1 import secret_service_pb2 as pb
 from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
-from tests.conftest import VaultFactory
+from tests.support.vault import VaultFactory
 
 
 async def test_replicas_share_everything_through_postgres(make_vault: VaultFactory) -> None:

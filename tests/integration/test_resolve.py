@@ -1,127 +1,38 @@
 """ResolveTemplate over a real server, a real channel and the real embedded Postgres.
 
 Covers the seed documentation's three examples, fail-closed errors, per-encoding
-rules, single-pass substitution, case-insensitive names and field order. The
-helpers at the top are shared by the other ``test_resolve*`` / CheckTemplate modules.
+rules, single-pass substitution, case-insensitive names and field order. The helpers
+live in ``tests.support.resolve``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
-from typing import Any
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from interakt.vault.v1 import audit_service_pb2 as apb
-from interakt.vault.v1 import audit_service_pb2_grpc as apbg
-from interakt.vault.v1 import config_service_pb2 as cpb
-from interakt.vault.v1 import config_service_pb2_grpc as cpbg
 from interakt.vault.v1 import resolver_service_pb2 as rpb
-from interakt.vault.v1 import resolver_service_pb2_grpc as rpbg
 from interakt.vault.v1 import secret_service_pb2 as spb
-from interakt.vault.v1 import secret_service_pb2_grpc as spbg
 
-from tests.conftest import VaultHandle
-
-RAW = rpb.ENCODING_RAW
-URL = rpb.ENCODING_URL
-HEADER = rpb.ENCODING_HEADER
-JSON = rpb.ENCODING_JSON
-FORM = rpb.ENCODING_FORM
-
-FieldSpec = tuple[str, str, int]
-
-# A value with every character class an encoder must care about.
-TRICKY = 'sk_live_"q\\uote"\n\r\t/&?=#%+ ,;:@[]{}<>\'\u00e9\u4e2d\U0001f511'
-# The same, minus what a header can never carry (CR, LF, NUL).
-HEADER_SAFE = 'sk_live_"q\\uote"/&?=#%+ ,;:@[]{}<>\'\u00e9\u4e2d\U0001f511'
-
-RESOLVE_METHOD = "/interakt.vault.v1.ResolverService/ResolveTemplate"
-
-
-# ------------------------------------------------------------------------ helpers
-
-
-def resolver(vault: VaultHandle, role: str | None = "resolver") -> rpbg.ResolverServiceStub:
-    return rpbg.ResolverServiceStub(vault.channel(role))
-
-
-def secrets_admin(vault: VaultHandle) -> spbg.SecretServiceStub:
-    return spbg.SecretServiceStub(vault.channel("admin"))
-
-
-def configs_admin(vault: VaultHandle) -> cpbg.ConfigServiceStub:
-    return cpbg.ConfigServiceStub(vault.channel("admin"))
-
-
-async def put_secrets(vault: VaultHandle, values: Mapping[str, str]) -> None:
-    admin = secrets_admin(vault)
-    for name, value in values.items():
-        await admin.CreateSecret(spb.CreateSecretRequest(name=name, value=value))
-
-
-async def put_configs(vault: VaultHandle, values: Mapping[str, str]) -> None:
-    admin = configs_admin(vault)
-    for key, value in values.items():
-        await admin.PutConfigValue(cpb.PutConfigValueRequest(key=key, value=value))
-
-
-def request(
-    fields: Sequence[FieldSpec], inputs: Mapping[str, str] | None = None, tool: str = "tool-1"
-) -> rpb.ResolveTemplateRequest:
-    return rpb.ResolveTemplateRequest(
-        fields=[rpb.TemplateField(key=k, template=t, encoding=e) for k, t, e in fields],  # type: ignore[arg-type]
-        inputs=dict(inputs or {}),
-        tool=tool,
-    )
-
-
-async def resolve(
-    stub: rpbg.ResolverServiceStub,
-    fields: Sequence[FieldSpec],
-    inputs: Mapping[str, str] | None = None,
-    tool: str = "tool-1",
-) -> list[tuple[str, str]]:
-    response = await stub.ResolveTemplate(request(fields, inputs, tool), timeout=30)
-    return [(f.key, f.value) for f in response.fields]
-
-
-async def expect_error(
-    call: Any, code: grpc.StatusCode, reason: str | None = None
-) -> tuple[str, error_details_pb2.ErrorInfo]:
-    """Await a call that must fail; return its message and ErrorInfo."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    err = info.value
-    assert err.code() == code, (err.code(), err.details())
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None, "every error carries a google.rpc.Status"
-    assert len(status.details) == 1
-    error_info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(error_info)
-    assert error_info.domain == "vault.interakt"
-    if reason is not None:
-        assert error_info.reason == reason, (error_info.reason, err.details())
-    return str(err.details()), error_info
-
-
-async def resolve_events(vault: VaultHandle, count: int) -> list[apb.AuditEvent]:
-    """The newest ``count`` ResolveTemplate audit events (they are written behind)."""
-    audit = apbg.AuditServiceStub(vault.channel("admin"))
-    deadline = time.monotonic() + 10
-    while True:
-        response = await audit.ListAuditEvents(apb.ListAuditEventsRequest(page_size=1000))
-        events = [e for e in response.events if e.method == RESOLVE_METHOD]
-        if len(events) >= count or time.monotonic() > deadline:
-            return events[:count]
-        await asyncio.sleep(0.05)
-
+from tests.support.resolve import (
+    FORM,
+    HEADER,
+    HEADER_SAFE,
+    JSON,
+    RAW,
+    TRICKY,
+    URL,
+    FetchSpy,
+    FieldSpec,
+    put_configs,
+    put_secrets,
+    request,
+    resolve,
+    resolve_events,
+)
+from tests.support.rpc import expect_error, resolver, secrets_admin
+from tests.support.vault import VaultHandle
 
 # ----------------------------------------------------------- the seed's examples
 
@@ -541,27 +452,3 @@ async def test_only_the_resolver_role_resolves(
         await resolver(vault, role).ResolveTemplate(request([("f", "{{secret:guarded}}", RAW)]))
     assert info.value.code() == code
     assert "guarded-value" not in (info.value.details() or "")
-
-
-# --------------------------------------------------------------------- shared spy
-
-
-class FetchSpy:
-    """Counts calls to the repository's ``fetch_for_resolve``; the real call still runs."""
-
-    def __init__(self, vault: VaultHandle) -> None:
-        self.secret_names: list[list[str]] = []
-        self.config_keys: list[list[str]] = []
-        repository = vault.runtime.repository
-        original = repository.fetch_for_resolve
-
-        async def spy(secret_names: Sequence[str], config_keys: Sequence[str]) -> Any:
-            self.secret_names.append(sorted(secret_names))
-            self.config_keys.append(sorted(config_keys))
-            return await original(secret_names, config_keys)
-
-        repository.fetch_for_resolve = spy  # type: ignore[method-assign]
-
-    @property
-    def calls(self) -> int:
-        return len(self.secret_names)

@@ -14,8 +14,7 @@ import grpc
 import pytest
 from interakt.vault.v1 import secret_service_pb2 as spb
 
-from tests.conftest import VaultHandle
-from tests.integration.test_resolve import (
+from tests.support.resolve import (
     HEADER,
     JSON,
     RAW,
@@ -26,9 +25,9 @@ from tests.integration.test_resolve import (
     put_secrets,
     request,
     resolve,
-    resolver,
-    secrets_admin,
 )
+from tests.support.rpc import resolver, secrets_admin
+from tests.support.vault import VaultHandle
 
 _STATEMENTS = frozenset(
     {"fetch", "fetchrow", "fetchval", "execute", "executemany", "prepare", "cursor"}

@@ -7,16 +7,9 @@ import grpc
 import pytest
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 
-from tests.conftest import VaultHandle
-from tests.integration.test_resolve import (
-    RAW,
-    URL,
-    FieldSpec,
-    put_secrets,
-    request,
-    resolve,
-    resolver,
-)
+from tests.support.resolve import RAW, URL, FieldSpec, put_secrets, request, resolve
+from tests.support.rpc import resolver
+from tests.support.vault import VaultHandle
 
 MIB = 1024 * 1024
 LIMIT_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from interakt.vault.v1 import secret_service_pb2 as pb
 from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
-from tests.conftest import VaultHandle
+from tests.support.vault import VaultHandle
 
 
 async def test_search_and_paging_use_indexes(vault: VaultHandle) -> None:

@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 from interakt.vault.v1 import secret_service_pb2 as pb
 from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
-from tests.conftest import VaultHandle
+from tests.support.vault import VaultHandle
 
 
 def stub(vault: VaultHandle, role: str | None = "admin") -> pbg.SecretServiceStub:

@@ -18,7 +18,7 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
-from tests.conftest import LogCapture, VaultFactory, VaultHandle
+from tests.support.vault import LogCapture, VaultFactory, VaultHandle
 from vaultsvc.config import ClientPrincipal, ConfigError, TLSSettings
 
 # ------------------------------------------------------------------ certificates

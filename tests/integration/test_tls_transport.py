@@ -13,7 +13,7 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
-from tests.conftest import VaultFactory, VaultHandle
+from tests.support.vault import VaultFactory, VaultHandle
 
 MiB = 1024 * 1024
 

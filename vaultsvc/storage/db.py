@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from vaultsvc.config import DatabaseSettings
-from vaultsvc.errors import DeadlineExceeded, Unavailable
+from vaultsvc.errors import DeadlineExceeded, Reason, Unavailable
 
 _log = logging.getLogger("vaultsvc.storage")
 
@@ -43,13 +43,15 @@ async def translate_db_errors() -> AsyncIterator[None]:
     try:
         yield
     except asyncpg.QueryCanceledError:
-        raise DeadlineExceeded("database statement timed out", reason="DATABASE_TIMEOUT") from None
+        raise DeadlineExceeded(
+            "database statement timed out", reason=Reason.DATABASE_TIMEOUT
+        ) from None
     except TimeoutError:
         raise Unavailable(
-            "database did not answer in time", reason="DATABASE_UNAVAILABLE"
+            "database did not answer in time", reason=Reason.DATABASE_UNAVAILABLE
         ) from None
     except _UNAVAILABLE_ERRORS:
-        raise Unavailable("database unavailable", reason="DATABASE_UNAVAILABLE") from None
+        raise Unavailable("database unavailable", reason=Reason.DATABASE_UNAVAILABLE) from None
 
 
 class Database:

@@ -20,7 +20,7 @@ import asyncpg
 
 from vaultsvc.crypto import NONCE_HARD_LIMIT, NONCE_WARN_THRESHOLD, SealedValue, SecretContext
 from vaultsvc.domain import AuditRecord, ConfigRecord, SecretMeta
-from vaultsvc.errors import Aborted, AlreadyExists, NotFound, Unavailable
+from vaultsvc.errors import Aborted, AlreadyExists, NotFound, Reason, Unavailable
 from vaultsvc.storage.db import Database
 
 Sealer = Callable[[SecretContext], SealedValue]
@@ -121,7 +121,7 @@ async def insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
     except asyncpg.PostgresError:
         _log.error("audit events cannot be written; request refused")
         raise Unavailable(
-            "the audit trail cannot be written; request refused", reason="AUDIT_UNAVAILABLE"
+            "the audit trail cannot be written; request refused", reason=Reason.AUDIT_UNAVAILABLE
         ) from None
 
 
@@ -175,7 +175,7 @@ class Repository:
             if row is None:
                 raise AlreadyExists(
                     f"a secret named {name!r} already exists (names are compared ignoring case)",
-                    reason="ALREADY_EXISTS",
+                    reason=Reason.ALREADY_EXISTS,
                 )
             await self._after_change(conn, secrets_delta=1, wrapped_key_id=sealed.key_id)
             await insert_audit(conn, [audit])
@@ -262,11 +262,11 @@ class Repository:
                 name,
             )
             if current is None:
-                raise NotFound(f"secret not found: {name}", reason="SECRET_NOT_FOUND")
+                raise NotFound(f"secret not found: {name}", reason=Reason.SECRET_NOT_FOUND)
             if etag and etag != current["etag"]:
                 raise Aborted(
                     f"etag mismatch for secret {current['name']}: it was changed since you read it",
-                    reason="ETAG_MISMATCH",
+                    reason=Reason.ETAG_MISMATCH,
                 )
             sets = ["etag = $2", "update_time = now()"]
             args: list[Any] = [current["id"], _new_etag()]
@@ -298,11 +298,11 @@ class Repository:
                 "SELECT id, name, etag FROM secrets WHERE name_key = lower($1) FOR UPDATE", name
             )
             if current is None:
-                raise NotFound(f"secret not found: {name}", reason="SECRET_NOT_FOUND")
+                raise NotFound(f"secret not found: {name}", reason=Reason.SECRET_NOT_FOUND)
             if etag and etag != current["etag"]:
                 raise Aborted(
                     f"etag mismatch for secret {current['name']}: it was changed since you read it",
-                    reason="ETAG_MISMATCH",
+                    reason=Reason.ETAG_MISMATCH,
                 )
             await conn.execute("DELETE FROM secrets WHERE id = $1", current["id"])
             await self._after_change(conn, secrets_delta=-1, wrapped_key_id=None)
@@ -427,7 +427,7 @@ class Repository:
                 "DELETE FROM config_values WHERE key_lower = lower($1) RETURNING key", key
             )
             if deleted is None:
-                raise NotFound(f"config value not found: {key}", reason="CONFIG_NOT_FOUND")
+                raise NotFound(f"config value not found: {key}", reason=Reason.CONFIG_NOT_FOUND)
             await insert_audit(conn, [audit])
 
     # ------------------------------------------------------------- master keys

@@ -6,10 +6,9 @@ reports every problem instead of raising on the first, and ``find_placeholders``
 every valid placeholder even when there are problems, for CheckTemplate.
 """
 
+from vaultsvc.limits import MAX_PROBLEMS, MAX_TEMPLATE_BYTES
 from vaultsvc.templates.compiler import (
     CACHEABLE_TEMPLATE_LENGTH,
-    MAX_PROBLEMS,
-    MAX_TEMPLATE_BYTES,
     CompiledTemplate,
     Lookup,
     compile_template,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from vaultsvc.errors import InvalidArgument
+from vaultsvc.limits import MAX_PROBLEMS, MAX_TEMPLATE_BYTES
 from vaultsvc.templates.encodings import PLANNERS, PathGroup, ValueMode, encode_value
 from vaultsvc.templates.model import (
     INVALID_ENCODING,
@@ -27,17 +28,10 @@ from vaultsvc.templates.model import (
 )
 from vaultsvc.templates.scanner import scan_placeholders
 
-MAX_TEMPLATE_BYTES: Final = 1 << 20
-"""A template field may hold at most 1 MiB of UTF-8 (API.md, Limits)."""
-
 CACHEABLE_TEMPLATE_LENGTH: Final = 16 * 1024
 """Only templates up to this many characters are cached, to bound the cache's memory."""
 
 CACHE_SIZE: Final = 2048
-
-MAX_PROBLEMS: Final = 1000
-"""At most this many problems are reported for one template (a megabyte of
-``{{secret:`` would otherwise make a hundred thousand)."""
 
 Lookup = Callable[[PlaceholderKind, str], str]
 

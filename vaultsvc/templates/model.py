@@ -6,14 +6,17 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-MALFORMED_PLACEHOLDER: Final = "MALFORMED_PLACEHOLDER"
-PLACEHOLDER_NOT_ALLOWED: Final = "PLACEHOLDER_NOT_ALLOWED"
-INVALID_TEMPLATE: Final = "INVALID_TEMPLATE"
-INVALID_ENCODING: Final = "INVALID_ENCODING"
-TEMPLATE_TOO_LARGE: Final = "TEMPLATE_TOO_LARGE"
-INVALID_HEADER_VALUE: Final = "INVALID_HEADER_VALUE"
-INVALID_URL_VALUE: Final = "INVALID_URL_VALUE"
-INVALID_VALUE: Final = "INVALID_VALUE"
+from vaultsvc.errors import Reason
+
+# The reasons a template problem can carry (names kept for the template modules).
+MALFORMED_PLACEHOLDER: Final = Reason.MALFORMED_PLACEHOLDER
+PLACEHOLDER_NOT_ALLOWED: Final = Reason.PLACEHOLDER_NOT_ALLOWED
+INVALID_TEMPLATE: Final = Reason.INVALID_TEMPLATE
+INVALID_ENCODING: Final = Reason.INVALID_ENCODING
+TEMPLATE_TOO_LARGE: Final = Reason.TEMPLATE_TOO_LARGE
+INVALID_HEADER_VALUE: Final = Reason.INVALID_HEADER_VALUE
+INVALID_URL_VALUE: Final = Reason.INVALID_URL_VALUE
+INVALID_VALUE: Final = Reason.INVALID_VALUE
 
 
 class Encoding(enum.IntEnum):
@@ -60,7 +63,7 @@ class Placeholder:
 class Problem:
     """One reason a template cannot be used. ``message`` never holds a value."""
 
-    reason: str
+    reason: Reason
     message: str
     placeholder: str = ""
     name: str = ""

@@ -13,9 +13,16 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from vaultsvc.names import (
+    INPUT_NAME_PATTERN,
+    INPUT_NAME_REGEX,
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
+    NAME_REGEX,
+)
 from vaultsvc.templates.model import MALFORMED_PLACEHOLDER, Placeholder, PlaceholderKind, Problem
 
-MAX_NAME_LENGTH: Final = 128
+MAX_NAME_LENGTH: Final = NAME_MAX_LENGTH
 
 Segment = str | Placeholder
 
@@ -30,14 +37,14 @@ _KIND_BY_PREFIX: Final = {
     "input.": PlaceholderKind.INPUT,
 }
 _NAME_RULE: Final = {
-    PlaceholderKind.SECRET: re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,127}"),
-    PlaceholderKind.CONFIG: re.compile(r"[A-Za-z][A-Za-z0-9_\-]{0,127}"),
-    PlaceholderKind.INPUT: re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}"),
+    PlaceholderKind.SECRET: NAME_PATTERN,
+    PlaceholderKind.CONFIG: NAME_PATTERN,
+    PlaceholderKind.INPUT: INPUT_NAME_PATTERN,
 }
 _NAME_RULE_TEXT: Final = {
-    PlaceholderKind.SECRET: "[A-Za-z][A-Za-z0-9_-]{0,127}",
-    PlaceholderKind.CONFIG: "[A-Za-z][A-Za-z0-9_-]{0,127}",
-    PlaceholderKind.INPUT: "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
+    PlaceholderKind.SECRET: NAME_REGEX,
+    PlaceholderKind.CONFIG: NAME_REGEX,
+    PlaceholderKind.INPUT: INPUT_NAME_REGEX,
 }
 
 # How far past ``{{`` to look for the ``}}`` that ends a malformed placeholder,

@@ -1,19 +1,17 @@
-"""SecretService and ConfigService servicers. No response here ever carries a secret value."""
+"""SecretService: secret metadata in and out. No response here ever carries a secret value."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from google.protobuf import empty_pb2
-from interakt.vault.v1 import config_service_pb2 as cpb
-from interakt.vault.v1 import config_service_pb2_grpc as cgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
+from vaultsvc.api.convert import timestamp
 from vaultsvc.audit import audit_record, mark_audited
-from vaultsvc.core import Vault
-from vaultsvc.domain import ConfigRecord, SecretMeta
-from vaultsvc.service import timestamp
+from vaultsvc.domain import SecretMeta
+from vaultsvc.vault import Vault
 
 
 def secret_message(meta: SecretMeta) -> spb.Secret:
@@ -23,16 +21,6 @@ def secret_message(meta: SecretMeta) -> spb.Secret:
         create_time=timestamp(meta.create_time),
         update_time=timestamp(meta.update_time),
         etag=meta.etag,
-    )
-
-
-def config_message(record: ConfigRecord) -> cpb.ConfigValue:
-    return cpb.ConfigValue(
-        key=record.key,
-        value=record.value,
-        description=record.description,
-        create_time=timestamp(record.create_time),
-        update_time=timestamp(record.update_time),
     )
 
 
@@ -86,41 +74,3 @@ class SecretServicer(sgrpc.SecretServiceServicer):
     ) -> spb.VaultStats:
         total, last = await self.vault.stats()
         return spb.VaultStats(total_secrets=total, last_update_time=timestamp(last))
-
-
-class ConfigServicer(cgrpc.ConfigServiceServicer):
-    def __init__(self, vault: Vault) -> None:
-        self.vault = vault
-
-    async def PutConfigValue(
-        self, request: cpb.PutConfigValueRequest, context: Any
-    ) -> cpb.ConfigValue:
-        record = await self.vault.put_config(
-            request.key, request.value, request.description, audit_record()
-        )
-        mark_audited()
-        return config_message(record)
-
-    async def GetConfigValue(
-        self, request: cpb.GetConfigValueRequest, context: Any
-    ) -> cpb.ConfigValue:
-        return config_message(await self.vault.get_config(request.key))
-
-    async def ListConfigValues(
-        self, request: cpb.ListConfigValuesRequest, context: Any
-    ) -> cpb.ListConfigValuesResponse:
-        rows, next_token, total = await self.vault.list_configs(
-            request.page_size, request.page_token, request.key_contains
-        )
-        return cpb.ListConfigValuesResponse(
-            config_values=[config_message(r) for r in rows],
-            next_page_token=next_token,
-            total_size=total,
-        )
-
-    async def DeleteConfigValue(
-        self, request: cpb.DeleteConfigValueRequest, context: Any
-    ) -> empty_pb2.Empty:
-        await self.vault.delete_config(request.key, audit_record())
-        mark_audited()
-        return empty_pb2.Empty()

@@ -1,8 +1,9 @@
-"""``python -m vaultsvc keys status|rewrap``: the master key rotation commands.
+"""``python -m vaultsvc keys generate|status|rewrap``: the master key lifecycle.
 
-Both load settings exactly like ``serve`` (``--config`` TOML file, ``VAULT_*`` environment
-wins), refuse a wrong or missing master key with the same start-up checks as the server
-(before anything is written), then talk to the database directly.
+``generate`` prints a new key. ``status`` and ``rewrap`` load settings exactly like
+``serve`` (``--config`` TOML file, ``VAULT_*`` environment wins), refuse a wrong or missing
+master key with the same start-up checks as the server (before anything is written), then
+talk to the database directly.
 
 ``keys rewrap`` moves every data key under the primary master key while the vault keeps
 serving: small transactions, rows locked with ``FOR UPDATE SKIP LOCKED``, only
@@ -27,6 +28,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import IO
 
+from vaultsvc.bootstrap import StartupError, check_master_keys, opened_database
+from vaultsvc.cli.common import (
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Subparsers,
+    add_config_flag,
+    fail,
+    warn,
+)
 from vaultsvc.config import ConfigError, Settings, load_settings
 from vaultsvc.crypto import (
     NONCE_HARD_LIMIT,
@@ -36,29 +47,65 @@ from vaultsvc.crypto import (
     Keyring,
     KeyringError,
     SealedValue,
+    generate_master_key,
 )
 from vaultsvc.errors import VaultError
+from vaultsvc.limits import MAX_REWRAP_BATCH_SIZE
 from vaultsvc.logs import configure_logging
 from vaultsvc.storage.db import Database, schema_exists
 from vaultsvc.storage.repository import Repository, SealedRow
 
-EXIT_OK = 0
-EXIT_INCOMPLETE = 1
-EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 130
-
-_MAX_BATCH_SIZE = 10_000
 _IDLE_PASSES = 5
 """Passes in a row that move nothing (every remaining row locked) before rewrap gives up."""
 
 
-def _fail(message: str) -> int:
-    print(f"vaultsvc: error: {message}", file=sys.stderr)
-    return EXIT_CONFIG
+def register(sub: Subparsers) -> None:
+    keys = sub.add_parser("keys", help="master key lifecycle")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help="print a new master key id and key")
+    gen.set_defaults(func=cmd_keys_generate)
+
+    status = keys_sub.add_parser(
+        "status",
+        help="show every master key: primary, configured, data keys wrapped, nonce budget used",
+    )
+    add_config_flag(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_keys_status)
+
+    rewrap = keys_sub.add_parser(
+        "rewrap",
+        help="re-wrap every data key under the primary master key (online, resumable)",
+    )
+    add_config_flag(rewrap)
+    rewrap.add_argument(
+        "--batch-size", type=int, default=100, help="rows per transaction (default 100)"
+    )
+    rewrap.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="stop after this many batches (run again to continue)",
+    )
+    rewrap.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="seconds to sleep between batches, to limit the load on the database",
+    )
+    rewrap.set_defaults(func=cmd_keys_rewrap)
 
 
-def _warn(message: str) -> None:
-    print(f"vaultsvc: warning: {message}", file=sys.stderr)
+# ------------------------------------------------------------------- generate
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    key_id, key = generate_master_key()
+    print(f"key id : {key_id}")
+    print(f"key    : {key}")
+    print("Put it FIRST in VAULT_MASTER_KEYS to make it the primary, keep the old keys after it:")
+    print(f"  VAULT_MASTER_KEYS={key_id}:{key},<old-id>:<old-key>")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------- setup
@@ -72,20 +119,13 @@ async def _checked_database(
 
     Yields ``(db, keyring, has_schema)``; raises StartupError / ConfigError on refusal.
     """
-    from vaultsvc.server import check_master_keys, open_database
-
     keyring = settings.require_keyring()
-    db, embedded = await open_database(settings)
-    try:
+    async with opened_database(settings) as db:
         async with db.connection() as conn:
             has_schema = await schema_exists(conn)
         for warning in await check_master_keys(db, keyring):
-            _warn(warning)
+            warn(warning)
         yield db, keyring, has_schema
-    finally:
-        await db.close()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
 
 
 # --------------------------------------------------------------------- status
@@ -174,16 +214,14 @@ def _format_status(keyring: Keyring, rows: list[KeyStatus], has_schema: bool) ->
 
 
 def cmd_keys_status(args: argparse.Namespace) -> int:
-    from vaultsvc.server import StartupError
-
     configure_logging("WARNING", "text")
     try:
         settings = load_settings(args.config)
         keyring, rows, has_schema = asyncio.run(key_status(settings))
     except (ConfigError, StartupError, KeyringError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except VaultError as exc:
-        return _fail(f"{exc.message} ({exc.reason})")
+        return fail(f"{exc.message} ({exc.reason})")
     if args.json:
         print(
             json.dumps(
@@ -294,8 +332,6 @@ async def rewrap_all(
     stop: asyncio.Event | None = None,
 ) -> RewrapOutcome:
     """Re-wrap every data key under the primary; see the module docstring."""
-    from vaultsvc.server import StartupError
-
     stop = stop or asyncio.Event()
     async with _checked_database(settings) as (db, keyring, has_schema):
         primary = keyring.primary.key_id
@@ -383,15 +419,13 @@ async def _rewrap_passes(
 
 
 def cmd_keys_rewrap(args: argparse.Namespace) -> int:
-    from vaultsvc.server import StartupError
-
     configure_logging("WARNING", "text")
-    if not 1 <= args.batch_size <= _MAX_BATCH_SIZE:
-        return _fail(f"--batch-size must be between 1 and {_MAX_BATCH_SIZE}")
+    if not 1 <= args.batch_size <= MAX_REWRAP_BATCH_SIZE:
+        return fail(f"--batch-size must be between 1 and {MAX_REWRAP_BATCH_SIZE}")
     if args.max_batches is not None and args.max_batches < 1:
-        return _fail("--max-batches must be at least 1")
+        return fail("--max-batches must be at least 1")
     if args.pause < 0:
-        return _fail("--pause must not be negative")
+        return fail("--pause must not be negative")
 
     async def run(settings: Settings) -> RewrapOutcome:
         stop = asyncio.Event()
@@ -408,9 +442,9 @@ def cmd_keys_rewrap(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         outcome = asyncio.run(run(settings))
     except (ConfigError, StartupError, KeyringError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except VaultError as exc:
-        return _fail(f"{exc.message} ({exc.reason})")
+        return fail(f"{exc.message} ({exc.reason})")
     primary = outcome.primary
     print(
         f"rewrapped {outcome.rewrapped} data key(s) under {primary!r} in {outcome.batches} "
@@ -440,41 +474,3 @@ def cmd_keys_rewrap(args: argparse.Namespace) -> int:
         "configuration (check with `python -m vaultsvc keys status`)"
     )
     return EXIT_OK
-
-
-# ----------------------------------------------------------------------- wiring
-
-
-def add_key_commands(keys_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``status`` and ``rewrap`` to the ``keys`` command of ``python -m vaultsvc``."""
-    from pathlib import Path
-
-    status = keys_sub.add_parser(
-        "status",
-        help="show every master key: primary, configured, data keys wrapped, nonce budget used",
-    )
-    status.add_argument("--config", type=Path, help="TOML config file (VAULT_* env overrides it)")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_keys_status)
-
-    rewrap = keys_sub.add_parser(
-        "rewrap",
-        help="re-wrap every data key under the primary master key (online, resumable)",
-    )
-    rewrap.add_argument("--config", type=Path, help="TOML config file (VAULT_* env overrides it)")
-    rewrap.add_argument(
-        "--batch-size", type=int, default=100, help="rows per transaction (default 100)"
-    )
-    rewrap.add_argument(
-        "--max-batches",
-        type=int,
-        default=None,
-        help="stop after this many batches (run again to continue)",
-    )
-    rewrap.add_argument(
-        "--pause",
-        type=float,
-        default=0.0,
-        help="seconds to sleep between batches, to limit the load on the database",
-    )
-    rewrap.set_defaults(func=cmd_keys_rewrap)

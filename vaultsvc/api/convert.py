@@ -1,4 +1,4 @@
-"""gRPC servicers: thin, mapping protos to :mod:`vaultsvc.core` and back, nothing else."""
+"""Conversions shared by the servicers."""
 
 from __future__ import annotations
 

@@ -1,37 +1,24 @@
-"""Helpers for the master key lifecycle tests (this module holds no tests).
-
-Everything runs against the REAL embedded Postgres and REAL grpc.aio servers; the CLI
-and ``serve`` run as real subprocesses (``python -m vaultsvc ...``) driven by asyncio.
-"""
+"""Master keys for the key lifecycle tests: test keys, leak checks, bulk secrets and
+resolves, and fingerprints of everything a write could change in a database."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import sys
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
-from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
-from tests.conftest import VaultHandle, make_settings
+from tests.support.rpc import error_info, resolver, secrets_admin
+from tests.support.vault import VaultHandle, sql
 from vaultsvc.crypto import generate_master_key
-from vaultsvc.server import start_server, stop_server
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CLI_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -70,39 +57,10 @@ def assert_no_key_material(text: str, *keys: Key) -> None:
 # ------------------------------------------------------------------ servers
 
 
-@asynccontextmanager
-async def vault_server(url: str, master_keys: str, **overrides: Any) -> AsyncIterator[VaultHandle]:
-    """A vault this test starts and stops itself (a "replica" with its own keyring)."""
-    settings, tokens, spec = make_settings(url, master_keys=master_keys, **overrides)
-    runtime = await start_server(settings)
-    handle = VaultHandle(
-        runtime=runtime,
-        address=f"127.0.0.1:{runtime.port}",
-        tokens=tokens,
-        settings=settings,
-        database_url=url,
-        master_keys=spec,
-    )
-    try:
-        yield handle
-    finally:
-        for channel in handle.channels:
-            await channel.close()
-        await stop_server(runtime, grace=0.5)
-
-
-def secrets_stub(vault: VaultHandle) -> sgrpc.SecretServiceStub:
-    return sgrpc.SecretServiceStub(vault.channel("admin"))
-
-
-def resolver_stub(vault: VaultHandle) -> rgrpc.ResolverServiceStub:
-    return rgrpc.ResolverServiceStub(vault.channel("resolver"))
-
-
 async def create_secrets(
     vault: VaultHandle, values: Mapping[str, str], concurrency: int = 16
 ) -> None:
-    stub = secrets_stub(vault)
+    stub = secrets_admin(vault)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(name: str, value: str) -> None:
@@ -135,7 +93,7 @@ async def resolve(stub: rgrpc.ResolverServiceStub, name: str) -> str:
 
 async def resolve_all(vault: VaultHandle, expected: Mapping[str, str], chunk: int = 100) -> None:
     """Every secret resolves to exactly its expected value."""
-    stub = resolver_stub(vault)
+    stub = resolver(vault)
     names = sorted(expected)
     for start in range(0, len(names), chunk):
         part = names[start : start + chunk]
@@ -156,90 +114,19 @@ async def expect_unreadable(
         await stub.ResolveTemplate(_request(names), timeout=10)
     err = info.value
     assert err.code() == grpc.StatusCode.DATA_LOSS, (err.code(), err.details())
-    status = rpc_status.from_call(err)
-    assert status is not None and len(status.details) == 1
-    error_info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(error_info)
-    assert error_info.reason == "SECRET_UNREADABLE"
-    assert error_info.domain == "vault.interakt"
+    info_ = error_info(err)
+    assert info_.reason == "SECRET_UNREADABLE"
     details = str(err.details())
     assert culprit in details
-    assert error_info.metadata.get("names") == culprit
-    everything = details + repr(dict(error_info.metadata)) + repr(err.trailing_metadata())
+    assert info_.metadata.get("names") == culprit
+    everything = details + repr(dict(info_.metadata)) + repr(err.trailing_metadata())
     for other in not_named:
         assert other not in everything, f"error for {culprit} names {other}"
     for value in values:
         assert value not in everything, "a value leaked into an error"
 
 
-# ------------------------------------------------------------------ subprocesses
-
-
-@dataclass(frozen=True)
-class Completed:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-def cli_env(database_url: str | None, master_keys: str | None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
-    if database_url is not None:
-        env["VAULT_DATABASE_URL"] = database_url
-    if master_keys is not None:
-        env["VAULT_MASTER_KEYS"] = master_keys
-    env["VAULT_LOG_FORMAT"] = "text"
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-async def start_cli(args: Sequence[str], env: Mapping[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vaultsvc",
-        *args,
-        env=dict(env),
-        cwd=REPO_ROOT,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finish(proc: asyncio.subprocess.Process, timeout: float = CLI_TIMEOUT) -> Completed:
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"subprocess did not finish within {timeout}s") from None
-    assert proc.returncode is not None
-    return Completed(
-        proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-    )
-
-
-async def run_cli(
-    args: Sequence[str], env: Mapping[str, str], timeout: float = CLI_TIMEOUT
-) -> Completed:
-    return await finish(await start_cli(args, env), timeout)
-
-
 # ------------------------------------------------------------------ database
-
-
-async def sql(url: str, query: str, *args: Any) -> list[Any]:
-    conn = await asyncpg.connect(url, timeout=10)
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close(timeout=5)
 
 
 async def kek_counts(url: str) -> dict[str, int]:

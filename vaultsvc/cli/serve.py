@@ -1,0 +1,146 @@
+"""``serve`` (production) and ``dev`` (a throwaway development vault)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from vaultsvc.auth import ADMIN, RESOLVER, VIEWER, TokenEntry, hash_token, new_token
+from vaultsvc.bootstrap import StartupError
+from vaultsvc.cli.common import Subparsers, add_config_flag, fail
+from vaultsvc.config import ConfigError, Settings, load_settings
+from vaultsvc.crypto import generate_master_key, parse_master_keys
+from vaultsvc.logs import configure_logging
+from vaultsvc.server import start_server, stop_server
+
+_log = logging.getLogger("vaultsvc.cli")
+
+
+def register(sub: Subparsers) -> None:
+    serve = sub.add_parser("serve", help="run the vault (production)")
+    add_config_flag(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    dev = sub.add_parser("dev", help="run a throwaway development vault (NOT for production)")
+    dev.set_defaults(func=cmd_dev)
+
+
+# ---------------------------------------------------------------------- serve
+
+
+async def _serve(settings: Settings, ready_message: str | None = None) -> None:
+    runtime = await start_server(settings)
+    if ready_message:
+        print(ready_message.replace("{port}", str(runtime.port)), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        _log.info(
+            "shutdown requested; draining in-flight RPCs",
+            extra={"grace_seconds": settings.grace_period},
+        )
+    finally:
+        await stop_server(runtime)
+
+
+def _run_server(settings: Settings, ready_message: str | None = None) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(_serve(settings, ready_message))
+    except (ConfigError, StartupError) as exc:
+        return fail(str(exc))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+        settings.require_keyring()
+    except ConfigError as exc:
+        return fail(str(exc))
+    return _run_server(settings)
+
+
+# ------------------------------------------------------------------------ dev
+
+BANNER = r"""
+################################################################################
+##                                                                            ##
+##   DEVELOPMENT VAULT -- DEVELOPMENT ONLY -- NOT FOR PRODUCTION              ##
+##                                                                            ##
+##   The master key and tokens below were generated for this machine and     ##
+##   are kept in plain files under the data directory. Anyone who can read   ##
+##   that directory can read every secret. Never store real credentials.     ##
+##                                                                            ##
+################################################################################
+"""
+
+
+def _dev_credentials(data_dir: Path) -> dict[str, Any]:
+    """Load or create the development key and tokens (file mode 0600)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "dev-credentials.json"
+    if path.exists():
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    key_id, key = generate_master_key()
+    creds = {
+        "warning": "development only; never use these outside a throwaway dev vault",
+        "master_keys": f"{key_id}:{key}",
+        "tokens": {role: new_token() for role in (ADMIN, VIEWER, RESOLVER)},
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(creds, handle, indent=2)
+    return creds
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    try:
+        base = load_settings(
+            None, {k: v for k, v in os.environ.items() if k != "VAULT_MASTER_KEYS"}
+        )
+    except ConfigError as exc:
+        return fail(str(exc))
+    creds = _dev_credentials(base.data_dir)
+    tokens: dict[str, str] = creds["tokens"]
+    settings = replace(
+        base,
+        keyring=parse_master_keys(creds["master_keys"]),
+        tokens=tuple(
+            TokenEntry(principal=f"dev-{role}", role=role, sha256=hash_token(token))
+            for role, token in tokens.items()
+        ),
+        log_format=os.environ.get("VAULT_LOG_FORMAT", "text"),
+    )
+    host = settings.listen.rpartition(":")[0]
+    lines = [
+        BANNER,
+        f"  data directory : {settings.data_dir.resolve()} (embedded PostgreSQL)"
+        if not settings.database.url
+        else "  database       : VAULT_DATABASE_URL",
+        f"  credentials    : {(settings.data_dir / 'dev-credentials.json').resolve()} (mode 0600)",
+        f"  listening on   : {host}:{{port}}",
+        "",
+        f"  admin token    : {tokens[ADMIN]}",
+        f"  viewer token   : {tokens[VIEWER]}",
+        f"  resolver token : {tokens[RESOLVER]}",
+        "",
+        "  try:",
+        f"    export VAULT_ADDR={host}:{{port}} VAULT_TOKEN={tokens[ADMIN]}",
+        "    printf %s 'sk_test_123' | .venv/bin/vaultctl secrets create orders_api_key",
+        "    .venv/bin/vaultctl secrets list",
+        "",
+        "  Ctrl-C stops the vault; secrets are kept for the next `make run`.",
+        "#" * 80,
+    ]
+    return _run_server(settings, "\n".join(lines))

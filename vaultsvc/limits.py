@@ -1,0 +1,67 @@
+"""Every size and count limit of the vault, in one place (shared/API.md, Limits).
+
+Imported by the validation rules, the template engine, the resolve path, the servicers
+and the CLI; nothing else defines a limit of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ------------------------------------------------------------------ secrets and configs
+
+MAX_VALUE_BYTES: Final = 64 * 1024
+"""A secret value: 1 byte to 64 KiB of UTF-8."""
+
+MAX_CONFIG_VALUE_BYTES: Final = 64 * 1024
+"""A config value: up to 64 KiB of UTF-8."""
+
+MAX_DESCRIPTION_CHARS: Final = 1024
+
+# ------------------------------------------------------------------------------ listing
+
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 1000
+MAX_FILTER_CHARS: Final = 128
+
+# ---------------------------------------------------------------------------- templates
+
+MAX_TEMPLATE_BYTES: Final = 1 << 20
+"""A template field may hold at most 1 MiB of UTF-8."""
+
+MAX_PROBLEMS: Final = 1000
+"""At most this many problems are reported for one template (a megabyte of
+``{{secret:`` would otherwise make a hundred thousand)."""
+
+# ------------------------------------------------------------------ resolve and check
+
+MAX_FIELDS: Final = 256
+"""Fields of one ResolveTemplate / CheckTemplate request."""
+
+MAX_PLACEHOLDERS: Final = 1000
+"""Placeholders over all fields of one request."""
+
+MAX_INPUTS: Final = 1000
+"""Inputs of one ResolveTemplate request."""
+
+MAX_TOOL_CHARS: Final = 256
+"""The ``tool`` label of a resolve, as recorded in the audit trail."""
+
+MAX_RENDERED_CHARS: Final = 8 * 1024 * 1024
+"""Cap on the characters of all resolved fields of one response (at most 32 MiB of UTF-8,
+well under the server's send limit)."""
+
+# ----------------------------------------------------------------------------- transport
+
+MAX_SEND_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+"""The server's gRPC send limit (above any response MAX_RENDERED_CHARS allows)."""
+
+# ------------------------------------------------------------------------------ messages
+
+MAX_LABEL_CHARS: Final = 64
+"""An invalid user-supplied name is cut to this many characters when quoted."""
+
+# ----------------------------------------------------------------------------- keys CLI
+
+MAX_REWRAP_BATCH_SIZE: Final = 10_000
+"""``keys rewrap --batch-size`` upper bound (rows per transaction)."""

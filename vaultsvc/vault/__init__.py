@@ -1,0 +1,22 @@
+"""The vault's behaviour, independent of gRPC: secrets, configs, resolve and check, and
+the audit trail as it is listed.
+
+Servicers (:mod:`vaultsvc.api`) translate protos to calls here; this layer validates,
+seals and opens values (through :class:`~vaultsvc.crypto.Envelope`) and talks to the
+repository. One module per aggregate; :class:`Vault` is all of them over one repository
+and one envelope.
+"""
+
+from __future__ import annotations
+
+from vaultsvc.vault.configs import Configs
+from vaultsvc.vault.events import AuditEvents
+from vaultsvc.vault.resolve import Field, FieldProblem, FieldReferences, Resolution
+from vaultsvc.vault.secrets import Secrets
+
+
+class Vault(Secrets, Configs, Resolution, AuditEvents):
+    """Everything the vault does; built with a repository and an envelope."""
+
+
+__all__ = ["Field", "FieldProblem", "FieldReferences", "Vault"]

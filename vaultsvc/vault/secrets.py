@@ -1,0 +1,84 @@
+"""Secrets: create, read metadata, list, update and delete. Values are sealed here and
+never returned."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from vaultsvc.crypto import SealedValue, SecretContext
+from vaultsvc.domain import (
+    AuditRecord,
+    SecretMeta,
+    validate_description,
+    validate_filter,
+    validate_name,
+    validate_page_size,
+    validate_value,
+)
+from vaultsvc.errors import NotFound, Reason
+from vaultsvc.names import name_key
+from vaultsvc.storage.repository import Sealer
+from vaultsvc.vault._base import VaultBase
+from vaultsvc.vault.paging import decode_page_token, encode_page_token
+
+
+class Secrets(VaultBase):
+    async def create_secret(
+        self, name: str, value: str, description: str, audit: AuditRecord
+    ) -> SecretMeta:
+        validate_name(name)
+        plaintext = validate_value(value, required=True)
+        validate_description(description)
+        assert plaintext is not None
+        audit.secret_names = [name_key(name)]
+        return await self.repo.create_secret(name, description, self._sealer(plaintext), audit)
+
+    def _sealer(self, plaintext: bytes) -> Sealer:
+        """Seals ``plaintext`` for the identity the repository picks inside its transaction."""
+        envelope = self.envelope
+
+        def seal(ctx: SecretContext) -> SealedValue:
+            return envelope.seal(plaintext, ctx)
+
+        return seal
+
+    async def get_secret(self, name: str) -> SecretMeta:
+        validate_name(name)
+        meta = await self.repo.get_secret(name)
+        if meta is None:
+            raise NotFound(f"secret not found: {name}", reason=Reason.SECRET_NOT_FOUND)
+        return meta
+
+    async def list_secrets(
+        self, page_size: int, page_token: str, name_contains: str
+    ) -> tuple[list[SecretMeta], str, int]:
+        limit = validate_page_size(page_size)
+        contains = validate_filter(name_contains, "name_contains")
+        after = decode_page_token(page_token, contains.lower())
+        rows, total, more = await self.repo.list_secrets(contains, after, limit)
+        next_token = encode_page_token(name_key(rows[-1].name), contains.lower()) if more else ""
+        return rows, next_token, total
+
+    async def update_secret(
+        self,
+        name: str,
+        value: str | None,
+        description: str | None,
+        etag: str,
+        audit: AuditRecord,
+    ) -> SecretMeta:
+        validate_name(name)
+        plaintext = validate_value(value or "", required=False)
+        if description is not None:
+            validate_description(description)
+        audit.secret_names = [name_key(name)]
+        seal = self._sealer(plaintext) if plaintext is not None else None
+        return await self.repo.update_secret(name, etag, description, seal, audit)
+
+    async def delete_secret(self, name: str, etag: str, audit: AuditRecord) -> None:
+        validate_name(name)
+        audit.secret_names = [name_key(name)]
+        await self.repo.delete_secret(name, etag, audit)
+
+    async def stats(self) -> tuple[int, datetime | None]:
+        return await self.repo.stats()
