@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: run test install node-deps proto clients dist lint typecheck bench-resolve bench-search clean
+.PHONY: run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ node-deps:
 ## (committed; a test fails when they drift).
 proto: $(STAMP)
 	$(PY) tools/protogen.py
+
+## Record protos/ as the baseline of `buf breaking` (tests/unit/test_buf.py): only when a
+## contract version is released, never to silence a breaking-change finding.
+proto-baseline: node-deps
+	tools/buf/node_modules/.bin/buf build --exclude-source-info -o protos/buf-baseline.binpb
 
 ## Regenerate every generated client.
 clients: proto
