@@ -4,17 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
-GEN    := clients/python/src
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: run test install node-deps proto clients lint typecheck bench-resolve bench-search clean
+.PHONY: run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade "pip>=24"
 
-$(STAMP): $(VENV)/bin/python pyproject.toml clients/python/pyproject.toml
-	$(PIP) install --quiet -e ./clients/python -e ".[dev]"
+# The contract (interakt-vault-api) first: the server and the client pin it.
+$(STAMP): $(VENV)/bin/python pyproject.toml clients/python/pyproject.toml api/python/pyproject.toml
+	$(PIP) install --quiet -e ./api/python -e ./clients/python -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -27,22 +27,35 @@ run: $(STAMP)
 test: $(STAMP) node-deps
 	$(PY) -m pytest -q
 
-## The Node client's dependencies (skipped, and its test skips loudly, where node is absent).
+## Node dependencies: the Node client's, and the pinned buf CLI that lints protos/ (tools/buf).
+## The suite needs both: without npm this step fails instead of letting tests skip.
 node-deps:
-	@if command -v npm >/dev/null 2>&1; then npm ci --prefix clients/node --no-audit --no-fund --loglevel=error; \
-	else echo "npm not found: the Node client test will be skipped"; fi
+	@command -v npm >/dev/null 2>&1 || { echo "npm not found: install Node.js (>= 18) with npm" >&2; exit 1; }
+	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
+	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
 
-## Regenerate the Python stubs from protos/ (committed; a test fails when they drift).
+## Regenerate the Python stubs of interakt-vault-api (api/python/src) from protos/
+## (committed; a test fails when they drift).
 proto: $(STAMP)
-	$(PY) -m vaultsvc._protogen $(GEN)
+	$(PY) tools/protogen.py
+
+## Record protos/ as the baseline of `buf breaking` (tests/unit/test_buf.py): only when a
+## contract version is released, never to silence a breaking-change finding.
+proto-baseline: node-deps
+	tools/buf/node_modules/.bin/buf build --exclude-source-info -o protos/buf-baseline.binpb
 
 ## Regenerate every generated client.
 clients: proto
 	@if command -v npm >/dev/null 2>&1; then npm ci --prefix clients/node --no-audit --no-fund; fi
 
+## Wheels of the contract, the server and the client plus every dependency, into dist/:
+## then `pip install --no-index --find-links dist vaultsvc` works offline.
+dist: $(STAMP)
+	$(PIP) wheel --quiet --wheel-dir dist ./api/python . ./clients/python
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check vaultsvc tests clients/python/src/vaultsvc_client
-	$(VENV)/bin/ruff format --check vaultsvc tests clients/python/src/vaultsvc_client
+	$(VENV)/bin/ruff check vaultsvc tests tools clients/python/src/vaultsvc_client
+	$(VENV)/bin/ruff format --check vaultsvc tests tools clients/python/src/vaultsvc_client
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy vaultsvc clients/python/src/vaultsvc_client
@@ -55,4 +68,4 @@ bench-search: $(STAMP)
 	$(PY) -m tests.bench.bench_search
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

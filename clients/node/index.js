@@ -15,6 +15,7 @@ export {
   DEFAULT_PROTO_ROOT,
   LOADER_OPTIONS,
   SERVICE_NAMES,
+  VAULT_API_PACKAGE,
   VAULT_PACKAGE,
 } from './src/protos.js';
 export { status } from '@grpc/grpc-js';

@@ -54,7 +54,7 @@ function checkDeadline(ms, what) {
  * @param {{rootCerts?: Buffer|string, privateKey?: Buffer|string, certChain?: Buffer|string}|true} [opts.tls]
  *        TLS settings; omit for a plain-text channel (development only)
  * @param {number} [opts.deadlineMs=10000]  default per-call deadline
- * @param {string} [opts.protoRoot]  directory holding interakt/vault/v1/*.proto (default: <repo>/protos)
+ * @param {string} [opts.protoRoot]  directory holding interakt/vault/v1/*.proto (default: the @interakt/vault-api package)
  * @param {object} [opts.channelOptions]  extra grpc-js channel options
  *
  * Every method is `method(request = {}, {deadlineMs, metadata} = {})` and

@@ -1,17 +1,22 @@
-// Loads the vault protos from the repository's protos/ directory at run time.
-// There is deliberately no copy of the .proto files in this package: the
-// single source of truth is <repo>/protos/interakt/vault/v1/*.proto.
+// Loads the vault protos from the `@interakt/vault-api` npm package: the
+// repository's protos/ directory, a dependency of this package
+// (`file:../../protos`). There is deliberately no copy of the .proto files in
+// this package: the single source of truth is protos/interakt/vault/v1/*.proto,
+// the same files the Python stubs are generated from.
 import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** npm name of the contract package that ships the .proto files. */
+export const VAULT_API_PACKAGE = '@interakt/vault-api';
 
-/** <repo>/protos, i.e. ../../protos relative to clients/node. */
-export const DEFAULT_PROTO_ROOT = path.resolve(HERE, '..', '..', '..', 'protos');
+/** Root of the contract package (it holds interakt/vault/v1/*.proto), found by Node's resolver. */
+export const DEFAULT_PROTO_ROOT = path.dirname(
+  createRequire(import.meta.url).resolve(`${VAULT_API_PACKAGE}/package.json`),
+);
 
 /** Directory of the vault's own .proto files, relative to the proto root. */
 export const VAULT_PROTO_SUBDIR = path.join('interakt', 'vault', 'v1');
@@ -53,7 +58,7 @@ export function vaultProtoFiles(protoRoot = DEFAULT_PROTO_ROOT) {
   const dir = path.join(protoRoot, VAULT_PROTO_SUBDIR);
   if (!existsSync(dir)) {
     throw new Error(
-      `vault protos not found: ${dir} does not exist (set protoRoot to the repository's protos/ directory)`,
+      `vault protos not found: ${dir} does not exist (set protoRoot to a directory holding interakt/vault/v1/*.proto)`,
     );
   }
   const files = readdirSync(dir)

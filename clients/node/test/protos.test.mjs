@@ -1,13 +1,16 @@
-// Offline checks (no server): the repository's protos load with proto-loader
+// Offline checks (no server): the protos of @interakt/vault-api load with proto-loader
 // and the client exposes every RPC of the contract.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 
 import {
   DEFAULT_PROTO_ROOT,
   SERVICE_NAMES,
+  VAULT_API_PACKAGE,
   createVaultClient,
   loadVaultProtos,
   vaultProtoFiles,
@@ -78,13 +81,34 @@ const FIELDS = {
 const lowerFirst = (s) => s.charAt(0).toLowerCase() + s.slice(1);
 
 describe('protos', () => {
-  it('are read from <repo>/protos, not a copy', () => {
-    assert.equal(path.basename(DEFAULT_PROTO_ROOT), 'protos');
-    assert.ok(existsSync(path.join(DEFAULT_PROTO_ROOT, 'interakt', 'vault', 'v1')));
+  it('are read from the @interakt/vault-api package (<repo>/protos), not a copy', () => {
+    const pkgJson = createRequire(import.meta.url).resolve('@interakt/vault-api/package.json');
+    assert.equal(DEFAULT_PROTO_ROOT, path.dirname(pkgJson));
+    const pkg = JSON.parse(readFileSync(pkgJson, 'utf8'));
+    assert.equal(pkg.name, VAULT_API_PACKAGE);
+    assert.deepEqual(pkg.files, ['interakt/vault/v1/*.proto']);
+    // The package is the repository's protos/ directory itself (a file: dependency).
+    const repoProtos = fileURLToPath(new URL('../../../protos', import.meta.url));
+    assert.equal(realpathSync(DEFAULT_PROTO_ROOT), realpathSync(repoProtos));
     const files = vaultProtoFiles();
-    assert.ok(files.length >= 4, `expected >= 4 proto files, got ${files}`);
+    assert.ok(files.length >= 5, `expected >= 5 proto files, got ${files}`);
     for (const f of files) assert.ok(f.startsWith(DEFAULT_PROTO_ROOT + path.sep), f);
     assert.ok(!existsSync(new URL('../protos', import.meta.url)), 'clients/node must not hold a proto copy');
+  });
+
+  it('do not reach outside the package by a relative path', () => {
+    const source = readFileSync(new URL('../src/protos.js', import.meta.url), 'utf8');
+    assert.ok(!source.includes("'..'"), 'src/protos.js must resolve the package, not ../../../protos');
+  });
+
+  it('define the ErrorReason enum with the ErrorInfo reasons', () => {
+    const { packageDefinition } = loadVaultProtos();
+    const values = packageDefinition[`${PKG}.ErrorReason`].type.value;
+    assert.equal(values[0].name, 'ERROR_REASON_UNSPECIFIED');
+    const names = values.map((v) => v.name);
+    for (const r of ['SECRET_NOT_FOUND', 'INVALID_NAME', 'ETAG_MISMATCH', 'AUDIT_UNAVAILABLE']) {
+      assert.ok(names.includes(r), `${r} missing`);
+    }
   });
 
   it('load with proto-loader and define every service of the contract', () => {
