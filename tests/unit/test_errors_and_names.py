@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from interakt.vault.v1.error_reason_pb2 import ErrorReason
 
 from vaultsvc.api.status import GRPC_CODES, status_for
 from vaultsvc.domain import validate_name
@@ -31,6 +32,12 @@ def test_reason_members_are_their_values() -> None:
     for member in Reason:
         assert member.name == member.value
         assert re.fullmatch(r"[A-Z][A-Z0-9_]*", member.value)
+
+
+def test_reason_is_exactly_the_contracts_error_reason_enum() -> None:
+    """The server's Reason and the proto's ErrorReason are one list (names and order)."""
+    contract = [name for name in ErrorReason.keys() if name != "ERROR_REASON_UNSPECIFIED"]
+    assert [reason.value for reason in Reason] == contract
 
 
 def test_status_carries_the_code_reason_and_request_id() -> None:
