@@ -82,7 +82,7 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "listen", "VAULT_LISTEN", "listen", "address", "127.0.0.1:50051",
-        "`host:port` the gRPC server listens on (port 0: any free port)",
+        "address the gRPC server listens on (port 0: any free port)",
     ),
     Setting(
         "data_dir", "VAULT_DATA_DIR", "data_dir", "path", Path(".vault-data"),
