@@ -11,6 +11,9 @@ Files the transcript shows with ``cat FILE`` are created from what it shows; a
 block is a fragment run on its own after the session (with ``admin_token`` defined) and
 must exit 0 silently. The README's address (127.0.0.1:50051) and the
 ``<... token from the banner>`` placeholders are replaced by the live vault's.
+
+When the output changes on purpose, ``python -m tests.integration.test_readme_transcript``
+re-runs the section and writes what the vault printed into the README.
 """
 
 from __future__ import annotations
@@ -305,3 +308,33 @@ async def test_readme_transcript_runs_as_shown(tmp_path: Path) -> None:
     )
     for token in vault.tokens.values():
         assert token not in actual
+
+
+# ------------------------------------------------------------------ regenerating
+
+
+async def rewrite_readme() -> None:
+    """Re-run the section for real and write what the vault printed into the README.
+
+    For a deliberate change of output: `python -m tests.integration.test_readme_transcript`,
+    then review the diff.
+    """
+    import tempfile
+
+    text = README.read_text(encoding="utf-8")
+    section = readme_section(text)
+    transcript = parse_transcript(section)
+    with tempfile.TemporaryDirectory() as directory:
+        async with dev_vault(Path(directory)) as vault:
+            outputs = iter(await run_transcript(transcript, vault))
+
+    def block(match: re.Match[str]) -> str:
+        steps = parse_console(match.group(1))
+        return "```console\n" + render(steps, [next(outputs) for _ in steps]) + "```"
+
+    new = re.sub(r"^```console\n(.*?)^```$", block, section, flags=re.DOTALL | re.MULTILINE)
+    README.write_text(text.replace(section, new), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    asyncio.run(rewrite_readme())
