@@ -68,8 +68,8 @@ class AuditWriter:
         self,
         repository: Repository,
         *,
-        buffer_size: int = 10_000,
-        flush_interval: float = 0.2,
+        buffer_size: int,
+        flush_interval: float,
         batch_size: int = 500,
         write_timeout: float = 5.0,
     ) -> None:

@@ -1,43 +1,249 @@
 """Settings: one typed object built from an optional TOML file plus ``VAULT_*`` environment.
 
-Environment variables override the file. Everything is validated here, at start, so a
-bad configuration stops the process with a clear message before anything listens or
-touches the database. No error message ever contains key material or a token.
+Every setting is declared once, in ``SETTINGS``: its key in the TOML file, its environment
+variable, its kind (which parser and which bounds), its default and its help text. Loading
+from the file and the environment, the refusal of unknown keys, the dataclass defaults and
+the README table (``python -m vaultsvc.config``) are all driven by that one table.
+
+- Environment variables override the file; an empty variable counts as unset.
+- An unknown key anywhere in the file is refused, naming the key and the nearest valid one.
+- An unknown ``VAULT_*`` variable only warns: client tools (``vaultctl``, HashiCorp's
+  ``vault``) share the prefix, and their names in ``CLIENT_ENVIRONMENT`` are ignored quietly.
+- Relative paths in the file are relative to the file's directory (``data_dir`` excepted:
+  relative to the working directory); relative paths in the environment are relative to the
+  working directory.
+
+Everything is validated here, at start, so a bad configuration stops the process with a
+clear message before anything listens or touches the database. No error message ever
+contains key material, a token or a database URL.
 """
 
 from __future__ import annotations
 
 import base64
+import difflib
+import logging
+import math
 import os
 import re
+import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vaultsvc.auth import ROLES, TokenEntry
 from vaultsvc.crypto import Keyring, KeyringError, load_key_file, parse_master_keys
 
-DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_DATA_DIR = "./.vault-data"
+_log = logging.getLogger(__name__)
+
 _TOKEN_HASH = re.compile(r"^[0-9a-f]{64}$")
 _PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class ConfigError(ValueError):
     """The configuration is unusable; the message says what to fix."""
 
 
+Kind = Literal[
+    "address", "str", "path", "int", "float", "bool", "choice", "keys", "tokens", "principals"
+]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration setting, as both sources spell it."""
+
+    key: str
+    """Path in the TOML file: ``listen``, ``database.pool_max_size``, ``tls.cert_file``."""
+    env: str
+    """The environment variable that overrides it."""
+    attr: str
+    """Where the value lands: a ``Settings`` field, or ``database.X`` / ``tls.X``."""
+    kind: Kind
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ()
+    """For an array of tables (``[[tokens]]``): the keys each entry may have."""
+    secret: bool = False
+    """Never echo the value in an error (a database URL may hold a password)."""
+    default_doc: str | None = None
+    """How the README shows a default that depends on another setting."""
+
+
+#: The one declaration of every setting (and of every default).
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "listen", "VAULT_LISTEN", "listen", "address", "127.0.0.1:50051",
+        "address the gRPC server listens on (port 0: any free port)",
+    ),
+    Setting(
+        "data_dir", "VAULT_DATA_DIR", "data_dir", "path", Path(".vault-data"),
+        "embedded Postgres data (and dev credentials), relative to the working directory",
+    ),
+    Setting(
+        "log_level", "VAULT_LOG_LEVEL", "log_level", "choice", "INFO",
+        "log threshold (case-insensitive)",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    ),
+    Setting(
+        "log_format", "VAULT_LOG_FORMAT", "log_format", "choice", "json",
+        "one JSON object per line, or text for people",
+        choices=("json", "text"),
+    ),
+    Setting(
+        "master_keys", "VAULT_MASTER_KEYS", "keyring", "keys", None,
+        "master keys, 32 bytes each, first = primary for new writes; in the file "
+        "`[[master_keys]]` tables with `id` and `key` or `key_file`",
+        fields=("id", "key", "key_file"), secret=True, default_doc="required by `serve`",
+    ),
+    Setting(
+        "tokens", "VAULT_TOKENS", "tokens", "tokens", (),
+        "bearer tokens by SHA-256 (hashes only, never tokens; "
+        "`python -m vaultsvc token create` prints both forms); in the file `[[tokens]]` tables",
+        fields=("principal", "role", "sha256"), default_doc="none",
+    ),
+    Setting(
+        "database.url", "VAULT_DATABASE_URL", "database.url", "str", None,
+        "a Postgres URL; unset → embedded Postgres in `data_dir`",
+        secret=True, default_doc="unset",
+    ),
+    Setting(
+        "database.pool_min_size", "VAULT_DATABASE_POOL_MIN_SIZE", "database.pool_min_size",
+        "int", 1, "connections the pool keeps open", minimum=0,
+    ),
+    Setting(
+        "database.pool_max_size", "VAULT_DATABASE_POOL_MAX_SIZE", "database.pool_max_size",
+        "int", 10, "most connections the pool opens (≥ `pool_min_size`)", minimum=1,
+    ),
+    Setting(
+        "database.connect_timeout", "VAULT_DATABASE_CONNECT_TIMEOUT", "database.connect_timeout",
+        "float", 5.0, "seconds to open a connection", minimum=0.1,
+    ),
+    Setting(
+        "database.acquire_timeout", "VAULT_DATABASE_ACQUIRE_TIMEOUT", "database.acquire_timeout",
+        "float", 5.0, "seconds to wait for a pool connection", minimum=0.1,
+    ),
+    Setting(
+        "database.command_timeout", "VAULT_DATABASE_COMMAND_TIMEOUT", "database.command_timeout",
+        "float", 10.0, "client-side bound on every statement, seconds", minimum=0.1,
+    ),
+    Setting(
+        "database.statement_timeout_ms", "VAULT_DATABASE_STATEMENT_TIMEOUT_MS",
+        "database.statement_timeout_ms", "int", 10_000,
+        "server-side bound on every statement, milliseconds", minimum=100,
+    ),
+    Setting(
+        "tls.cert_file", "VAULT_TLS_CERT_FILE", "tls.cert_file", "path", None,
+        "server certificate (PEM); with `key_file` turns TLS on", default_doc="unset (plaintext)",
+    ),
+    Setting(
+        "tls.key_file", "VAULT_TLS_KEY_FILE", "tls.key_file", "path", None,
+        "server private key (PEM)", default_doc="unset",
+    ),
+    Setting(
+        "tls.client_ca_file", "VAULT_TLS_CLIENT_CA_FILE", "tls.client_ca_file", "path", None,
+        "CA that signs client certificates (mutual TLS)", default_doc="unset",
+    ),
+    Setting(
+        "tls.require_client_cert", "VAULT_TLS_REQUIRE_CLIENT_CERT", "tls.require_client_cert",
+        "bool", False, "refuse clients without a certificate signed by `client_ca_file`",
+        default_doc="`true` when `client_ca_file` is set",
+    ),
+    Setting(
+        "tls.client_principals", "VAULT_TLS_CLIENT_PRINCIPALS", "tls.client_principals",
+        "principals", (),
+        "client certificate CN → principal and role; in the file `[[tls.client_principals]]` "
+        "tables with `subject_cn`, `principal`, `role`",
+        fields=("subject_cn", "principal", "role"), default_doc="none",
+    ),
+    Setting(
+        "server.allow_plaintext_non_loopback", "VAULT_ALLOW_PLAINTEXT",
+        "allow_plaintext_non_loopback", "bool", False,
+        "allow plaintext on a non-loopback address (it warns)",
+    ),
+    Setting(
+        "server.grace_period", "VAULT_SERVER_GRACE_PERIOD", "grace_period", "float", 10.0,
+        "seconds in-flight RPCs get on SIGTERM", minimum=0,
+    ),
+    Setting(
+        "server.shutdown_delay", "VAULT_SERVER_SHUTDOWN_DELAY", "shutdown_delay", "float", 1.0,
+        "seconds between reporting NOT_SERVING and draining (within the grace period)",
+        minimum=0,
+    ),
+    Setting(
+        "server.max_concurrent_rpcs", "VAULT_SERVER_MAX_CONCURRENT_RPCS", "max_concurrent_rpcs",
+        "int", 256, "RPCs served at once; more are refused with RESOURCE_EXHAUSTED", minimum=1,
+    ),
+    Setting(
+        "server.max_receive_message_bytes", "VAULT_SERVER_MAX_RECEIVE_MESSAGE_BYTES",
+        "max_receive_message_bytes", "int", 4 * 1024 * 1024 + 64 * 1024,
+        "largest request gRPC accepts (bigger ones never reach the vault); "
+        "at least a 1 MiB template plus framing",
+        minimum=1024 * 1024 + 64 * 1024, maximum=2**31 - 1,
+    ),
+    Setting(
+        "server.rpc_timeout_cap", "VAULT_SERVER_RPC_TIMEOUT_CAP", "rpc_timeout_cap", "float",
+        30.0, "longest deadline an RPC gets, seconds, whatever the client asks", minimum=0.1,
+    ),
+    Setting(
+        "server.audit_buffer_size", "VAULT_SERVER_AUDIT_BUFFER_SIZE", "audit_buffer_size", "int",
+        10_000, "audit events buffered for writing; when it is full, resolves are refused "
+        "(AUDIT_UNAVAILABLE)", minimum=1,
+    ),
+    Setting(
+        "server.audit_flush_interval", "VAULT_SERVER_AUDIT_FLUSH_INTERVAL",
+        "audit_flush_interval", "float", 0.2, "seconds between audit batch writes",
+        minimum=0.001, maximum=60,
+    ),
+)  # fmt: skip
+
+SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
+
+#: ``VAULT_*`` variables that belong to clients (vaultctl, HashiCorp's vault CLI, the client
+#: test suites); the server ignores them without a warning.
+CLIENT_ENVIRONMENT = frozenset(
+    {
+        "VAULT_ADDR",
+        "VAULT_TOKEN",
+        "VAULT_CACERT",
+        "VAULT_CAPATH",
+        "VAULT_CLIENT_CERT",
+        "VAULT_CLIENT_KEY",
+        "VAULT_CLIENT_TIMEOUT",
+        "VAULT_FORMAT",
+        "VAULT_MAX_RETRIES",
+        "VAULT_NAMESPACE",
+        "VAULT_SKIP_VERIFY",
+        "VAULT_TLS_SERVER_NAME",
+        "VAULT_ADMIN_TOKEN",
+        "VAULT_VIEWER_TOKEN",
+        "VAULT_RESOLVER_TOKEN",
+        "VAULT_SMOKE_REQUIRED",
+    }
+)
+
+
+#: Defaults by key, for the dataclasses below (so they hold no second copy).
+_D: Mapping[str, Any] = {s.key: s.default for s in SETTINGS}
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str | None = None
-    pool_min_size: int = 1
-    pool_max_size: int = 10
-    connect_timeout: float = 5.0
-    acquire_timeout: float = 5.0
-    command_timeout: float = 10.0
-    statement_timeout_ms: int = 10_000
+    url: str | None = _D["database.url"]
+    pool_min_size: int = _D["database.pool_min_size"]
+    pool_max_size: int = _D["database.pool_max_size"]
+    connect_timeout: float = _D["database.connect_timeout"]
+    acquire_timeout: float = _D["database.acquire_timeout"]
+    command_timeout: float = _D["database.command_timeout"]
+    statement_timeout_ms: int = _D["database.statement_timeout_ms"]
 
 
 @dataclass(frozen=True)
@@ -53,29 +259,29 @@ class ClientPrincipal:
 class TLSSettings:
     cert_file: Path
     key_file: Path
-    client_ca_file: Path | None = None
-    require_client_cert: bool = False
-    client_principals: tuple[ClientPrincipal, ...] = ()
+    client_ca_file: Path | None = _D["tls.client_ca_file"]
+    require_client_cert: bool = _D["tls.require_client_cert"]
+    client_principals: tuple[ClientPrincipal, ...] = _D["tls.client_principals"]
 
 
 @dataclass(frozen=True)
 class Settings:
-    listen: str = DEFAULT_LISTEN
-    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    listen: str = _D["listen"]
+    data_dir: Path = _D["data_dir"]
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
-    keyring: Keyring | None = None
-    tokens: tuple[TokenEntry, ...] = ()
+    keyring: Keyring | None = _D["master_keys"]
+    tokens: tuple[TokenEntry, ...] = _D["tokens"]
     tls: TLSSettings | None = None
-    allow_plaintext_non_loopback: bool = False
-    log_level: str = "INFO"
-    log_format: str = "json"
-    grace_period: float = 10.0
-    shutdown_delay: float = 1.0
-    max_concurrent_rpcs: int = 256
-    max_receive_message_bytes: int = 4 * 1024 * 1024 + 64 * 1024
-    rpc_timeout_cap: float = 30.0
-    audit_buffer_size: int = 10_000
-    audit_flush_interval: float = 0.2
+    allow_plaintext_non_loopback: bool = _D["server.allow_plaintext_non_loopback"]
+    log_level: str = _D["log_level"]
+    log_format: str = _D["log_format"]
+    grace_period: float = _D["server.grace_period"]
+    shutdown_delay: float = _D["server.shutdown_delay"]
+    max_concurrent_rpcs: int = _D["server.max_concurrent_rpcs"]
+    max_receive_message_bytes: int = _D["server.max_receive_message_bytes"]
+    rpc_timeout_cap: float = _D["server.rpc_timeout_cap"]
+    audit_buffer_size: int = _D["server.audit_buffer_size"]
+    audit_flush_interval: float = _D["server.audit_flush_interval"]
 
     def require_keyring(self) -> Keyring:
         if self.keyring is None:
@@ -87,22 +293,328 @@ class Settings:
         return self.keyring
 
 
-def _parse_tokens(spec: str, source: str) -> tuple[TokenEntry, ...]:
-    entries: list[TokenEntry] = []
+# ------------------------------------------------------------------------ loading
+
+
+def load_settings(
+    config_file: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build Settings from the TOML file (optional) and the environment (wins)."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config_file}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        base = config_file.resolve().parent
+    check_file_keys(data)
+    warn_unknown_environment(env)
+
+    values: dict[str, Any] = {}
+    given: set[str] = set()
+    for setting in SETTINGS:
+        text = env.get(setting.env, "")
+        raw = _lookup(data, setting.key)
+        if text:
+            values[setting.key] = _from_env(setting, text)
+            given.add(setting.key)
+        elif raw is not _MISSING:
+            values[setting.key] = _from_file(setting, raw, base)
+            given.add(setting.key)
+        else:
+            values[setting.key] = setting.default
+    return _assemble(values, given, tls_table="tls" in data)
+
+
+def _assemble(values: Mapping[str, Any], given: set[str], *, tls_table: bool) -> Settings:
+    top: dict[str, Any] = {}
+    database: dict[str, Any] = {}
+    tls: dict[str, Any] = {}
+    for setting in SETTINGS:
+        group, _, name = setting.attr.rpartition(".")
+        {"": top, "database": database, "tls": tls}[group][name] = values[setting.key]
+
+    if database["pool_min_size"] > database["pool_max_size"]:
+        raise ConfigError(
+            f"database.pool_min_size ({database['pool_min_size']}) must not exceed "
+            f"database.pool_max_size ({database['pool_max_size']})"
+        )
+    if tls_table or any(key.startswith("tls.") for key in given):
+        if tls["cert_file"] is None or tls["key_file"] is None:
+            raise ConfigError(
+                "TLS needs both tls.cert_file and tls.key_file "
+                "(VAULT_TLS_CERT_FILE, VAULT_TLS_KEY_FILE)"
+            )
+        if "tls.require_client_cert" not in given:
+            tls["require_client_cert"] = tls["client_ca_file"] is not None
+        for path in (tls["cert_file"], tls["key_file"]):
+            if not path.is_file():
+                raise ConfigError(f"TLS file not found: {path}")
+        if tls["client_ca_file"] is not None and not tls["client_ca_file"].is_file():
+            raise ConfigError(f"TLS client CA file not found: {tls['client_ca_file']}")
+        top["tls"] = TLSSettings(**tls)
+    return Settings(database=DatabaseSettings(**database), **top)
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+def _lookup(data: Mapping[str, Any], key: str) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+# ------------------------------------------------------------------ unknown names
+
+_SECTIONS = frozenset(s.key.rpartition(".")[0] for s in SETTINGS if "." in s.key)
+_ENTRY_KEYS = {s.key: s.fields for s in SETTINGS if s.fields}
+_ALL_KEYS = tuple(
+    [s.key for s in SETTINGS] + [f"{s.key}.{name}" for s in SETTINGS for name in s.fields]
+)
+
+
+def check_file_keys(data: Mapping[str, Any], prefix: str = "") -> None:
+    """Refuse any key the table does not declare, naming the nearest valid one."""
+    for name, value in data.items():
+        path = f"{prefix}{name}"
+        if path in _ENTRY_KEYS:
+            if not isinstance(value, list):
+                raise ConfigError(f"{path} must be an array of tables ([[{path}]])")
+            for position, entry in enumerate(value, start=1):
+                if not isinstance(entry, dict):
+                    raise ConfigError(f"[[{path}]] entry {position} must be a table")
+                for sub in entry:
+                    if sub not in _ENTRY_KEYS[path]:
+                        raise _unknown(f"{path}.{sub}", f" (in [[{path}]] entry {position})")
+        elif path in SETTINGS_BY_KEY:
+            continue
+        elif path in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{path}] must be a table")
+            check_file_keys(value, f"{path}.")
+        else:
+            raise _unknown(path, "")
+
+
+def _unknown(path: str, where: str) -> ConfigError:
+    leaf = path.rpartition(".")[2]
+    same_leaf = [key for key in _ALL_KEYS if key.rpartition(".")[2] == leaf]
+    nearest = same_leaf or difflib.get_close_matches(path, _ALL_KEYS, n=1)
+    hint = f"; did you mean {nearest[0]}?" if nearest else ""
+    return ConfigError(f"unknown setting {path}{where}{hint}")
+
+
+def warn_unknown_environment(env: Mapping[str, str]) -> list[str]:
+    """Warn about ``VAULT_*`` variables that no setting reads; return their names.
+
+    Only a warning: other tools share the prefix (see ``CLIENT_ENVIRONMENT``).
+    """
+    known = {s.env for s in SETTINGS}
+    unknown = sorted(
+        name
+        for name in env
+        if name.startswith("VAULT_") and name not in known and name not in CLIENT_ENVIRONMENT
+    )
+    for name in unknown:
+        nearest = difflib.get_close_matches(name, sorted(known), n=1)
+        _log.warning(
+            "ignoring unknown environment variable %s%s",
+            name,
+            f"; did you mean {nearest[0]}?" if nearest else "",
+        )
+    return unknown
+
+
+# ------------------------------------------------------------------------ parsing
+
+
+def _from_env(setting: Setting, text: str) -> Any:
+    where = setting.env
+    match setting.kind:
+        case "keys":
+            try:
+                return parse_master_keys(text)
+            except KeyringError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        case "tokens":
+            return _parse_tokens(text, where)
+        case "principals":
+            return _parse_principals(text, where)
+        case "int":
+            try:
+                number: float = int(text.strip())
+            except ValueError:
+                raise _bad(setting, where, text) from None
+            return _bounded(setting, where, number, text)
+        case "float":
+            try:
+                number = float(text.strip())
+            except ValueError:
+                raise _bad(setting, where, text) from None
+            return _bounded(setting, where, number, text)
+        case "bool":
+            lowered = text.strip().lower()
+            if lowered not in _TRUE | _FALSE:
+                raise _bad(setting, where, text)
+            return lowered in _TRUE
+        case "path":
+            return Path.cwd() / text if setting.key.startswith("tls.") else Path(text)
+        case _:
+            return _text(setting, where, text)
+
+
+def _from_file(setting: Setting, raw: Any, base: Path) -> Any:
+    where = setting.key
+    match setting.kind:
+        case "keys":
+            return _keyring_from_file(raw, base)
+        case "tokens":
+            return tuple(
+                validate_token_entry(
+                    str(entry.get("principal", "")),
+                    str(entry.get("role", "")),
+                    str(entry.get("sha256", "")),
+                    f"[[tokens]] entry {position}",
+                )
+                for position, entry in enumerate(raw, start=1)
+            )
+        case "principals":
+            return tuple(
+                _client_principal(entry, f"[[tls.client_principals]] entry {position}")
+                for position, entry in enumerate(raw, start=1)
+            )
+        case "int":
+            if not isinstance(raw, int) or isinstance(raw, bool):
+                raise _bad(setting, where, raw)
+            return _bounded(setting, where, raw, raw)
+        case "float":
+            if not isinstance(raw, int | float) or isinstance(raw, bool):
+                raise _bad(setting, where, raw)
+            return _bounded(setting, where, raw, raw)
+        case "bool":
+            if not isinstance(raw, bool):
+                raise _bad(setting, where, raw)
+            return raw
+        case "path":
+            if not isinstance(raw, str) or not raw:
+                raise _bad(setting, where, raw)
+            return base / raw if setting.key.startswith("tls.") else Path(raw)
+        case _:
+            if not isinstance(raw, str):
+                raise _bad(setting, where, raw)
+            return _text(setting, where, raw)
+
+
+def _text(setting: Setting, where: str, text: str) -> Any:
+    if setting.kind == "choice":
+        for choice in setting.choices:
+            if text.strip().lower() == choice.lower():
+                return choice
+        raise _bad(setting, where, text)
+    if setting.kind == "address":
+        match = _ADDRESS.match(text)
+        if match is None or int(match.group(2)) > 65535:
+            raise _bad(setting, where, text)
+    return text
+
+
+def _bounded(setting: Setting, where: str, number: float, shown: object) -> float:
+    if (
+        not math.isfinite(number)
+        or (setting.minimum is not None and number < setting.minimum)
+        or (setting.maximum is not None and number > setting.maximum)
+    ):
+        raise _bad(setting, where, shown)
+    return float(number) if setting.kind == "float" else number
+
+
+def _bad(setting: Setting, where: str, value: object) -> ConfigError:
+    got = "" if setting.secret else f", got {value!r:.80}"
+    return ConfigError(f"{where} must be {describe(setting)}{got}")
+
+
+def describe(setting: Setting) -> str:
+    """What a valid value looks like, in words (errors and the README share it)."""
+    bounds = [
+        f"{sign} {int(limit) if float(limit).is_integer() else limit}"
+        for sign, limit in ((">=", setting.minimum), ("<=", setting.maximum))
+        if limit is not None
+    ]
+    bounded = f" {' and '.join(bounds)}" if bounds else ""
+    return {
+        "address": "host:port (port 0-65535)",
+        "str": "a string",
+        "path": "a file path",
+        "int": f"an integer{bounded}",
+        "float": f"a number{bounded}",
+        "bool": "true or false (environment: 1/0, true/false, yes/no, on/off)",
+        "choice": " or ".join(setting.choices),
+        "keys": "id:base64key[,id:base64key...]",
+        "tokens": "principal:role:sha256hex[,...]",
+        "principals": "subject_cn:principal:role[,...]",
+    }[setting.kind]
+
+
+def _split_entries(spec: str, source: str, shape: str) -> list[tuple[int, list[str]]]:
+    entries: list[tuple[int, list[str]]] = []
     for position, raw in enumerate(spec.split(","), start=1):
         item = raw.strip()
         if not item:
             continue
-        parts = item.split(":")
+        parts = item.rsplit(":", 2)
         if len(parts) != 3:
-            raise ConfigError(
-                f"{source}: entry {position} must be principal:role:sha256hex "
-                "(only the SHA-256 hash of a token belongs in config)"
-            )
-        entries.append(
-            validate_token_entry(parts[0], parts[1], parts[2], f"{source} entry {position}")
+            raise ConfigError(f"{source}: entry {position} must be {shape}")
+        entries.append((position, parts))
+    return entries
+
+
+def _parse_tokens(spec: str, source: str) -> tuple[TokenEntry, ...]:
+    return tuple(
+        validate_token_entry(parts[0], parts[1], parts[2], f"{source} entry {position}")
+        for position, parts in _split_entries(
+            spec,
+            source,
+            "principal:role:sha256hex (only the SHA-256 hash of a token belongs in config)",
         )
-    return tuple(entries)
+    )
+
+
+def _parse_principals(spec: str, source: str) -> tuple[ClientPrincipal, ...]:
+    return tuple(
+        _client_principal(
+            {"subject_cn": parts[0], "principal": parts[1], "role": parts[2]},
+            f"{source} entry {position}",
+        )
+        for position, parts in _split_entries(spec, source, "subject_cn:principal:role")
+    )
+
+
+def _client_principal(entry: Mapping[str, Any], where: str) -> ClientPrincipal:
+    cn, principal, role = (entry.get(k) for k in ("subject_cn", "principal", "role"))
+    if not all(isinstance(v, str) and v.strip() for v in (cn, principal, role)):
+        raise ConfigError(f"{where} needs subject_cn, principal and role (strings)")
+    assert isinstance(cn, str) and isinstance(principal, str) and isinstance(role, str)
+    if not _PRINCIPAL.match(principal.strip()):
+        raise ConfigError(f"{where}: invalid principal name")
+    if role.strip() not in ROLES:
+        raise ConfigError(
+            f"{where}: unknown role {role.strip()!r}; use one of {', '.join(sorted(ROLES))}"
+        )
+    return ClientPrincipal(cn.strip(), principal.strip(), role.strip())
 
 
 def validate_token_entry(principal: str, role: str, digest: str, where: str) -> TokenEntry:
@@ -122,14 +634,16 @@ def validate_token_entry(principal: str, role: str, digest: str, where: str) -> 
     return TokenEntry(principal=principal, role=role, sha256=bytes.fromhex(digest))
 
 
-def _keyring_from_file(entries: Any, base: Path) -> Keyring:
-    if not isinstance(entries, list) or not entries:
+def _keyring_from_file(entries: Sequence[Mapping[str, Any]], base: Path) -> Keyring:
+    if not entries:
         raise ConfigError("master_keys must be a non-empty array of tables")
     specs: list[str] = []
     for position, entry in enumerate(entries, start=1):
-        if not isinstance(entry, dict) or "id" not in entry:
+        if "id" not in entry:
             raise ConfigError(f"master_keys entry {position} needs an id")
         key_id = str(entry["id"])
+        if "key_file" in entry and "key" in entry:
+            raise ConfigError(f"master key {key_id!r}: give `key` or `key_file`, not both")
         if "key_file" in entry:
             try:
                 material = load_key_file(base / str(entry["key_file"]))
@@ -146,134 +660,40 @@ def _keyring_from_file(entries: Any, base: Path) -> Keyring:
         raise ConfigError(str(exc)) from None
 
 
-def _number(table: Mapping[str, Any], key: str, default: float, *, minimum: float) -> float:
-    value = table.get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key} must be a number >= {minimum}")
-    return float(value)
+# ------------------------------------------------------------------------- README
 
 
-def _int(table: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
-    value = table.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key} must be an integer >= {minimum}")
-    return value
+def _shown_default(setting: Setting) -> str:
+    if setting.default_doc is not None:
+        return setting.default_doc
+    value = setting.default
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"`./{value}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
 
 
-def _tls(table: Any, base: Path) -> TLSSettings:
-    if not isinstance(table, dict):
-        raise ConfigError("[tls] must be a table")
-    try:
-        cert = base / str(table["cert_file"])
-        key = base / str(table["key_file"])
-    except KeyError:
-        raise ConfigError("[tls] needs cert_file and key_file") from None
-    ca = table.get("client_ca_file")
-    principals: list[ClientPrincipal] = []
-    for position, entry in enumerate(table.get("client_principals", []), start=1):
-        try:
-            cp = ClientPrincipal(
-                str(entry["subject_cn"]), str(entry["principal"]), str(entry["role"])
-            )
-        except (KeyError, TypeError):
-            raise ConfigError(
-                f"[[tls.client_principals]] entry {position} needs subject_cn, principal, role"
-            ) from None
-        if cp.role not in ROLES:
-            raise ConfigError(f"[[tls.client_principals]] entry {position}: unknown role")
-        principals.append(cp)
-    for path in (cert, key):
-        if not path.is_file():
-            raise ConfigError(f"TLS file not found: {path}")
-    ca_path = base / str(ca) if ca else None
-    if ca_path is not None and not ca_path.is_file():
-        raise ConfigError(f"TLS client CA file not found: {ca_path}")
-    return TLSSettings(
-        cert_file=cert,
-        key_file=key,
-        client_ca_file=ca_path,
-        require_client_cert=bool(table.get("require_client_cert", ca_path is not None)),
-        client_principals=tuple(principals),
-    )
+def markdown_table(settings: Sequence[Setting] = SETTINGS) -> str:
+    """The README's settings table, generated from the declaration."""
+    rows = [
+        "| variable | TOML key | value | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for s in settings:
+        key = f"`[[{s.key}]]`" if s.fields else f"`{s.key}`"
+        value = describe(s).replace("|", "\\|").replace(" or ", " / ")
+        if s.kind == "choice":
+            value = " / ".join(f"`{c}`" for c in s.choices)
+        elif s.kind in {"keys", "tokens", "principals", "address"}:
+            value = f"`{describe(s).partition(' (')[0]}`"
+        elif s.kind == "bool":
+            value = "`true` / `false` (env `1` / `0`)"
+        rows.append(f"| `{s.env}` | {key} | {value} | {_shown_default(s)} | {s.help} |")
+    return "\n".join(rows) + "\n"
 
 
-def load_settings(
-    config_file: Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
-    """Build Settings from the TOML file (optional) and the environment (wins)."""
-    env = os.environ if env is None else env
-    data: dict[str, Any] = {}
-    base = Path.cwd()
-    if config_file is not None:
-        try:
-            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {config_file}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
-        base = config_file.resolve().parent
-
-    db_table = data.get("database", {})
-    server_table = data.get("server", {})
-    if not isinstance(db_table, dict) or not isinstance(server_table, dict):
-        raise ConfigError("[database] and [server] must be tables")
-
-    keyring: Keyring | None = None
-    if env.get("VAULT_MASTER_KEYS"):
-        try:
-            keyring = parse_master_keys(env["VAULT_MASTER_KEYS"])
-        except KeyringError as exc:
-            raise ConfigError(f"VAULT_MASTER_KEYS: {exc}") from None
-    elif "master_keys" in data:
-        keyring = _keyring_from_file(data["master_keys"], base)
-
-    if env.get("VAULT_TOKENS"):
-        tokens = _parse_tokens(env["VAULT_TOKENS"], "VAULT_TOKENS")
-    else:
-        tokens = tuple(
-            validate_token_entry(
-                str(t.get("principal", "")),
-                str(t.get("role", "")),
-                str(t.get("sha256", "")),
-                f"[[tokens]] entry {i}",
-            )
-            for i, t in enumerate(data.get("tokens", []), start=1)
-        )
-
-    listen = env.get("VAULT_LISTEN") or str(data.get("listen", DEFAULT_LISTEN))
-    if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$", listen):
-        raise ConfigError(f"listen address must be host:port, got {listen!r}")
-
-    database = DatabaseSettings(
-        url=env.get("VAULT_DATABASE_URL") or db_table.get("url") or data.get("database_url"),
-        pool_min_size=_int(db_table, "pool_min_size", 1, minimum=0),
-        pool_max_size=_int(db_table, "pool_max_size", 10, minimum=1),
-        connect_timeout=_number(db_table, "connect_timeout", 5.0, minimum=0.1),
-        acquire_timeout=_number(db_table, "acquire_timeout", 5.0, minimum=0.1),
-        command_timeout=_number(db_table, "command_timeout", 10.0, minimum=0.1),
-        statement_timeout_ms=_int(db_table, "statement_timeout_ms", 10_000, minimum=100),
-    )
-    log_level = (env.get("VAULT_LOG_LEVEL") or str(data.get("log_level", "INFO"))).upper()
-    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
-    log_format = env.get("VAULT_LOG_FORMAT") or str(data.get("log_format", "json"))
-    if log_format not in {"json", "text"}:
-        raise ConfigError("log_format must be json or text")
-
-    return Settings(
-        listen=listen,
-        data_dir=Path(env.get("VAULT_DATA_DIR") or str(data.get("data_dir", DEFAULT_DATA_DIR))),
-        database=database,
-        keyring=keyring,
-        tokens=tokens,
-        tls=_tls(data["tls"], base) if "tls" in data else None,
-        allow_plaintext_non_loopback=bool(server_table.get("allow_plaintext_non_loopback", False))
-        or env.get("VAULT_ALLOW_PLAINTEXT") == "1",
-        log_level=log_level,
-        log_format=log_format,
-        grace_period=_number(server_table, "grace_period", 10.0, minimum=0),
-        shutdown_delay=_number(server_table, "shutdown_delay", 1.0, minimum=0),
-        max_concurrent_rpcs=_int(server_table, "max_concurrent_rpcs", 256, minimum=1),
-        rpc_timeout_cap=_number(server_table, "rpc_timeout_cap", 30.0, minimum=0.1),
-        audit_buffer_size=_int(server_table, "audit_buffer_size", 10_000, minimum=1),
-    )
+if __name__ == "__main__":  # `python -m vaultsvc.config` prints the README table
+    sys.stdout.write(markdown_table())
