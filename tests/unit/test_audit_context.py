@@ -85,7 +85,9 @@ def test_recorded_names_are_sanitized_before_writing() -> None:
 
 def _writer(buffer_size: int) -> AuditWriter:
     # Nothing here flushes: the repository is never reached (an attribute error would fail).
-    return AuditWriter(cast(Repository, object()), buffer_size=buffer_size, batch_size=100)
+    return AuditWriter(
+        cast(Repository, object()), buffer_size=buffer_size, batch_size=100, flush_interval=0.2
+    )
 
 
 def test_enqueue_stamps_the_time_and_refuses_when_full() -> None:
