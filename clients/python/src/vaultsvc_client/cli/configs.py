@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 from .exits import EXIT_OK
-from .listing import take
+from .listing import show_listing
 from .options import add_command, add_group, connect, non_negative_int, positive_int
-from .output import config_dict, emit, note, print_json, print_table, vertical, wants_json
+from .output import config_dict, emit, vertical
 from .stdio import MAX_VALUE_BYTES, confirm_delete, is_tty, read_stdin_text
 
 
@@ -78,17 +78,19 @@ def get_config(args: argparse.Namespace) -> int:
 
 def list_configs(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        pager = client.list_config_values(args.contains, page_size=args.page_size)
-        rows = [config_dict(config) for config in take(pager, args.limit)]
-    if wants_json(args):
-        print_json({"config_values": rows, "total_size": pager.total_size})
-    else:
-        print_table(
-            ["KEY", "VALUE", "DESCRIPTION", "UPDATED"],
-            [[r["key"], r["value"], r["description"], r["update_time"]] for r in rows],
+        return show_listing(
+            args,
+            client.list_config_values(args.contains, page_size=args.page_size),
+            config_dict,
+            key="config_values",
+            columns={
+                "KEY": "key",
+                "VALUE": "value",
+                "DESCRIPTION": "description",
+                "UPDATED": "update_time",
+            },
+            noun="config value",
         )
-        note(f"{len(rows)} of {pager.total_size} config value(s)")
-    return EXIT_OK
 
 
 def delete_config(args: argparse.Namespace) -> int:

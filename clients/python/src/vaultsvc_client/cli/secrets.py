@@ -9,9 +9,9 @@ from typing import Any
 from ..client import VaultClient
 from ..errors import AlreadyExists, VaultError
 from .exits import EXIT_OK, CliError
-from .listing import take
+from .listing import show_listing
 from .options import add_command, add_group, connect, non_negative_int, positive_int
-from .output import emit, note, print_json, print_table, secret_dict, vertical, wants_json
+from .output import emit, secret_dict, vertical
 from .stdio import add_value_source, confirm_delete, read_secret_value
 
 
@@ -104,17 +104,19 @@ def get_secret(args: argparse.Namespace) -> int:
 
 def list_secrets(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        pager = client.list_secrets(args.contains, page_size=args.page_size)
-        rows = [secret_dict(secret) for secret in take(pager, args.limit)]
-    if wants_json(args):
-        print_json({"secrets": rows, "total_size": pager.total_size})
-    else:
-        print_table(
-            ["NAME", "DESCRIPTION", "UPDATED", "ETAG"],
-            [[r["name"], r["description"], r["update_time"], r["etag"]] for r in rows],
+        return show_listing(
+            args,
+            client.list_secrets(args.contains, page_size=args.page_size),
+            secret_dict,
+            key="secrets",
+            columns={
+                "NAME": "name",
+                "DESCRIPTION": "description",
+                "UPDATED": "update_time",
+                "ETAG": "etag",
+            },
+            noun="secret",
         )
-        note(f"{len(rows)} of {pager.total_size} secret(s)")
-    return EXIT_OK
 
 
 def update_secret(args: argparse.Namespace) -> int:
