@@ -92,6 +92,21 @@ async def test_async_pagers_and_configs(vault: Any) -> None:
         assert len(page.secrets) == 3 and page.next_page_token and page.total_size == 7
         assert [s.name async for s in admin.iter_secrets(page_size=3)] == names
         assert [s.name async for s in admin.iter_secrets("KEY_0", page_size=2)] == names
+        pages = [[s.name for s in p.secrets] async for p in page.pages]
+        assert pages == [names[0:3], names[3:6], names[6:]]
+        assert [s.name async for s in page] == names  # again, from the first page
+        assert page.total_size == 7 and page.next_page_token == ""
+        first = await admin.list_secrets(page_size=3)
+        resumed = await admin.list_secrets(page_size=3, page_token=first.next_page_token)
+        assert [s.name async for s in resumed] == names[3:]
+
+        def sync_pages() -> tuple[list[int], int | None, list[str]]:
+            with VaultClient(vault.address, vault.tokens["admin"]) as client:
+                pager = client.list_secrets("key_0", page_size=2)
+                sizes = [len(p.secrets) for p in pager.pages]
+                return sizes, pager.total_size, [s.name for s in client.iter_secrets(page_size=4)]
+
+        assert await asyncio.to_thread(sync_pages) == ([2, 2, 2, 1], 7, names)
 
         for key in ("b_cfg", "a_cfg", "c_cfg"):
             await admin.put_config_value(key, f"v-{key}")

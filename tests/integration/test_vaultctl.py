@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -345,18 +346,23 @@ async def test_check_finds_a_typo(vaultctl: Vaultctl, tmp_path: Path) -> None:
     assert "SECRET_NOT_FOUND" in checked.out
     assert_no_value(checked)
 
+    # each field once, its problems under it, without the field key repeated
+    lines = checked.out.splitlines()
+    assert lines[0] == "header:Authorization  HEADER  secrets: orderskey"
+    assert lines[1].startswith("  SECRET_NOT_FOUND at ")
+    assert "header:Authorization" not in lines[1]
+    assert lines[2] == "url  URL  inputs: id"
+
     as_json = await vaultctl("--json", "check", str(template))
     assert as_json.code == 9
     document = as_json.json()
     assert document["ok"] is False
-    problem = document["problems"][0]
-    assert (problem["field_key"], problem["kind"], problem["name"]) == (
-        "header:Authorization",
-        "SECRET_NOT_FOUND",
-        "orderskey",
-    )
-    assert document["references"][0]["secret_names"] == ["orderskey"]
-    assert document["references"][1]["input_names"] == ["id"]
+    header, url = document["fields"]
+    assert (header["key"], header["secret_names"]) == ("header:Authorization", ["orderskey"])
+    [problem] = header["problems"]
+    assert (problem["kind"], problem["name"]) == ("SECRET_NOT_FOUND", "orderskey")
+    assert "header:Authorization" not in problem["message"]
+    assert (url["input_names"], url["problems"]) == (["id"], [])
 
     fixed = tmp_path / "fixed.json"
     fixed.write_text('{"h": "Bearer {{secret:orders_key}}"}')
@@ -366,7 +372,7 @@ async def test_check_finds_a_typo(vaultctl: Vaultctl, tmp_path: Path) -> None:
 
     malformed = await vaultctl("--json", "check", "-", stdin=b'{"h": "{{secret:orders key}}"}')
     assert malformed.code == 9
-    assert malformed.json()["problems"][0]["kind"] == "MALFORMED_PLACEHOLDER"
+    assert malformed.json()["fields"][0]["problems"][0]["kind"] == "MALFORMED_PLACEHOLDER"
 
 
 async def test_configs_and_stats(vaultctl: Vaultctl) -> None:
@@ -391,3 +397,101 @@ async def test_configs_and_stats(vaultctl: Vaultctl) -> None:
     stats = await vaultctl("--json", "secrets", "stats", role="viewer")
     assert stats.json()["total_secrets"] == 1
     assert stats.json()["last_update_time"].endswith("Z")
+
+
+async def test_listing_walks_pages_with_the_pager(vaultctl: Vaultctl) -> None:
+    names = [f"page_key_{i}" for i in range(7)]
+    for name in names:
+        await create(vaultctl, name, VALUE)
+    listed = await vaultctl("--json", "secrets", "list", "--page-size", "2")
+    assert listed.code == 0, listed.err
+    assert [s["name"] for s in listed.json()["secrets"]] == names
+    assert listed.json()["total_size"] == 7
+    limited = await vaultctl("secrets", "list", "--page-size", "2", "--limit", "3")
+    assert [line.split()[0] for line in limited.out.splitlines()[1:]] == names[:3]
+    assert limited.err.strip() == "3 of 7 secret(s)"
+
+    for key in ("c_host", "a_host", "b_host"):
+        assert (await vaultctl("configs", "put", key, "v")).code == 0
+    configs = await vaultctl("--json", "configs", "list", "--page-size", "1", "--contains", "host")
+    assert [c["key"] for c in configs.json()["config_values"]] == ["a_host", "b_host", "c_host"]
+    assert configs.json()["total_size"] == 3
+
+    for _ in range(100):  # audit events are flushed in the background
+        audit = await vaultctl("--json", "audit", "--page-size", "2", "--limit", "5")
+        if len(audit.json()["events"]) == 5:
+            break
+        await asyncio.sleep(0.05)
+    assert len(audit.json()["events"]) == 5
+
+
+async def test_already_exists_names_the_existing_spelling(vaultctl: Vaultctl) -> None:
+    await create(vaultctl, "Stripe_Key", VALUE)
+    again = await vaultctl("secrets", "create", "stripe_KEY", stdin=b"other")
+    assert again.code == 4
+    assert "the existing secret is spelled 'Stripe_Key'" in again.err
+    as_json = await vaultctl("--json", "secrets", "create", "STRIPE_KEY", stdin=b"other")
+    error = json.loads(as_json.err)
+    assert (error["code"], error["reason"], error["existing_name"]) == (
+        "ALREADY_EXISTS",
+        "ALREADY_EXISTS",
+        "Stripe_Key",
+    )
+    assert error["request_id"]
+    assert "other" not in as_json.err and as_json.out == ""
+
+
+async def test_json_error_carries_the_request_id(vaultctl: Vaultctl) -> None:
+    missing = await vaultctl("secrets", "get", "nope", "--json", role="viewer")
+    assert missing.code == 3 and missing.out == ""
+    error = json.loads(missing.err)
+    assert set(error) == {"code", "reason", "message", "request_id"}
+    assert (error["code"], error["reason"]) == ("NOT_FOUND", "SECRET_NOT_FOUND")
+    assert error["request_id"]
+
+
+async def test_bearer_prefix_in_vault_token_gets_a_hint(vaultctl: Vaultctl, vault: Any) -> None:
+    token = vault.tokens["viewer"]
+    result = await vaultctl("secrets", "stats", role=None, env={"VAULT_TOKEN": f"Bearer {token}"})
+    assert result.code == 2
+    assert "VAULT_TOKEN" in result.err and "give the token alone" in result.err
+    assert token not in result.err
+
+
+async def test_sigint_exits_130(tmp_path: Path) -> None:
+    """Ctrl-C during a call: exit 130 and one line, no traceback."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vaultsvc_client",
+        "--addr",
+        address,
+        "--timeout",
+        "60",
+        "secrets",
+        "stats",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environment,
+    )
+    try:
+        # vaultctl is inside its call once it has connected (a server that never answers)
+        listener.settimeout(60)
+        connection, _ = await asyncio.to_thread(listener.accept)
+        with connection:
+            process.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        listener.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130, err
+    assert err.decode() == "vaultctl: interrupted: cancelled by user\n"
+    assert out == b""

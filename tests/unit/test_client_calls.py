@@ -32,6 +32,8 @@ from vaultsvc_client import (
     parse_encoding,
 )
 from vaultsvc_client._common import (
+    RPC_POLICIES,
+    SERVICES,
     auth_metadata,
     channel_security,
     encoding_name,
@@ -178,6 +180,14 @@ async def test_writes_are_never_retried(fake: FakeVault, rpc: Rpc) -> None:
         with pytest.raises(Unavailable):
             await rpc.call(client)
     assert len(fake.calls_to(rpc.method)) == 1
+
+
+def test_every_contract_rpc_has_exactly_one_policy() -> None:
+    rpcs = {f"{service.name}.{method.name}" for service in SERVICES for method in service.methods}
+    assert set(RPC_POLICIES) == rpcs
+    declared = {rpc.split(".", 1)[1]: policy.idempotent for rpc, policy in RPC_POLICIES.items()}
+    assert {r.method for r in IDEMPOTENT} == {m for m, idem in declared.items() if idem}
+    assert {r.method for r in NOT_IDEMPOTENT} == {m for m, idem in declared.items() if not idem}
 
 
 async def test_retries_are_bounded(fake: FakeVault) -> None:
@@ -348,8 +358,11 @@ async def test_iter_secrets_walks_every_page(fake: FakeVault) -> None:
     sizes: list[int] = []
     fake.handlers["ListSecrets"] = paged(names, sizes)
     async with AsyncVaultClient(fake.address) as client:
-        seen = [secret.name async for secret in client.iter_secrets("x", page_size=2)]
+        pager = client.iter_secrets("x", page_size=2)
+        assert fake.calls == [] and pager.total_size is None  # lazy: nothing fetched yet
+        seen = [secret.name async for secret in pager]
     assert seen == names
+    assert pager.total_size == 5
     assert [call.request.page_token for call in fake.calls] == ["", "2", "4"]
     assert {call.request.name_contains for call in fake.calls} == {"x"}
     assert sizes == [2, 2, 2]
@@ -361,13 +374,60 @@ async def test_iter_secrets_walks_every_page(fake: FakeVault) -> None:
     assert await asyncio.to_thread(sync_walk) == names
 
 
+async def test_list_secrets_returns_a_pager_with_the_first_page(fake: FakeVault) -> None:
+    names = ["a", "b", "c", "d", "e"]
+    fake.handlers["ListSecrets"] = paged(names, [])
+    async with AsyncVaultClient(fake.address) as client:
+        pager = await client.list_secrets(page_size=2)
+        assert len(fake.calls) == 1  # the first page only, until iterated
+        # reads like the one-page reply it replaces
+        assert [s.name for s in pager.secrets] == ["a", "b"]
+        assert (pager.next_page_token, pager.total_size) == ("2", 5)
+        pages = [[s.name for s in page.secrets] async for page in pager.pages]
+        assert pages == [["a", "b"], ["c", "d"], ["e"]]
+        assert len(fake.calls) == 3  # the first page was not fetched again
+        assert pager.next_page_token == ""  # the latest page
+        # walking again starts over from the first page
+        assert [s.name async for s in pager] == names
+        resumed = await client.list_secrets(page_size=2, page_token="2")
+        assert [s.name async for s in resumed] == ["c", "d", "e"]
+
+    def sync_pages() -> tuple[list[int], int | None]:
+        with VaultClient(fake.address) as client:
+            pager = client.list_secrets(page_size=2)
+            return [len(page.secrets) for page in pager.pages], pager.total_size
+
+    assert await asyncio.to_thread(sync_pages) == ([2, 2, 1], 5)
+
+
+async def test_a_pager_stops_fetching_when_the_caller_stops(fake: FakeVault) -> None:
+    fake.handlers["ListSecrets"] = paged([str(n) for n in range(10)], [])
+    async with AsyncVaultClient(fake.address) as client:
+        async for secret in client.iter_secrets(page_size=2):
+            if secret.name == "2":
+                break
+    assert len(fake.calls) == 2
+
+
+async def test_a_pager_before_any_page_has_no_reply_attributes(fake: FakeVault) -> None:
+    async with AsyncVaultClient(fake.address) as client:
+        pager = client.iter_config_values()
+        with pytest.raises(AttributeError, match="no page fetched"):
+            _ = pager.config_values
+    assert repr(pager) == "AsyncPager(total_size=None)"
+
+
 async def test_iter_config_values_and_audit_events(fake: FakeVault) -> None:
     async def configs(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not request.page_token:
             return config_pb.ListConfigValuesResponse(
-                config_values=[config_pb.ConfigValue(key="k1")], next_page_token="p2"
+                config_values=[config_pb.ConfigValue(key="k1")],
+                next_page_token="p2",
+                total_size=2,
             )
-        return config_pb.ListConfigValuesResponse(config_values=[config_pb.ConfigValue(key="k2")])
+        return config_pb.ListConfigValuesResponse(
+            config_values=[config_pb.ConfigValue(key="k2")], total_size=2
+        )
 
     async def events(request: Any, context: grpc.aio.ServicerContext) -> Any:
         assert (request.secret_name, request.principal) == ("s", "p")
@@ -382,8 +442,13 @@ async def test_iter_config_values_and_audit_events(fake: FakeVault) -> None:
     async with AsyncVaultClient(fake.address) as client:
         keys = [c.key async for c in client.iter_config_values()]
         methods = [e.method async for e in client.iter_audit_events("s", "p")]
+        config_pager = await client.list_config_values()
+        audit_pager = await client.list_audit_events("s", "p")
     assert keys == ["k1", "k2"]
     assert methods == ["m1", "m2"]
+    assert config_pager.total_size == 2
+    assert audit_pager.total_size is None  # ListAuditEventsResponse has no total_size
+    assert [e.method for e in audit_pager.events] == ["m1"]
 
 
 # -- channel security --------------------------------------------------------------------

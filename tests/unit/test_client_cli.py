@@ -11,7 +11,9 @@ import asyncio
 import getpass
 import io
 import json
+import re
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -149,7 +151,7 @@ async def test_help_documents_every_exit_code(run: Run) -> None:
     code, out, _ = await run("--help")
     assert code == 0
     for number, meaning in cli.EXIT_CODES.items():
-        assert f"  {number}  {meaning}" in out
+        assert re.search(rf"^  {number} +{re.escape(meaning)}$", out, re.MULTILINE), number
     for variable in ("VAULT_ADDR", "VAULT_TOKEN"):
         assert variable in out
     code, out, _ = await run("secrets", "delete", "--help")
@@ -211,7 +213,64 @@ async def test_unreachable_server_exits_8(run: Run, dead_address: str) -> None:
     assert err.count("\n") == 1
 
 
+async def test_json_errors_are_one_json_object_on_stderr(run: Run, fake: FakeVault) -> None:
+    fake.fail(
+        "GetSecret",
+        Code.NOT_FOUND,
+        "secret not found:\nstripe_key",
+        "SECRET_NOT_FOUND",
+        {"request_id": "req-7"},
+    )
+    for argv in (
+        ("--json", "secrets", "get", "stripe_key"),
+        ("secrets", "get", "stripe_key", "--json"),
+    ):
+        code, out, err = await run(*at(fake, *argv))
+        assert (code, out) == (cli.EXIT_NOT_FOUND, "")
+        assert json.loads(err) == {
+            "code": "NOT_FOUND",
+            "reason": "SECRET_NOT_FOUND",
+            "message": "secret not found: stripe_key",
+            "request_id": "req-7",
+        }
+
+
+async def test_json_errors_of_vaultctl_itself(run: Run, fake: FakeVault) -> None:
+    code, out, err = await run(*at(fake, "--json", "secrets", "update", "a"))
+    assert (code, out) == (cli.EXIT_USAGE, "")
+    document = json.loads(err)
+    assert (document["code"], document["reason"], document["request_id"]) == ("usage", None, None)
+    assert document["message"].startswith("nothing to update")
+    code, _, err = await run(*at(fake, "--json", "secrets", "list", "--limit", "x"))
+    assert code == cli.EXIT_USAGE
+    assert json.loads(err)["code"] == "usage"
+    code, _, err = await run(*at(fake, "secrets", "list", "--limit", "x"))
+    assert code == cli.EXIT_USAGE and err.startswith("usage: vaultctl secrets list")
+
+
 # -- connection options ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["Bearer abc123", "bearer  abc123", "BEARER abc123"])
+async def test_a_bearer_prefix_is_refused_with_a_hint(
+    run: Run, fake: FakeVault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    fake.reply("GetVaultStats", secret_pb.VaultStats())
+    base = ["--addr", fake.address, "secrets", "stats"]
+    code, _, err = await run(*base, "--token", token)
+    assert code == cli.EXIT_USAGE
+    assert "give the token alone" in err and "--token" in err
+    assert "abc123" not in err  # the token itself is never echoed
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    code, _, err = await run(*base, "--token-file", str(token_file))
+    assert code == cli.EXIT_USAGE and "token file" in err and "Bearer" in err
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    code, _, err = await run(*base)
+    assert code == cli.EXIT_USAGE and "VAULT_TOKEN" in err and "give the token alone" in err
+    assert fake.calls == []  # refused before any call
+    monkeypatch.setenv("VAULT_TOKEN", "bearer-like-but-one-word")
+    assert (await run(*base))[0] == 0
 
 
 async def test_token_sources_and_precedence(
@@ -244,7 +303,85 @@ async def test_no_token_reaches_the_server_without_authorization(run: Run, fake:
     assert err == "vaultctl: UNAUTHENTICATED: missing bearer token\n"
 
 
+def test_connection_options_are_listed_once() -> None:
+    parsers = dict(walk(cli.build_parser()))
+    top = parsers[()].format_help()
+    for flag in ("--addr", "--token", "--ca-file", "--tls", "--timeout", "--json"):
+        assert flag in top
+    for env in ("VAULT_ADDR", "VAULT_TOKEN", "VAULT_CACERT", "VAULT_CLIENT_CERT"):
+        assert env in top
+    for path, parser in parsers.items():
+        if path:
+            shown = parser.format_help()
+            assert "--addr HOST" not in shown and "--ca-file" not in shown, path
+            assert "see vaultctl --help" in shown, path
+
+
+def test_every_argument_has_help() -> None:
+    for path, parser in walk(cli.build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                assert all(choice.help for choice in action._choices_actions), path
+                continue
+            if action.help == argparse.SUPPRESS and path:
+                assert action.dest in {"addr", "token", "token_file", "ca_file", "cert_file",
+                                       "key_file", "server_name", "tls", "insecure", "timeout",
+                                       "json"}, (path, action.dest)  # fmt: skip
+                continue
+            assert action.help, (path, action.option_strings or action.dest)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+async def test_completion_scripts(run: Run, shell: str, tmp_path: Path) -> None:
+    code, out, _ = await run("completion", shell)
+    assert code == 0
+    for word in ("secrets", "configs", "resolve", "value-stdin", "addr", "trim-newline"):
+        assert word in out, word
+    if shell == "bash":
+        script = tmp_path / "vaultctl.bash"
+        script.write_text(out)
+        checked = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-n", str(script)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stderr
+        sourced = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-c", f"source {script} && complete -p vaultctl"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert sourced.returncode == 0 and "vaultctl" in sourced.stdout, sourced.stderr
+    code, _, _ = await run("completion", "powershell")
+    assert code == cli.EXIT_USAGE
+
+
 # -- secrets -----------------------------------------------------------------------------
+
+
+async def test_already_exists_names_the_existing_spelling(run: Run, fake: FakeVault) -> None:
+    fake.fail(
+        "CreateSecret",
+        Code.ALREADY_EXISTS,
+        "a secret named 'Stripe_Key' already exists (names are compared ignoring case)",
+        "ALREADY_EXISTS",
+    )
+    fake.reply("GetSecret", secret("stripe_key"))
+    code, _, err = await run(*at(fake, "secrets", "create", "Stripe_Key"), stdin=b"v")
+    assert code == cli.EXIT_ALREADY_EXISTS
+    assert "the existing secret is spelled 'stripe_key'" in err
+    assert fake.calls_to("GetSecret")[0].request.name == "Stripe_Key"
+    code, _, err = await run(*at(fake, "--json", "secrets", "create", "Stripe_Key"), stdin=b"v")
+    document = json.loads(err)
+    assert (document["reason"], document["existing_name"]) == ("ALREADY_EXISTS", "stripe_key")
+    # the lookup failing leaves the server's error as it was
+    fake.fail("GetSecret", Code.PERMISSION_DENIED, "no", "PERMISSION_DENIED")
+    code, _, err = await run(*at(fake, "secrets", "create", "Stripe_Key"), stdin=b"v")
+    assert code == cli.EXIT_ALREADY_EXISTS and "spelled" not in err
 
 
 async def test_create_reads_the_value_from_stdin_verbatim(run: Run, fake: FakeVault) -> None:
@@ -522,12 +659,24 @@ async def test_check_reports_problems_and_exits_9(
     fake.reply("CheckTemplate", check_response(with_problem=True))
     code, out, _ = await run(*at(fake, "check", str(template)))
     assert code == cli.EXIT_PROBLEMS
-    assert "orderskey" in out and "SECRET_NOT_FOUND" in out and "url@12" in out
+    assert out.splitlines()[:2] == [
+        "url  URL  secrets: orderskey  configs: base  inputs: id",
+        "  SECRET_NOT_FOUND at 12: secret not found: orderskey",
+    ]
+    assert out.count("url") == 1  # the field key is said once, above its problems
     code, out, _ = await run(*at(fake, "check", str(template), "--json"))
     document = json.loads(out)
     assert code == cli.EXIT_PROBLEMS and document["ok"] is False
-    assert document["references"][0]["encoding"] == "URL"
-    assert document["problems"][0]["kind"] == "SECRET_NOT_FOUND"
+    [field] = document["fields"]
+    assert (field["key"], field["encoding"], field["secret_names"]) == ("url", "URL", ["orderskey"])
+    [problem] = field["problems"]
+    assert problem == {
+        "kind": "SECRET_NOT_FOUND",
+        "placeholder": "{{secret:orderskey}}",
+        "name": "orderskey",
+        "message": "secret not found: orderskey",
+        "offset": 12,
+    }
     fake.reply("CheckTemplate", check_response(with_problem=False))
     code, out, _ = await run(*at(fake, "check", "-"), stdin=b'{"url": "x"}')
     assert code == 0 and "no problems" in out

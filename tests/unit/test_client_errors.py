@@ -158,26 +158,66 @@ async def test_secret_not_found_names_from_error_info_metadata(fake: FakeVault) 
     assert caught.value.names == ["stripe_key", "orders-key"]
 
 
-async def test_secret_not_found_names_fall_back_to_the_message(fake: FakeVault) -> None:
+async def test_names_never_come_from_the_message_text(fake: FakeVault) -> None:
     fake.fail("ResolveTemplate", Code.NOT_FOUND, "secret not found: a, b_2", "SECRET_NOT_FOUND")
     async with AsyncVaultClient(fake.address, retry=NO_RETRY) as client:
         with pytest.raises(SecretNotFound) as caught:
             await client.resolve_template({"url": "x"})
-    assert caught.value.names == ["a", "b_2"]
+    assert caught.value.names == []
     assert isinstance(caught.value, NotFound)
 
 
-def test_names_parsing_edge_cases() -> None:
-    plain = error_from_status(Code.NOT_FOUND, "secret not found: only", reason="SECRET_NOT_FOUND")
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+async def test_a_single_name_call_reports_the_name_it_asked_for(
+    fake: FakeVault, sync: bool
+) -> None:
+    fake.fail("GetSecret", Code.NOT_FOUND, "whatever the server says", "SECRET_NOT_FOUND")
+    fake.fail("DeleteConfigValue", Code.NOT_FOUND, "text", "CONFIG_NOT_FOUND")
+    fake.fail("UpdateSecret", Code.NOT_FOUND, "t", "SECRET_NOT_FOUND", {"names": "from_info"})
+
+    def sync_calls() -> list[list[str]]:
+        names = []
+        with VaultClient(fake.address, retry=NO_RETRY) as client:
+            for call in (
+                lambda: client.get_secret("Stripe_Key"),
+                lambda: client.delete_config_value("base_url"),
+                lambda: client.update_secret("x", description="d"),
+            ):
+                with pytest.raises(NotFound) as caught:
+                    call()
+                names.append(caught.value.names)
+        return names
+
+    if sync:
+        seen = await asyncio.to_thread(sync_calls)
+    else:
+        seen = []
+        async with AsyncVaultClient(fake.address, retry=NO_RETRY) as client:
+            for coroutine in (
+                client.get_secret("Stripe_Key"),
+                client.delete_config_value("base_url"),
+                client.update_secret("x", description="d"),
+            ):
+                with pytest.raises(NotFound) as caught:
+                    await coroutine
+                seen.append(caught.value.names)
+    assert seen == [["Stripe_Key"], ["base_url"], ["from_info"]]
+
+
+def test_reason_picks_the_class_and_metadata_the_names() -> None:
+    plain = error_from_status(
+        Code.NOT_FOUND, "m", reason="SECRET_NOT_FOUND", metadata={"names": "only"}
+    )
     assert isinstance(plain, SecretNotFound)
     assert plain.names == ["only"]
     config = error_from_status(
-        Code.NOT_FOUND, "config not found: base_url", reason="CONFIG_NOT_FOUND"
+        Code.NOT_FOUND, "secret not found: x", reason="CONFIG_NOT_FOUND", metadata={"names": "a, b"}
     )
     assert isinstance(config, ConfigNotFound)
-    assert config.names == ["base_url"]
-    other = error_from_status(Code.NOT_FOUND, "no such thing", reason="SECRET_NOT_FOUND")
-    assert isinstance(other, SecretNotFound)
+    assert config.names == ["a", "b"]
+    # the message says "secret", the reason says neither: the reason decides
+    other = error_from_status(Code.NOT_FOUND, "secret not found: s", reason="NOT_FOUND")
+    assert type(other) is NotFound
     assert other.names == []
 
 

@@ -5,9 +5,16 @@ RPC; failures raise :class:`VaultError` subclasses; :class:`Redactor` masks
 resolved values (and their common encodings) in logs and tool output.
 """
 
-from ._common import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, RetryPolicy, TLSConfig, parse_encoding
-from .aio import AsyncVaultClient
-from .client import VaultClient
+from ._common import (
+    DEFAULT_ADDRESS,
+    DEFAULT_TIMEOUT,
+    RetryPolicy,
+    RpcPolicy,
+    TLSConfig,
+    parse_encoding,
+)
+from .aio import AsyncPager, AsyncVaultClient
+from .client import Pager, VaultClient
 from .errors import (
     AlreadyExists,
     ConfigNotFound,
@@ -30,6 +37,7 @@ __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_TIMEOUT",
     "AlreadyExists",
+    "AsyncPager",
     "AsyncVaultClient",
     "ConfigNotFound",
     "DataLoss",
@@ -38,10 +46,12 @@ __all__ = [
     "InternalError",
     "InvalidArgument",
     "NotFound",
+    "Pager",
     "PermissionDenied",
     "Redactor",
     "ResourceExhausted",
     "RetryPolicy",
+    "RpcPolicy",
     "SecretNotFound",
     "TLSConfig",
     "Unauthenticated",

@@ -7,10 +7,17 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
+from interakt.vault.v1 import audit_service_pb2 as audit_pb
+from interakt.vault.v1 import config_service_pb2 as config_pb
 from interakt.vault.v1 import resolver_service_pb2 as resolver_pb
+from interakt.vault.v1 import secret_service_pb2 as secret_pb
+
+from .errors import NotFound, VaultError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 10.0
@@ -113,6 +120,89 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True)
+class RpcPolicy:
+    """How the clients call one RPC.
+
+    ``idempotent``: calling it twice has the effect of calling it once, so an
+    UNAVAILABLE is retried under the client's :class:`RetryPolicy`. Writes are
+    not: an UNAVAILABLE after the request left may still have been applied.
+    """
+
+    idempotent: bool
+
+
+READ = RpcPolicy(idempotent=True)
+WRITE = RpcPolicy(idempotent=False)
+
+RPC_POLICIES: Mapping[str, RpcPolicy] = {
+    "SecretService.CreateSecret": WRITE,
+    "SecretService.GetSecret": READ,
+    "SecretService.ListSecrets": READ,
+    "SecretService.UpdateSecret": WRITE,
+    "SecretService.DeleteSecret": WRITE,
+    "SecretService.GetVaultStats": READ,
+    "ConfigService.PutConfigValue": WRITE,
+    "ConfigService.GetConfigValue": READ,
+    "ConfigService.ListConfigValues": READ,
+    "ConfigService.DeleteConfigValue": WRITE,
+    # Resolve only reads (its audit event is written once per answered call).
+    "ResolverService.ResolveTemplate": READ,
+    "ResolverService.CheckTemplate": READ,
+    "AuditService.ListAuditEvents": READ,
+}
+"""Every RPC of the contract, declared once: ``Service.Method`` -> policy."""
+
+SERVICES: tuple[ServiceDescriptor, ...] = (
+    secret_pb.DESCRIPTOR.services_by_name["SecretService"],
+    config_pb.DESCRIPTOR.services_by_name["ConfigService"],
+    resolver_pb.DESCRIPTOR.services_by_name["ResolverService"],
+    audit_pb.DESCRIPTOR.services_by_name["AuditService"],
+)
+
+
+def policies_by_method(stubs: Mapping[str, object]) -> dict[object, RpcPolicy]:
+    """Maps each stub's bound RPC callables to their policy (as Google's transports do).
+
+    ``stubs`` maps a service name to its stub. A contract RPC without an entry in
+    :data:`RPC_POLICIES` fails here, at client construction, not at its first call.
+    """
+    table: dict[object, RpcPolicy] = {}
+    for service in SERVICES:
+        stub = stubs[service.name]
+        for method in service.methods:
+            key = f"{service.name}.{method.name}"
+            if key not in RPC_POLICIES:
+                raise LookupError(f"no RpcPolicy declared for {key}")
+            table[getattr(stub, method.name)] = RPC_POLICIES[key]
+    return table
+
+
+def total_size_of(response: Message) -> int | None:
+    """The reply's ``total_size`` (matches across all pages), None if it has no such field."""
+    if "total_size" not in response.DESCRIPTOR.fields_by_name:
+        return None
+    size: Any = getattr(response, "total_size")  # noqa: B009 - not every reply has it
+    return int(size)
+
+
+def with_requested_names(error: VaultError, request: Message) -> VaultError:
+    """A NOT_FOUND of a single-name RPC lists that name when ErrorInfo carried none.
+
+    The name comes from the request the client sent (a name or key, never a value),
+    not from the message text.
+    """
+    if isinstance(error, NotFound) and not error.names:
+        fields = request.DESCRIPTOR.fields_by_name
+        for field in ("name", "key"):
+            if field in fields:
+                requested = str(getattr(request, field))
+                if requested:
+                    error.names = [requested]
+                break
+    return error
 
 
 def is_loopback(address: str) -> bool:

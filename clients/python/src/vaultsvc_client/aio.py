@@ -1,4 +1,9 @@
-"""Asynchronous client (``grpc.aio``): one channel, one coroutine per RPC."""
+"""Asynchronous client (``grpc.aio``): one channel, one coroutine per RPC.
+
+This module is the source of both clients: ``client.py`` (blocking) is generated
+from it by ``clients/python/tools/unasync.py`` and a test fails when they drift.
+Write it so plain token substitutions make it synchronous.
+"""
 
 # ``timeout`` is the gRPC deadline sent to the server (as in grpc.aio itself),
 # not a local wait that asyncio.timeout() could replace.
@@ -7,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from grpc import aio
 from interakt.vault.v1 import audit_service_pb2 as audit_pb
 from interakt.vault.v1 import audit_service_pb2_grpc as audit_grpc
@@ -32,13 +38,93 @@ from ._common import (
     auth_metadata,
     channel_security,
     check_timeout,
+    policies_by_method,
     template_fields,
+    total_size_of,
+    with_requested_names,
 )
 from .errors import DeadlineExceeded, Unavailable, VaultError, error_from_rpc_error
 
-__all__ = ["AsyncVaultClient"]
+__all__ = [
+    "AsyncAuditEventsPager",
+    "AsyncConfigValuesPager",
+    "AsyncPager",
+    "AsyncSecretsPager",
+    "AsyncVaultClient",
+]
 
 _Response = TypeVar("_Response")
+_Page = TypeVar("_Page", bound=Message)
+_Item = TypeVar("_Item")
+
+
+class AsyncPager(Generic[_Page, _Item]):
+    """Every item of a ``List*`` RPC across all its pages, fetched lazily.
+
+    ``async for item in pager`` walks the items (the next page is requested when
+    the current one is used up); ``async for page in pager.pages`` walks the
+    replies. Both can be walked again, from the first page. ``total_size`` is
+    the reply's count of all matches (None before the first page or when the
+    reply has no such field). Other attributes (``secrets``, ``next_page_token``
+    ...) are those of the latest page fetched, so a pager reads like the one-page
+    reply it replaces.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[str], Awaitable[_Page]],
+        items_of: Callable[[_Page], Sequence[_Item]],
+        *,
+        page_token: str = "",
+        first: _Page | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._items_of = items_of
+        self._page_token = page_token
+        self._first = first
+        self._latest = first
+
+    @property
+    def total_size(self) -> int | None:
+        return total_size_of(self._first) if self._first is not None else None
+
+    @property
+    async def pages(self) -> AsyncIterator[_Page]:
+        page = await self._first_page()
+        while True:
+            self._latest = page
+            yield page
+            token = str(getattr(page, "next_page_token"))  # noqa: B009 - generic page
+            if not token:
+                return
+            page = await self._fetch(token)
+
+    async def _first_page(self) -> _Page:
+        if self._first is None:
+            self._first = self._latest = await self._fetch(self._page_token)
+        return self._first
+
+    def __aiter__(self) -> AsyncIterator[_Item]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[_Item]:
+        async for page in self.pages:
+            for item in self._items_of(page):
+                yield item
+
+    def __getattr__(self, name: str) -> Any:
+        latest = self.__dict__.get("_latest")
+        if latest is None:
+            raise AttributeError(f"{name} (no page fetched yet)")
+        return getattr(latest, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(total_size={self.total_size})"
+
+
+AsyncSecretsPager = AsyncPager[secret_pb.ListSecretsResponse, secret_pb.Secret]
+AsyncConfigValuesPager = AsyncPager[config_pb.ListConfigValuesResponse, config_pb.ConfigValue]
+AsyncAuditEventsPager = AsyncPager[audit_pb.ListAuditEventsResponse, audit_pb.AuditEvent]
 
 
 class AsyncVaultClient:
@@ -89,6 +175,14 @@ class AsyncVaultClient:
         self._configs = config_grpc.ConfigServiceStub(channel)
         self._resolver = resolver_grpc.ResolverServiceStub(channel)
         self._audit = audit_grpc.AuditServiceStub(channel)
+        self._policies = policies_by_method(
+            {
+                "SecretService": self._secrets,
+                "ConfigService": self._configs,
+                "ResolverService": self._resolver,
+                "AuditService": self._audit,
+            }
+        )
 
     @classmethod
     def from_channel(
@@ -118,11 +212,11 @@ class AsyncVaultClient:
         self, name: str, value: str, description: str = "", *, timeout: float | None = None
     ) -> secret_pb.Secret:
         request = secret_pb.CreateSecretRequest(name=name, value=value, description=description)
-        return await self._call(self._secrets.CreateSecret, request, False, timeout)
+        return await self._call(self._secrets.CreateSecret, request, timeout)
 
     async def get_secret(self, name: str, *, timeout: float | None = None) -> secret_pb.Secret:
         request = secret_pb.GetSecretRequest(name=name)
-        return await self._call(self._secrets.GetSecret, request, True, timeout)
+        return await self._call(self._secrets.GetSecret, request, timeout)
 
     async def list_secrets(
         self,
@@ -131,29 +225,33 @@ class AsyncVaultClient:
         page_token: str = "",
         *,
         timeout: float | None = None,
-    ) -> secret_pb.ListSecretsResponse:
-        """One page; ``next_page_token`` is empty on the last one."""
-        request = secret_pb.ListSecretsRequest(
-            name_contains=name_contains, page_size=page_size, page_token=page_token
-        )
-        return await self._call(self._secrets.ListSecrets, request, True, timeout)
+    ) -> AsyncSecretsPager:
+        """Secrets sorted by name: the first page is fetched now, the rest as iterated.
 
-    async def iter_secrets(
+        ``timeout`` applies to each page. ``.secrets`` and ``.next_page_token`` are
+        those of the latest page fetched; ``.total_size`` counts every match.
+        """
+        pager = self.iter_secrets(name_contains, page_size, page_token, timeout=timeout)
+        await pager._first_page()
+        return pager
+
+    def iter_secrets(
         self,
         name_contains: str = "",
         page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
         *,
         timeout: float | None = None,
-    ) -> AsyncIterator[secret_pb.Secret]:
-        """Every matching secret, fetching pages as needed (``timeout`` is per page)."""
-        token = ""
-        while True:
-            page = await self.list_secrets(name_contains, page_size, token, timeout=timeout)
-            for secret in page.secrets:
-                yield secret
-            token = page.next_page_token
-            if not token:
-                return
+    ) -> AsyncSecretsPager:
+        """Like :meth:`list_secrets`, but nothing is fetched until iterated."""
+
+        async def fetch(token: str) -> secret_pb.ListSecretsResponse:
+            request = secret_pb.ListSecretsRequest(
+                name_contains=name_contains, page_size=page_size, page_token=token
+            )
+            return await self._call(self._secrets.ListSecrets, request, timeout)
+
+        return AsyncPager(fetch, _secrets_of, page_token=page_token)
 
     async def update_secret(
         self,
@@ -170,17 +268,17 @@ class AsyncVaultClient:
             request.value = value
         if description is not None:
             request.description = description
-        return await self._call(self._secrets.UpdateSecret, request, False, timeout)
+        return await self._call(self._secrets.UpdateSecret, request, timeout)
 
     async def delete_secret(
         self, name: str, etag: str = "", *, timeout: float | None = None
     ) -> None:
         request = secret_pb.DeleteSecretRequest(name=name, etag=etag)
-        await self._call(self._secrets.DeleteSecret, request, False, timeout)
+        await self._call(self._secrets.DeleteSecret, request, timeout)
 
     async def get_vault_stats(self, *, timeout: float | None = None) -> secret_pb.VaultStats:
         request = secret_pb.GetVaultStatsRequest()
-        return await self._call(self._secrets.GetVaultStats, request, True, timeout)
+        return await self._call(self._secrets.GetVaultStats, request, timeout)
 
     # -- ConfigService ---------------------------------------------------------------
 
@@ -188,13 +286,13 @@ class AsyncVaultClient:
         self, key: str, value: str, description: str = "", *, timeout: float | None = None
     ) -> config_pb.ConfigValue:
         request = config_pb.PutConfigValueRequest(key=key, value=value, description=description)
-        return await self._call(self._configs.PutConfigValue, request, False, timeout)
+        return await self._call(self._configs.PutConfigValue, request, timeout)
 
     async def get_config_value(
         self, key: str, *, timeout: float | None = None
     ) -> config_pb.ConfigValue:
         request = config_pb.GetConfigValueRequest(key=key)
-        return await self._call(self._configs.GetConfigValue, request, True, timeout)
+        return await self._call(self._configs.GetConfigValue, request, timeout)
 
     async def list_config_values(
         self,
@@ -203,31 +301,33 @@ class AsyncVaultClient:
         page_token: str = "",
         *,
         timeout: float | None = None,
-    ) -> config_pb.ListConfigValuesResponse:
-        request = config_pb.ListConfigValuesRequest(
-            key_contains=key_contains, page_size=page_size, page_token=page_token
-        )
-        return await self._call(self._configs.ListConfigValues, request, True, timeout)
+    ) -> AsyncConfigValuesPager:
+        """Config values sorted by key, as a pager (see :meth:`list_secrets`)."""
+        pager = self.iter_config_values(key_contains, page_size, page_token, timeout=timeout)
+        await pager._first_page()
+        return pager
 
-    async def iter_config_values(
+    def iter_config_values(
         self,
         key_contains: str = "",
         page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
         *,
         timeout: float | None = None,
-    ) -> AsyncIterator[config_pb.ConfigValue]:
-        token = ""
-        while True:
-            page = await self.list_config_values(key_contains, page_size, token, timeout=timeout)
-            for config_value in page.config_values:
-                yield config_value
-            token = page.next_page_token
-            if not token:
-                return
+    ) -> AsyncConfigValuesPager:
+        """Like :meth:`list_config_values`, but nothing is fetched until iterated."""
+
+        async def fetch(token: str) -> config_pb.ListConfigValuesResponse:
+            request = config_pb.ListConfigValuesRequest(
+                key_contains=key_contains, page_size=page_size, page_token=token
+            )
+            return await self._call(self._configs.ListConfigValues, request, timeout)
+
+        return AsyncPager(fetch, _config_values_of, page_token=page_token)
 
     async def delete_config_value(self, key: str, *, timeout: float | None = None) -> None:
         request = config_pb.DeleteConfigValueRequest(key=key)
-        await self._call(self._configs.DeleteConfigValue, request, False, timeout)
+        await self._call(self._configs.DeleteConfigValue, request, timeout)
 
     # -- ResolverService -------------------------------------------------------------
 
@@ -243,14 +343,14 @@ class AsyncVaultClient:
         request = resolver_pb.ResolveTemplateRequest(
             fields=template_fields(fields), inputs=dict(inputs or {}), tool=tool
         )
-        return await self._call(self._resolver.ResolveTemplate, request, True, timeout)
+        return await self._call(self._resolver.ResolveTemplate, request, timeout)
 
     async def check_template(
         self, fields: FieldsLike, *, timeout: float | None = None
     ) -> resolver_pb.CheckTemplateResponse:
         """References and problems of each field, without resolving anything."""
         request = resolver_pb.CheckTemplateRequest(fields=template_fields(fields))
-        return await self._call(self._resolver.CheckTemplate, request, True, timeout)
+        return await self._call(self._resolver.CheckTemplate, request, timeout)
 
     # -- AuditService ----------------------------------------------------------------
 
@@ -262,44 +362,45 @@ class AsyncVaultClient:
         page_token: str = "",
         *,
         timeout: float | None = None,
-    ) -> audit_pb.ListAuditEventsResponse:
-        """One page of audit events, newest first."""
-        request = audit_pb.ListAuditEventsRequest(
-            secret_name=secret_name, principal=principal, page_size=page_size, page_token=page_token
+    ) -> AsyncAuditEventsPager:
+        """Audit events, newest first, as a pager (the reply has no ``total_size``: None)."""
+        pager = self.iter_audit_events(
+            secret_name, principal, page_size, page_token, timeout=timeout
         )
-        return await self._call(self._audit.ListAuditEvents, request, True, timeout)
+        await pager._first_page()
+        return pager
 
-    async def iter_audit_events(
+    def iter_audit_events(
         self,
         secret_name: str = "",
         principal: str = "",
         page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
         *,
         timeout: float | None = None,
-    ) -> AsyncIterator[audit_pb.AuditEvent]:
-        token = ""
-        while True:
-            page = await self.list_audit_events(
-                secret_name, principal, page_size, token, timeout=timeout
+    ) -> AsyncAuditEventsPager:
+        """Like :meth:`list_audit_events`, but nothing is fetched until iterated."""
+
+        async def fetch(token: str) -> audit_pb.ListAuditEventsResponse:
+            request = audit_pb.ListAuditEventsRequest(
+                secret_name=secret_name, principal=principal, page_size=page_size, page_token=token
             )
-            for event in page.events:
-                yield event
-            token = page.next_page_token
-            if not token:
-                return
+            return await self._call(self._audit.ListAuditEvents, request, timeout)
+
+        return AsyncPager(fetch, _events_of, page_token=page_token)
 
     # -- plumbing --------------------------------------------------------------------
 
     async def _call(
         self,
         method: Callable[..., Awaitable[_Response]],
-        request: Any,
-        idempotent: bool,
+        request: Message,
         timeout: float | None,
     ) -> _Response:
+        """One RPC under one deadline, retried on UNAVAILABLE if its policy allows."""
         budget = check_timeout(timeout) if timeout is not None else self._timeout
         deadline = time.monotonic() + budget
-        attempts = self._retry.max_attempts if idempotent else 1
+        attempts = self._retry.max_attempts if self._policies[method].idempotent else 1
         attempt = 0
         while True:
             attempt += 1
@@ -311,10 +412,22 @@ class AsyncVaultClient:
             try:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
-                error: VaultError = error_from_rpc_error(exc)
+                error: VaultError = with_requested_names(error_from_rpc_error(exc), request)
                 if not isinstance(error, Unavailable) or attempt >= attempts:
                     raise error from exc
                 pause = self._retry.backoff(attempt)
                 if time.monotonic() + pause >= deadline:
                     raise error from exc
             await asyncio.sleep(pause)
+
+
+def _secrets_of(page: secret_pb.ListSecretsResponse) -> Sequence[secret_pb.Secret]:
+    return page.secrets
+
+
+def _config_values_of(page: config_pb.ListConfigValuesResponse) -> Sequence[config_pb.ConfigValue]:
+    return page.config_values
+
+
+def _events_of(page: audit_pb.ListAuditEventsResponse) -> Sequence[audit_pb.AuditEvent]:
+    return page.events

@@ -12,7 +12,6 @@ secret value.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import grpc
@@ -41,10 +40,6 @@ __all__ = [
 
 ERROR_DOMAIN = "vault.interakt"
 """The ``ErrorInfo.domain`` of every error the vault raises."""
-
-_NOT_FOUND_MESSAGE = re.compile(
-    r"^(?:secret|config)s? not found:\s*(?P<names>.+)$", re.IGNORECASE | re.DOTALL
-)
 
 
 class VaultError(Exception):
@@ -98,8 +93,9 @@ class NotFound(VaultError):
     """NOT_FOUND: the named secret, config value or resource does not exist.
 
     ``names`` lists what is missing (a resolve reports all missing secrets at
-    once): the ErrorInfo metadata key ``names`` (comma-separated), or, when
-    that is absent, the names in a ``secret not found: a, b`` message.
+    once): the ErrorInfo metadata key ``names`` (comma-separated). For a call
+    about one name (get, update, delete) whose error carried none, the clients
+    fill in the name they asked for. The message text is never parsed.
     """
 
     default_code = grpc.StatusCode.NOT_FOUND
@@ -114,7 +110,7 @@ class NotFound(VaultError):
         domain: str = "",
     ) -> None:
         super().__init__(message, code=code, reason=reason, metadata=metadata, domain=domain)
-        self.names: list[str] = _missing_names(self.metadata, message)
+        self.names: list[str] = _missing_names(self.metadata)
 
 
 class SecretNotFound(NotFound):
@@ -255,9 +251,6 @@ def error_from_rpc_error(error: grpc.RpcError) -> VaultError:
     return error_from_status(code, details, reason=reason, metadata=metadata, domain=domain)
 
 
-def _missing_names(metadata: Mapping[str, str], message: str) -> list[str]:
+def _missing_names(metadata: Mapping[str, str]) -> list[str]:
     raw = metadata.get("names", "")
-    if not raw:
-        match = _NOT_FOUND_MESSAGE.match(message.strip())
-        raw = match.group("names") if match else ""
     return [name.strip() for name in raw.split(",") if name.strip()]

@@ -1,0 +1,128 @@
+"""What vaultctl prints: one JSON document (``--json``) or tables for people; errors on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC
+from typing import Any
+
+from interakt.vault.v1 import resolver_service_pb2 as resolver_pb
+
+PROG = "vaultctl"
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def emit(args: argparse.Namespace, data: Mapping[str, Any], human: str) -> None:
+    if wants_json(args):
+        print_json(data)
+    else:
+        print(human)
+
+
+def print_json(data: object, stream: Any = None) -> None:
+    out = stream if stream is not None else sys.stdout
+    json.dump(data, out, indent=2, ensure_ascii=False)
+    out.write("\n")
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def error(
+    as_json: bool,
+    code: str,
+    message: str,
+    *,
+    reason: str | None = None,
+    request_id: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> None:
+    """One failure on stderr: a line ``vaultctl: CODE: message``, or one JSON object."""
+    if as_json:
+        document: dict[str, Any] = {
+            "code": code,
+            "reason": reason,
+            "message": one_line(message),
+            "request_id": request_id,
+        }
+        document.update(extra or {})
+        print_json(document, sys.stderr)
+    else:
+        print(f"{PROG}: {code}: {one_line(message)}", file=sys.stderr)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def cell(text: str) -> str:
+    """Control characters shown escaped, so table cells stay on one line and inert."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch
+        if ch.isprintable() or unicodedata.category(ch) == "Zs"
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+def print_table(headers: list[str], rows: Iterable[Sequence[str | None]]) -> None:
+    cells = [headers] + [[cell(value or "") for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        print(
+            "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def vertical(data: Mapping[str, Any]) -> str:
+    width = max(len(key) for key in data)
+    lines = []
+    for key, value in data.items():
+        shown = "" if value is None else str(value)
+        lines.append(f"{key.ljust(width)}  {cell(shown)}".rstrip())
+    return "\n".join(lines)
+
+
+def timestamp(message: Any, field: str) -> str | None:
+    if not message.HasField(field):
+        return None
+    moment = getattr(message, field).ToDatetime(tzinfo=UTC)
+    return str(moment.isoformat().replace("+00:00", "Z"))
+
+
+def secret_dict(secret: Any) -> dict[str, Any]:
+    return {
+        "name": secret.name,
+        "description": secret.description,
+        "create_time": timestamp(secret, "create_time"),
+        "update_time": timestamp(secret, "update_time"),
+        "etag": secret.etag,
+    }
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    return {
+        "key": config.key,
+        "value": config.value,
+        "description": config.description,
+        "create_time": timestamp(config, "create_time"),
+        "update_time": timestamp(config, "update_time"),
+    }
+
+
+def problem_kind(kind: resolver_pb.ProblemKind.ValueType) -> str:
+    try:
+        name = str(resolver_pb.ProblemKind.Name(kind))
+    except ValueError:
+        return str(kind)
+    return name.removeprefix("PROBLEM_KIND_")

@@ -1,0 +1,146 @@
+"""``vaultctl secrets``: create, get, list, update and delete secrets (values never printed)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Any
+
+from ..client import VaultClient
+from ..errors import AlreadyExists, VaultError
+from .exits import EXIT_OK, CliError
+from .listing import show_listing
+from .options import add_command, add_group, connect, non_negative_int, positive_int
+from .output import emit, secret_dict, vertical
+from .stdio import add_value_source, confirm_delete, read_secret_value
+
+
+def register(groups: Any) -> Any:
+    """Adds the ``secrets`` group; returns its actions (``stats`` joins them)."""
+    actions = add_group(groups, "secrets", "create, inspect, update and delete secrets")
+
+    create = add_command(
+        actions,
+        "create",
+        create_secret,
+        "Create a secret; the value is read from stdin or a no-echo prompt.",
+    )
+    create.add_argument("name", help="the secret's name (unique ignoring case)")
+    create.add_argument("--description", default="", help="free text, at most 1024 characters")
+    add_value_source(create, required=False)
+
+    get = add_command(actions, "get", get_secret, "Show a secret's metadata (never a value).")
+    get.add_argument("name", help="the secret's name (any case)")
+
+    listing = add_command(actions, "list", list_secrets, "List secrets sorted by name.")
+    listing.add_argument(
+        "--contains",
+        "--name-contains",
+        dest="contains",
+        default="",
+        metavar="TEXT",
+        help="only names containing TEXT (ignoring case)",
+    )
+    listing.add_argument(
+        "--limit", type=non_negative_int, default=0, help="at most N secrets (default: all)"
+    )
+    listing.add_argument(
+        "--page-size", type=positive_int, default=100, help="secrets per request (default 100)"
+    )
+
+    update = add_command(
+        actions,
+        "update",
+        update_secret,
+        "Update a secret's description and/or value; what you do not ask to change is kept.",
+    )
+    update.add_argument("name", help="the secret's name (any case)")
+    description = update.add_mutually_exclusive_group()
+    description.add_argument("--description", default=None, help="new description")
+    description.add_argument(
+        "--clear-description", action="store_true", help="remove the description"
+    )
+    add_value_source(update, required=True)
+    update.add_argument("--etag", default="", help="fail (exit 6) unless the secret has this etag")
+
+    delete = add_command(actions, "delete", delete_secret, "Delete a secret (hard delete).")
+    delete.add_argument("name", help="the secret's name (any case)")
+    delete.add_argument("--etag", default="", help="fail (exit 6) unless the secret has this etag")
+    delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    return actions
+
+
+def create_secret(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        value = read_secret_value(args, f"Value for secret {args.name}: ")
+        try:
+            secret = client.create_secret(args.name, value, args.description)
+        except AlreadyExists as exc:
+            _name_the_existing(client, exc, args.name)
+            raise
+    emit(args, secret_dict(secret), f"created secret {secret.name} (etag {secret.etag})")
+    return EXIT_OK
+
+
+def _name_the_existing(client: VaultClient, error: AlreadyExists, name: str) -> None:
+    """Adds the existing secret's spelling (names are unique ignoring case).
+
+    The server's message names the requested spelling only, so ask for the
+    secret (lookups ignore case). If that fails too, the error stays as it was.
+    """
+    with contextlib.suppress(VaultError):
+        existing = client.get_secret(name).name
+        error.metadata.setdefault("existing_name", existing)
+        error.message = f"{error.message}; the existing secret is spelled {existing!r}"
+
+
+def get_secret(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        secret = client.get_secret(args.name)
+    data = secret_dict(secret)
+    emit(args, data, vertical(data))
+    return EXIT_OK
+
+
+def list_secrets(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        return show_listing(
+            args,
+            client.list_secrets(args.contains, page_size=args.page_size),
+            secret_dict,
+            key="secrets",
+            columns={
+                "NAME": "name",
+                "DESCRIPTION": "description",
+                "UPDATED": "update_time",
+                "ETAG": "etag",
+            },
+            noun="secret",
+        )
+
+
+def update_secret(args: argparse.Namespace) -> int:
+    description: str | None = args.description
+    if args.clear_description:
+        description = ""
+    changes_value = args.value_stdin or args.prompt_value
+    if description is None and not changes_value:
+        raise CliError(
+            "nothing to update: give --description, --clear-description, "
+            "--value-stdin or --prompt-value"
+        )
+    with connect(args) as client:
+        value = None
+        if changes_value:
+            value = read_secret_value(args, f"New value for secret {args.name}: ")
+        secret = client.update_secret(args.name, value, description, args.etag)
+    emit(args, secret_dict(secret), f"updated secret {secret.name} (etag {secret.etag})")
+    return EXIT_OK
+
+
+def delete_secret(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        confirm_delete(args, "secret", args.name)
+        client.delete_secret(args.name, args.etag)
+    emit(args, {"deleted": args.name}, f"deleted secret {args.name}")
+    return EXIT_OK
