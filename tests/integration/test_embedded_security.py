@@ -77,7 +77,9 @@ class Creds:
         return cls(f"{key_id}:{key}", new_token())
 
 
-async def start_serve(data_dir: Path, log_dir: Path, creds: Creds | None = None) -> Serve:
+async def start_serve(
+    data_dir: Path, log_dir: Path, creds: Creds | None = None, command: str = "serve"
+) -> Serve:
     creds = creds or Creds.new()
     port = free_port()
     key = creds.master_keys.partition(":")[2]
@@ -97,7 +99,7 @@ async def start_serve(data_dir: Path, log_dir: Path, creds: Creds | None = None)
             sys.executable,
             "-m",
             "vaultsvc",
-            "serve",
+            command,
             env=env,
             cwd=str(REPO),
             stdout=asyncio.subprocess.DEVNULL,
@@ -453,5 +455,31 @@ async def test_restart_on_an_old_trust_data_dir_migrates_its_authentication(
             md = [("authorization", f"Bearer {again.admin_token}")]
             got = await stub.GetSecret(pb.GetSecretRequest(name="kept"), metadata=md)
             assert got.name == "kept"
+    finally:
+        assert await stop(again) == 0
+
+
+async def test_dev_creates_a_private_data_dir_and_restarts_on_it(base: Path) -> None:
+    data_dir = base / ".vault-data"
+    before = tree_state([base, *base.parents])
+    first = await start_serve(data_dir, base, command="dev")
+    try:
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data_dir / "dev-credentials.json").stat().st_mode) == 0o600
+        assert tree_state([base, *base.parents]) == before
+        assert_clean_environment(read_environ(postmaster_pid(data_dir)), first.master_key)
+        creds = json.loads((data_dir / "dev-credentials.json").read_text())
+        md = [("authorization", f"Bearer {creds['tokens']['admin']}")]
+        async with grpc.aio.insecure_channel(first.address) as channel:
+            stub = pbg.SecretServiceStub(channel)
+            await stub.CreateSecret(pb.CreateSecretRequest(name="devkept", value="v"), metadata=md)
+    finally:
+        assert await stop(first) == 0
+    again = await start_serve(data_dir, base, command="dev")
+    try:
+        async with grpc.aio.insecure_channel(again.address) as channel:
+            stub = pbg.SecretServiceStub(channel)
+            got = await stub.GetSecret(pb.GetSecretRequest(name="devkept"), metadata=md)
+            assert got.name == "devkept"
     finally:
         assert await stop(again) == 0

@@ -171,6 +171,12 @@ class EmbeddedPostgres:
     def start(self) -> None:
         _log.warning(WARNING)
         _make_private_dirs(self.data_dir)
+        mode = self.data_dir.stat().st_mode & 0o777
+        if mode & 0o077:
+            _log.warning(
+                "the data directory is open to other users; nothing needs that, chmod 700 it",
+                extra={"data_dir": str(self.data_dir), "mode": f"{mode:04o}"},
+            )
         self._user = self._choose_user()
         self._check_binaries()
         with self._locked() as handles:
