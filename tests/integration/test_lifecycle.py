@@ -23,6 +23,7 @@ from tests.support.cli import ServeProcess, cli_env, run_cli, start_serve
 from tests.support.rpc import bearer
 from vaultsvc.auth import hash_token, new_token
 from vaultsvc.crypto import generate_master_key
+from vaultsvc.storage.embedded import running_uri
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ async def test_sigterm_drains_in_flight_rpc_after_health_goes_not_serving(
         await stub.CreateSecret(pb.CreateSecretRequest(name="locked", value="v"), metadata=md)
 
         # Hold the row lock from outside so an UpdateSecret is genuinely in flight.
-        url = f"postgresql://postgres:@/vault?host={data_dir / 'pg'}"
+        url = running_uri(data_dir)
         blocker = await asyncpg.connect(url, timeout=10)
         tx = blocker.transaction()
         await tx.start()

@@ -88,7 +88,7 @@ BANNER = r"""
 
 def _dev_credentials(data_dir: Path) -> dict[str, Any]:
     """Load or create the development key and tokens (file mode 0600)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private when we create it
     path = data_dir / "dev-credentials.json"
     if path.exists():
         return dict(json.loads(path.read_text(encoding="utf-8")))
