@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,14 +42,15 @@ __all__ = ["add_load_parser", "build_parser", "main", "run_load"]
 
 PROG = "vaultctl load"
 
-DESCRIPTION = (
+DESCRIPTION = textwrap.fill(
     "Load-test ResolveTemplate, in the spirit of ghz: N workers over M connections "
     "(and P processes), for a duration or a number of calls, closed loop or open loop "
     "at a fixed rate (--rps, latency from each call's intended start). The report has "
     "the count, the rate, errors by status code and ErrorInfo reason, and latency "
     "percentiles from an HDR histogram. Calls use a resolver token (--token / "
     "VAULT_TOKEN); --seed-secrets uses an admin token to create throwaway secrets "
-    "and removes them afterwards."
+    "and removes them afterwards.",
+    width=78,
 )
 
 

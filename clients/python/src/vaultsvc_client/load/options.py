@@ -269,6 +269,7 @@ def configure_parser(parser: argparse.ArgumentParser, *, connection_options: boo
     )
     scenario.add_argument(
         "--admin-token",
+        metavar="TOKEN",
         default=None,
         help="admin token for --seed-secrets (env VAULT_ADMIN_TOKEN)",
     )
