@@ -13,7 +13,7 @@ import argparse
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -297,7 +297,7 @@ def configure_parser(parser: argparse.ArgumentParser, *, connection_options: boo
 
 
 def options_from_args(
-    args: argparse.Namespace, environ: os._Environ[str] | dict[str, str] | None = None
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> LoadOptions:
     """Validates parsed arguments; raises :class:`LoadUsageError`."""
     env = os.environ if environ is None else environ
@@ -394,7 +394,7 @@ def _read_token(
     token: str | None,
     token_file: str | None,
     flag: str,
-    env: os._Environ[str] | dict[str, str],
+    env: Mapping[str, str],
     variable: str,
 ) -> str | None:
     if token is not None and token_file is not None:
@@ -414,9 +414,7 @@ def _read_token(
     return token
 
 
-def _tls(
-    args: argparse.Namespace, env: os._Environ[str] | dict[str, str]
-) -> tuple[TLSConfig | None, bool | None]:
+def _tls(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[TLSConfig | None, bool | None]:
     """The same TLS rules as vaultctl: TLS files or --tls imply TLS; --insecure forces plaintext."""
     ca_file = getattr(args, "ca_file", None) or env.get("VAULT_CACERT") or None
     cert_file = getattr(args, "cert_file", None) or env.get("VAULT_CLIENT_CERT") or None

@@ -9,7 +9,7 @@ histogram encoded; the parent decodes and adds them).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
@@ -121,7 +121,6 @@ class ProcessResult:
     missed: int = 0
     """Open loop: scheduled slots never started, because every worker was still busy
     when the run's time (plus one call deadline of grace) was up."""
-    notes: list[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:
