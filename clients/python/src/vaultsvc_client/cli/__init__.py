@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import VaultError
+from ..load.command import add_load_parser
 from . import audit, check, completion, configs, resolve, secrets, stats
 from .exits import (
     EXIT_ALREADY_EXISTS,
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.register(groups)
     resolve.register(groups)
     audit.register(groups)
+    add_load_parser(groups, parents=[global_options(shown=False)])
     completion.register(groups, parser)
     return parser
 
