@@ -46,6 +46,7 @@ proto-baseline: node-deps
 
 ## Regenerate every generated client.
 clients: proto
+	$(PY) clients/python/tools/unasync.py
 	@if command -v npm >/dev/null 2>&1; then npm ci --prefix clients/node --no-audit --no-fund; fi
 
 ## Wheels of the contract, the server and the client plus every dependency, into dist/:

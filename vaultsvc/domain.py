@@ -1,4 +1,4 @@
-"""Domain records and the input rules of the contract (shared/API.md).
+"""Domain records and the input rules of the contract (names, values, descriptions).
 
 A pure module (no I/O, no grpc) rather than part of :mod:`vaultsvc.vault`: the records are
 shared by the layers *below* the vault (storage returns them, the audit trail fills

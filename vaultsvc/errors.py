@@ -32,7 +32,7 @@ class Code(StrEnum):
 
 
 class Reason(StrEnum):
-    """Every ``ErrorInfo.reason`` the vault sends (shared/API.md); the member name is the value.
+    """Every ``ErrorInfo.reason`` the vault sends (= enum ErrorReason in the protos); name = value.
 
     The protos carry the same values as ``enum ErrorReason``.
     """

@@ -1,4 +1,4 @@
-"""Every size and count limit of the vault, in one place (shared/API.md, Limits).
+"""Every size and count limit of the vault, in one place (README "Errors" lists them).
 
 Imported by the validation rules, the template engine, the resolve path, the servicers
 and the CLI; nothing else defines a limit of its own.

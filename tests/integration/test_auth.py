@@ -44,7 +44,7 @@ from vaultsvc.errors import PermissionDenied, Unauthenticated
 
 PKG = "/interakt.vault.v1."
 
-#: The role table of shared/API.md, written out independently of vaultsvc.auth.
+#: The role table of the README ("Roles"), written out independently of vaultsvc.auth.
 API_ROLES: dict[str, set[str]] = {
     ADMIN: {
         PKG + "SecretService/CreateSecret",

@@ -29,7 +29,7 @@ from vaultsvc.errors import PermissionDenied, Reason, Unauthenticated
 
 A, V, R = ADMIN, VIEWER, RESOLVER
 
-#: The contract's role table (shared/API.md), written out independently of vaultsvc.auth.
+#: The role table of the README ("Roles"), written out independently of vaultsvc.auth.
 EXPECTED = {
     "SecretService/CreateSecret": {A},
     "SecretService/GetSecret": {A, V},

@@ -18,7 +18,7 @@ import {
 
 const PKG = 'interakt.vault.v1';
 
-// RPC -> [request type, response type], per API.md.
+// RPC -> [request type, response type], as the services in protos/interakt/vault/v1 declare them.
 const CONTRACT = {
   SecretService: {
     CreateSecret: ['CreateSecretRequest', 'Secret'],
