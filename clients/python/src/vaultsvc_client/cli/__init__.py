@@ -39,6 +39,7 @@ from .exits import (
     exit_code_for,
 )
 from .options import (
+    CONNECTION_NOTE,
     Handler,
     Parser,
     UsageError,
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.register(groups)
     resolve.register(groups)
     audit.register(groups)
-    add_load_parser(groups, parents=[global_options(shown=False)])
+    load = add_load_parser(groups, parents=[global_options(shown=False)])
+    load.epilog = CONNECTION_NOTE + "\n\n" + load.epilog  # load has exit codes of its own
     completion.register(groups, parser)
     return parser
 

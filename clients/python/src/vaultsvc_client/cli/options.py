@@ -151,10 +151,11 @@ def exit_epilog() -> str:
     return "exit codes:\n" + "\n".join(f"  {code:<3}  {text}" for code, text in EXIT_CODES.items())
 
 
-COMMAND_EPILOG = (
+CONNECTION_NOTE = (
     "Connection and output options (--addr, --token, --json, TLS...) may also follow\n"
-    "the command: see vaultctl --help.\n\n" + exit_epilog()
+    "the command: see vaultctl --help."
 )
+COMMAND_EPILOG = CONNECTION_NOTE + "\n\n" + exit_epilog()
 
 
 def add_command(
