@@ -1,25 +1,29 @@
 """The placeholder template engine: parse, check and render templates (pure, no I/O).
 
 Usage: ``compile_template(text, encoding)`` once (cached for small templates),
-then ``compiled.render(lookup)`` with the looked-up values. ``scan_template``
+then ``compiled.render(lookup)`` with the looked-up values, or ``render_fields`` for
+all fields of one request (each value encoded once, the total size bounded first). ``scan_template``
 reports every problem instead of raising on the first, and ``find_placeholders``
 every valid placeholder even when there are problems, for CheckTemplate.
 """
 
 from vaultsvc.templates.compiler import (
     CACHEABLE_TEMPLATE_LENGTH,
+    MAX_PLACEHOLDERS,
     MAX_PROBLEMS,
     MAX_TEMPLATE_BYTES,
     CompiledTemplate,
     Lookup,
     compile_template,
     find_placeholders,
+    render_fields,
     scan_template,
 )
 from vaultsvc.templates.model import (
     INVALID_ENCODING,
     INVALID_HEADER_VALUE,
     INVALID_TEMPLATE,
+    INVALID_URL_ORIGIN,
     INVALID_URL_VALUE,
     INVALID_VALUE,
     MALFORMED_PLACEHOLDER,
@@ -36,9 +40,11 @@ __all__ = [
     "INVALID_ENCODING",
     "INVALID_HEADER_VALUE",
     "INVALID_TEMPLATE",
+    "INVALID_URL_ORIGIN",
     "INVALID_URL_VALUE",
     "INVALID_VALUE",
     "MALFORMED_PLACEHOLDER",
+    "MAX_PLACEHOLDERS",
     "MAX_PROBLEMS",
     "MAX_TEMPLATE_BYTES",
     "PLACEHOLDER_NOT_ALLOWED",
@@ -51,5 +57,6 @@ __all__ = [
     "Problem",
     "compile_template",
     "find_placeholders",
+    "render_fields",
     "scan_template",
 ]
