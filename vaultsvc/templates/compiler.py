@@ -228,7 +228,8 @@ def _analyse(
         )
         return None, tuple(problems)
     segments = _scan(template, problems, MAX_PROBLEMS, max_placeholders)
-    if encoding is None:
+    if encoding is None or len(problems) >= MAX_PROBLEMS:
+        # Past MAX_PROBLEMS the scan stopped: the encoding's rules are not checked.
         return None, tuple(problems)
     plan = PLANNERS[encoding](segments, problems)
     if problems:
