@@ -93,7 +93,7 @@ class _Session:
 
     def encode(self, mode: ValueMode, placeholder: Placeholder, field: str, prefix: str) -> str:
         value = self.value(placeholder)
-        key = (mode, value, prefix)
+        key = (mode, value, prefix if mode is ValueMode.ORIGIN_HOST else "")
         encoded = self.encoded.get(key)
         if encoded is None:
             encoded = encode_value(mode, value, placeholder, field, prefix)
