@@ -105,16 +105,21 @@ def test_url_config_base_is_verbatim_in_the_origin_zone() -> None:
         values({"k": "a&b"}, configs={"api_base": "https://api.example.com:8443"})
     )
     assert result == "https://api.example.com:8443/orders?key=a%26b"
-    assert compile_template("{{config:api_base}}", Encoding.URL).render(same("x/y")) == "x/y"
+    # API.md "ENCODING_URL origin (tightened)": the value must be scheme://host[:port][/path].
+    base_only = compile_template("{{config:api_base}}", Encoding.URL)
+    assert base_only.render(same("https://h.example/v1")) == "https://h.example/v1"
+    assert render_error(base_only, same("x/y")).reason == "INVALID_URL_ORIGIN"
 
 
-def test_url_config_in_scheme_host_and_port() -> None:
-    compiled = compile_template(
-        "{{config:scheme}}://{{config:host}}:{{config:port}}/p/{{input.x}}", Encoding.URL
+def test_url_config_only_as_the_whole_host() -> None:
+    # A config may no longer stand for the scheme or the port (API.md, tightened origin).
+    rejected(
+        "{{config:scheme}}://{{config:host}}:{{config:port}}/p/{{input.x}}",
+        Encoding.URL,
+        "PLACEHOLDER_NOT_ALLOWED",
     )
-    result = compiled.render(
-        values(configs={"scheme": "https", "host": "h.example", "port": "1"}, inputs={"x": "/"})
-    )
+    compiled = compile_template("https://{{config:host}}/p/{{input.x}}", Encoding.URL)
+    result = compiled.render(values(configs={"host": "h.example:1"}, inputs={"x": "/"}))
     assert result == "https://h.example:1/p/%2F"
     assert compile_template("https://{{config:host}}?a={{secret:s}}", Encoding.URL).render(
         values({"s": "?"}, {"host": "h"})
@@ -164,8 +169,9 @@ def test_url_origin_zone_takes_only_config(template: str) -> None:
 )
 def test_url_must_be_absolute(template: str) -> None:
     if template == "{{config:x}}:/":
-        # Starts with a config base URL: acceptable, the origin runs to the first '/'.
-        assert reasons(template, Encoding.URL) == []
+        # A config base URL must be followed by the path, query or fragment (API.md,
+        # tightened origin): here the config would be a scheme.
+        rejected(template, Encoding.URL, "PLACEHOLDER_NOT_ALLOWED")
         return
     rejected(template, Encoding.URL, "INVALID_TEMPLATE")
 
@@ -188,7 +194,8 @@ def test_url_scheme_characters(scheme: str) -> None:
     ],
 )
 def test_url_values_cannot_make_dot_segments(template: str, value: str) -> None:
-    error = render_error(compile_template(template, Encoding.URL), same(value))
+    lookup = values(configs={"base": "https://h"}, inputs={"id": value})
+    error = render_error(compile_template(template, Encoding.URL), lookup)
     assert error.reason == "INVALID_URL_VALUE"
     assert "{{input.id}}" in error.message
 

@@ -26,6 +26,11 @@ MAX_NAME_LENGTH: Final = NAME_MAX_LENGTH
 
 Segment = str | Placeholder
 
+
+class PlaceholderLimitExceeded(Exception):
+    """The scan met more valid placeholders than it was allowed (and stopped there)."""
+
+
 _CANDIDATE: Final = re.compile(r"\{\{[ \t]*(secret:|config:|input\.)")
 # The widest class any kind accepts, up to MAX_NAME_LENGTH + 1 characters so
 # an over-long name is told apart from a name followed by something else.
@@ -53,16 +58,27 @@ _RAW_WINDOW: Final = 2 * MAX_NAME_LENGTH + 32
 _MESSAGE_RAW_LIMIT: Final = 80
 
 
-def scan_placeholders(template: str, problems: list[Problem], max_problems: int) -> list[Segment]:
+def scan_placeholders(
+    template: str,
+    problems: list[Problem],
+    max_problems: int,
+    max_placeholders: int | None = None,
+) -> list[Segment]:
     """Return the template as alternating literal strings and placeholders.
 
     Malformed placeholders stay in the literal text and are reported in
-    ``problems`` (at most ``max_problems`` entries in total). Adjacent literal
-    text is merged, so two strings never follow each other.
+    ``problems`` (at most ``max_problems`` entries in total). Limits are checked
+    while scanning: at the first malformed placeholder past ``max_problems`` the
+    scan stops (the rest is kept as literal text: the template is refused anyway),
+    and at the first valid placeholder past ``max_placeholders`` it raises
+    :class:`PlaceholderLimitExceeded`. Adjacent literal text is merged, so two
+    strings never follow each other.
     """
     segments: list[Segment] = []
     literal_start = 0
     search_from = 0
+    placeholders = 0
+    malformed = 0
     while True:
         candidate = _CANDIDATE.search(template, search_from)
         if candidate is None:
@@ -74,12 +90,18 @@ def scan_placeholders(template: str, problems: list[Problem], max_problems: int)
         name = body.group(1)
         why = _malformation(template, kind, name, body.end(), closed=body.group(2) is not None)
         if why is None:
+            placeholders += 1
+            if max_placeholders is not None and placeholders > max_placeholders:
+                raise PlaceholderLimitExceeded
             end = body.end()
             if literal_start < start:
                 segments.append(template[literal_start:start])
             segments.append(Placeholder(kind, name, start, end, template[start:end]))
             literal_start = search_from = end
             continue
+        malformed += 1
+        if malformed > max_problems:
+            break
         if len(problems) < max_problems:
             raw = _malformed_raw(template, start, body.end(1))
             shown = raw if len(raw) <= _MESSAGE_RAW_LIMIT else raw[:_MESSAGE_RAW_LIMIT] + "..."

@@ -25,6 +25,7 @@ from vaultsvc.templates import (
     Problem,
     compile_template,
     find_placeholders,
+    render_fields,
     scan_template,
 )
 from vaultsvc.vault._base import VaultBase
@@ -66,7 +67,12 @@ class Resolution(VaultBase):
         placeholders = 0
         for f in fields:
             _refuse_too_large(f)
-            template = compile_template(f.template, f.encoding, field=f.key)
+            template = compile_template(
+                f.template,
+                f.encoding,
+                field=f.key,
+                max_placeholders=MAX_PLACEHOLDERS - placeholders,
+            )
             placeholders += len(template.placeholders)
             if placeholders > MAX_PLACEHOLDERS:
                 raise ResourceExhausted(
@@ -145,23 +151,13 @@ class Resolution(VaultBase):
                 return configs[name.lower()]
             return inputs[name]
 
-        # A small request can ask for a huge answer (1000 uses of a 3 MiB input): refuse
-        # before rendering when the raw values alone are over the cap, and again as the
-        # encoded fields (up to a dozen times longer) add up.
-        raw_size = sum(len(f.template) for f in fields) + sum(
-            len(lookup(p.kind, p.name)) for t in compiled for p in t.placeholders
+        # A small request can ask for a huge answer (1000 uses of a 3 MiB input): the exact
+        # size is computed from the parts and refused before anything is encoded or built.
+        return render_fields(
+            [(f.key, t) for f, t in zip(fields, compiled, strict=True)],
+            lookup,
+            max_chars=MAX_RENDERED_CHARS,
         )
-        if raw_size > MAX_RENDERED_CHARS:
-            raise _rendered_too_large()
-        rendered: list[tuple[str, str]] = []
-        total = 0
-        for f, t in zip(fields, compiled, strict=True):
-            value = t.render(lookup, field=f.key)
-            total += len(value)
-            if total > MAX_RENDERED_CHARS:
-                raise _rendered_too_large()
-            rendered.append((f.key, value))
-        return rendered
 
     async def check(
         self, fields: Sequence[Field]
@@ -178,10 +174,15 @@ class Resolution(VaultBase):
         uses: list[tuple[int, str, Placeholder]] = []
         for index, f in enumerate(fields):
             _refuse_too_large(f)
-            template, scanned = scan_template(f.template, f.encoding, field=f.key)
+            budget = MAX_PLACEHOLDERS - len(uses)
+            template, scanned = scan_template(
+                f.template, f.encoding, field=f.key, max_placeholders=budget
+            )
             found.extend((index, _field_problem(f.key, p)) for p in scanned)
             placeholders = (
-                template.placeholders if template is not None else find_placeholders(f.template)
+                template.placeholders
+                if template is not None
+                else find_placeholders(f.template, max_placeholders=budget)
             )
             if len(uses) + len(placeholders) > MAX_PLACEHOLDERS:
                 raise ResourceExhausted(
@@ -227,13 +228,6 @@ def _refuse_too_large(f: Field) -> None:
         raise ResourceExhausted(
             f"field {f.key!r} is larger than 1 MiB", reason=Reason.TEMPLATE_TOO_LARGE
         )
-
-
-def _rendered_too_large() -> ResourceExhausted:
-    return ResourceExhausted(
-        f"the resolved fields would be longer than {MAX_RENDERED_CHARS} characters",
-        reason=Reason.RESPONSE_TOO_LARGE,
-    )
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
