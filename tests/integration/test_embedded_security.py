@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +27,10 @@ from urllib.parse import quote
 import asyncpg
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interakt.vault.v1 import secret_service_pb2 as pb
 from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
+from tests.support.cli import start_serve as support_start_serve
 from vaultsvc.auth import hash_token, new_token
 from vaultsvc.crypto import generate_master_key
 from vaultsvc.storage import embedded
@@ -47,10 +45,7 @@ PASSFILE_NAME = "postgres.pgpass"
 PG_OS_USER = "embedded_postgres"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_SERVE_COUNT = itertools.count()
 
 
 @dataclass
@@ -81,47 +76,19 @@ async def start_serve(
     data_dir: Path, log_dir: Path, creds: Creds | None = None, command: str = "serve"
 ) -> Serve:
     creds = creds or Creds.new()
-    port = free_port()
     key = creds.master_keys.partition(":")[2]
-    token = creds.token
-    stderr_path = log_dir / f"serve-{port}.log"
     env = {
         **os.environ,
         "VAULT_DATA_DIR": str(data_dir),
-        "VAULT_LISTEN": f"127.0.0.1:{port}",
+        "VAULT_LISTEN": "127.0.0.1:0",
         "VAULT_MASTER_KEYS": creds.master_keys,
-        "VAULT_TOKENS": f"ops:admin:{hash_token(token).hex()}",
+        "VAULT_TOKENS": f"ops:admin:{hash_token(creds.token).hex()}",
         CANARY: "canary-value-that-must-not-reach-postgres",
     }
     env.pop("VAULT_DATABASE_URL", None)
-    with stderr_path.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vaultsvc",
-            command,
-            env=env,
-            cwd=str(REPO),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=err,
-        )
-    handle = Serve(proc, f"127.0.0.1:{port}", token, key, creds, stderr_path)
-    deadline = time.monotonic() + 90
-    async with grpc.aio.insecure_channel(handle.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if proc.returncode is not None:
-                raise AssertionError(f"serve exited early: {handle.stderr()}")
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return handle
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"serve did not become healthy: {handle.stderr()}")
-            await asyncio.sleep(0.2)
+    stderr_path = log_dir / f"{command}-{next(_SERVE_COUNT)}.log"
+    started = await support_start_serve(env, stderr_path, timeout=90, command=command)
+    return Serve(started.proc, started.address, creds.token, key, creds, stderr_path)
 
 
 async def stop(serve: Serve) -> int:

@@ -127,14 +127,17 @@ class ServeProcess:
 
 
 async def start_serve(
-    env: Mapping[str, str], stderr_path: Path, timeout: float = SERVE_TIMEOUT
+    env: Mapping[str, str],
+    stderr_path: Path,
+    timeout: float = SERVE_TIMEOUT,
+    command: str = "serve",
 ) -> ServeProcess:
-    """``python -m vaultsvc serve`` listening on port 0; returns once it reports the address
-    it bound (its ready line) and answers health checks as SERVING."""
+    """``python -m vaultsvc serve`` (or ``dev``) listening on port 0; returns once it reports
+    the address it bound (its ready line) and answers health checks as SERVING."""
     listen = env.get("VAULT_LISTEN", "127.0.0.1:0")
     assert listen.endswith(":0"), "serve binds port 0 and reports the port it got"
     with stderr_path.open("wb") as err:
-        proc = await start_cli(["serve"], {**env, "VAULT_LISTEN": listen}, stderr=err.fileno())
+        proc = await start_cli([command], {**env, "VAULT_LISTEN": listen}, stderr=err.fileno())
     handle = ServeProcess(proc, "", stderr_path)
     deadline = time.monotonic() + timeout
     while not handle.address:
