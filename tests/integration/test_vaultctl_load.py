@@ -16,7 +16,6 @@ import signal
 import socket
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +23,10 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as spbg
 
+from tests.support.cli import start_serve
 from tests.support.vault import VaultHandle, create_database
 from vaultsvc.auth import hash_token, new_token
 from vaultsvc.crypto import generate_master_key
@@ -380,11 +379,12 @@ async def test_seeding_with_a_bad_admin_token_fails_setup_cleanly(vault: VaultHa
 
 
 async def test_no_vault_listening_is_a_setup_failure() -> None:
+    # A port held by a socket that never listens: connecting to it is refused.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = load_env(f"127.0.0.1:{port}", new_token())
-    result = await run_load(env, "--total", "5", "--timeout", "1", "--secret", "a")
+        env = load_env(f"127.0.0.1:{port}", new_token())
+        result = await run_load(env, "--total", "5", "--timeout", "1", "--secret", "a")
     assert result.code == EXIT_SETUP_FAILED
     assert f"cannot connect to 127.0.0.1:{port}" in result.err
     assert "Traceback" not in result.err
@@ -400,22 +400,12 @@ class ServeProcess:
     tokens: dict[str, str]
     stderr_path: Path
 
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
 async def serve(pg: EmbeddedPostgres) -> AsyncIterator[ServeProcess]:
     """``python -m vaultsvc serve`` on a fresh database of the session's Postgres
     (so killing the server leaves no Postgres of its own behind)."""
     base = Path(tempfile.mkdtemp(prefix="vaultsvc-load-"))
-    port = free_port()
     key_id, key = generate_master_key()
     tokens = {"admin": new_token(), "resolver": new_token()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
@@ -423,51 +413,21 @@ async def serve(pg: EmbeddedPostgres) -> AsyncIterator[ServeProcess]:
         {
             "VAULT_DATABASE_URL": await create_database(pg),
             "VAULT_DATA_DIR": str(base / "data"),
-            "VAULT_LISTEN": f"127.0.0.1:{port}",
+            "VAULT_LISTEN": "127.0.0.1:0",
             "VAULT_MASTER_KEYS": f"{key_id}:{key}",
             "VAULT_TOKENS": ",".join(
                 f"load-{role}:{role}:{hash_token(token).hex()}" for role, token in tokens.items()
             ),
         }
     )
-    stderr_path = base / "serve.log"
-    with stderr_path.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "vaultsvc",
-            "serve",
-            env=env,
-            cwd=str(REPO),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=err,
-        )
-    handle = ServeProcess(proc, f"127.0.0.1:{port}", tokens, stderr_path)
+    started = await start_serve(env, base / "serve.log", timeout=60)
+    handle = ServeProcess(started.proc, started.address, tokens, started.stderr_path)
     try:
-        await _wait_healthy(handle)
         yield handle
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-async def _wait_healthy(handle: ServeProcess) -> None:
-    deadline = time.monotonic() + 60
-    async with grpc.aio.insecure_channel(handle.address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if handle.proc.returncode is not None:
-                raise AssertionError(f"serve exited early: {handle.stderr()}")
-            try:
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"serve did not become healthy: {handle.stderr()}")
-            await asyncio.sleep(0.2)
+        if handle.proc.returncode is None:
+            handle.proc.kill()
+            await handle.proc.wait()
 
 
 async def test_vault_stopped_mid_run_counts_unavailable_and_exits_non_zero(
