@@ -183,8 +183,12 @@ async def kill_postgres(pg: EmbeddedPostgres, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("Postgres backends outlived their postmaster")
         await asyncio.sleep(0.1)
-    # A killed postmaster can linger as a zombie when nothing reaps it (a container's PID 1);
-    # Postgres then takes its lock files for a live server. The process is gone: remove them.
+    await asyncio.to_thread(_remove_lock_files, pg)
+
+
+def _remove_lock_files(pg: EmbeddedPostgres) -> None:
+    """A killed postmaster can linger as a zombie when nothing reaps it (a container's
+    PID 1); Postgres then takes its lock files for a live server. It is gone: remove them."""
     socket_dir = pg.server.get_postmaster_info().socket_dir
     stale = [pg.pgdata / "postmaster.pid"]
     if socket_dir is not None:

@@ -139,7 +139,6 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, dict[s
         log_level="DEBUG",
         grace_period=1.0,
         shutdown_delay=0.0,
-        audit_flush_interval=0.05,
     )
     return replace(settings, **overrides), tokens, master_keys
 
