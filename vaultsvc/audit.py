@@ -114,7 +114,7 @@ class AuditWriter:
         stall_threshold: float,
         batch_size: int = 1000,
     ) -> None:
-        self._sink = sink
+        self.sink = sink
         self._queue_size = queue_size
         self._write_timeout = write_timeout
         self._stall_threshold = stall_threshold
@@ -195,7 +195,7 @@ class AuditWriter:
                 del self._pending[: self._batch_size]
                 self._inflight_since = time.monotonic()
                 try:
-                    await self._sink.insert([record for record, _ in batch])
+                    await self.sink.insert([record for record, _ in batch])
                 except Exception:
                     # Those queued behind it would hit the same wall: fail them now too.
                     batch += self._pending
@@ -305,4 +305,4 @@ class AuditWriter:
             if not done.done():
                 done.set_exception(_refused())
         self._pending.clear()
-        await self._sink.close()
+        await self.sink.close()
