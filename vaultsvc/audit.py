@@ -9,10 +9,10 @@ never sent for an event that is not durable, and concurrent calls share a commit
 It fails closed and fast: an event that cannot be written turns its call into UNAVAILABLE
 ``AUDIT_UNAVAILABLE`` (every waiter of a failed batch gets it); the queue is bounded and a
 full queue refuses at once; while a commit has been in flight longer than the stall
-threshold, or for a short back-off after one failed, new calls are refused at once rather
-than queueing behind it. Refused unauthenticated calls are not written one by one: they
-are counted per peer address and minute, and each count becomes ONE event (method
-``UNAUTHENTICATED``, ``count``) when its minute ends.
+threshold, new calls are refused at once rather than queueing behind it (a failed commit
+also fails every call queued behind it). Refused unauthenticated calls are not written one
+by one: they are counted per peer address and minute, and each count becomes ONE event
+(method ``UNAUTHENTICATED``, ``count``) when its minute ends.
 """
 
 from __future__ import annotations
@@ -124,8 +124,6 @@ class AuditWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._inflight_since: float | None = None
-        self._open_until = 0.0
-        self._backoff = stall_threshold
         self._healthy = True
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
@@ -148,18 +146,12 @@ class AuditWriter:
 
     def ensure_accepting(self) -> None:
         """Refuse at once (UNAVAILABLE AUDIT_UNAVAILABLE) when an event would not be
-        committed soon: stopped, queue full, a commit stuck past the stall threshold, or
-        within the back-off after a failed commit."""
+        committed soon: stopped, queue full, or a commit stuck past the stall threshold."""
         now = time.monotonic()
         stuck = (
             self._inflight_since is not None and now - self._inflight_since > self._stall_threshold
         )
-        if (
-            self._stopped
-            or len(self._pending) >= self._queue_size
-            or stuck
-            or now < self._open_until
-        ):
+        if self._stopped or len(self._pending) >= self._queue_size or stuck:
             raise _refused()
 
     def submit(self, record: AuditRecord) -> asyncio.Future[None]:
@@ -214,14 +206,11 @@ class AuditWriter:
             self._idle.set()
 
     def _failed(self) -> None:
-        self._open_until = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, max(self._write_timeout, 1.0))
         if self._healthy:
             _log.error("audit events cannot be written; refusing calls until they can")
         self._healthy = False
 
     def _succeeded(self) -> None:
-        self._backoff = self._stall_threshold
         if not self._healthy:
             _log.warning("audit trail writable again; calls accepted")
         self._healthy = True
