@@ -3,7 +3,7 @@
 A token bucket per principal, charged one token per missing secret name: requests that
 name only existing secrets are never charged, so plain resolves (load tests run as one
 principal) are never limited. A bucket may go into debt by one request's worth; while it
-is empty, requests naming missing secrets are refused with RESOURCE_EXHAUSTED
+holds less than one token, requests naming missing secrets are refused with RESOURCE_EXHAUSTED
 ``RATE_LIMITED`` and a RetryInfo saying when the bucket holds a token again.
 """
 
@@ -39,7 +39,7 @@ class MissingNamesLimiter:
             bucket = self._buckets[principal] = _Bucket(self.burst, now)
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
-        if bucket.tokens <= 0:
+        if bucket.tokens < 1:
             wait = (1 - bucket.tokens) / self.rate
             raise ResourceExhausted(
                 f"too many requests naming secrets that do not exist ({missing} in this one); "
