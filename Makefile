@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search clean
+.PHONY: run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search faults-audit clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ bench-resolve: $(STAMP)
 ## ListSecrets search and paging over a million secrets, indexed vs index scans disabled.
 bench-search: $(STAMP)
 	$(PY) -m tests.bench.bench_search
+
+## Audit durability under kill -9 of the vault and of Postgres (a few minutes): prints
+## experiment -> what clients saw -> what was lost (must be nothing); non-zero if anything was.
+faults-audit: $(STAMP)
+	$(PY) -m tests.faults.audit_durability --seconds 10 --rounds 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

@@ -1,9 +1,18 @@
-"""Audit trail: per-call context and the bounded write-behind buffer for resolves.
+"""Audit trail: per-call context and the group-committing writer.
 
-Mutations write their event in the same transaction as the change. Everything else is
-written by the interceptor after the handler, before the response leaves. Resolves go
-through :class:`AuditWriter`'s bounded buffer; when events cannot be written (buffer
-full, or the last flush failed), resolves fail closed with UNAVAILABLE.
+Mutations write their event in the same transaction as the change. Every other call's
+event (resolves included) is committed by :class:`AuditWriter` after the handler and
+BEFORE the reply leaves: events that arrive while a commit is in flight wait for the next
+one, which writes them all in one INSERT, then wakes every waiter. A reply is therefore
+never sent for an event that is not durable, and concurrent calls share a commit.
+
+It fails closed and fast: an event that cannot be written turns its call into UNAVAILABLE
+``AUDIT_UNAVAILABLE`` (every waiter of a failed batch gets it); the queue is bounded and a
+full queue refuses at once; while a commit has been in flight longer than the stall
+threshold, new calls are refused at once rather than queueing behind it (a failed commit
+also fails every call queued behind it). Refused unauthenticated calls are not written one
+by one: they are counted per peer address and minute, and each count becomes ONE event
+(method ``UNAUTHENTICATED``, ``count``) when its minute ends.
 """
 
 from __future__ import annotations
@@ -11,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from vaultsvc.domain import AuditRecord
 from vaultsvc.errors import Reason, Unavailable
-from vaultsvc.storage.repository import Repository
 
 _log = logging.getLogger("vaultsvc.audit")
 
@@ -61,128 +73,225 @@ def mark_audited() -> None:
     current_call.get().audited = True
 
 
+class AuditSink(Protocol):
+    """Where batches go: :class:`vaultsvc.storage.audit_store.AuditStore` in a server."""
+
+    async def insert(self, records: Sequence[AuditRecord]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+#: Method name of the aggregated event for refused unauthenticated calls (shared/API.md).
+UNAUTHENTICATED_METHOD = "UNAUTHENTICATED"
+REFUSAL_WINDOW = 60.0
+"""Seconds one aggregated unauthenticated-refusal event covers."""
+_MAX_REFUSAL_PEERS = 10_000
+_OTHER_PEERS = "other"
+
+
+def peer_address(peer: str) -> str:
+    """A gRPC peer without its port (``ipv4:10.0.0.7:51234`` → ``ipv4:10.0.0.7``)."""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rpartition(":")[0]
+    return peer
+
+
+def _refused() -> Unavailable:
+    return Unavailable(
+        "the audit trail cannot be written; request refused", reason=Reason.AUDIT_UNAVAILABLE
+    )
+
+
 class AuditWriter:
-    """Writes audit events; a bounded buffer flushed in batches for the resolve path."""
+    """Group commit of audit events, bounded and failing fast (see the module docstring)."""
 
     def __init__(
         self,
-        repository: Repository,
+        sink: AuditSink,
         *,
-        buffer_size: int,
-        flush_interval: float,
-        batch_size: int = 500,
-        write_timeout: float = 5.0,
+        queue_size: int,
+        write_timeout: float,
+        stall_threshold: float,
+        batch_size: int = 1000,
     ) -> None:
-        self._repo = repository
-        self._queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=buffer_size)
-        self._flush_interval = flush_interval
-        self._batch_size = batch_size
+        self.sink = sink
+        self._queue_size = queue_size
         self._write_timeout = write_timeout
-        self._task: asyncio.Task[None] | None = None
-        self._healthy = True
+        self._stall_threshold = stall_threshold
+        self._batch_size = batch_size
+        self._pending: list[tuple[AuditRecord, asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._retry: list[AuditRecord] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._inflight_since: float | None = None
+        self._healthy = True
+        self._stopped = False
+        self._task: asyncio.Task[None] | None = None
+        self._refusal_task: asyncio.Task[None] | None = None
+        self._refusals: dict[tuple[str, float], int] = {}
 
     @property
     def healthy(self) -> bool:
+        """False from a failed commit until one succeeds."""
         return self._healthy
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="audit-flusher")
-
-    async def write(self, record: AuditRecord) -> None:
-        """Write one event now; UNAVAILABLE if it cannot be stored."""
-        try:
-            async with asyncio.timeout(self._write_timeout):
-                await self._repo.write_audit([record])
-        except Exception as exc:
-            _log.error("audit write failed", extra={"error": type(exc).__name__})
-            raise Unavailable(
-                "the audit trail cannot be written; request refused",
-                reason=Reason.AUDIT_UNAVAILABLE,
-            ) from None
-
-    def ensure_accepting(self) -> None:
-        """Fail closed before doing work whose event could not be recorded."""
-        if not self._healthy or self._queue.full():
-            raise Unavailable(
-                "the audit trail cannot be written; request refused",
-                reason=Reason.AUDIT_UNAVAILABLE,
+            self._task = asyncio.create_task(self._run(), name="audit-group-commit")
+            self._refusal_task = asyncio.create_task(
+                self._refusal_loop(), name="audit-refusal-counts"
             )
 
-    async def ready(self) -> None:
-        """Like :meth:`ensure_accepting`, but first tries one flush when degraded.
+    # ------------------------------------------------------------ group commit
 
-        So a recovered database is noticed by the very next resolve rather than after the
-        flusher's backoff.
-        """
-        if self._healthy and not self._queue.full():
-            return
-        try:
-            await self.flush()
-        except Exception:
-            self._mark(healthy=False)
-        else:
-            self._mark(healthy=True)
-        self.ensure_accepting()
+    def ensure_accepting(self) -> None:
+        """Refuse at once (UNAVAILABLE AUDIT_UNAVAILABLE) when an event would not be
+        committed soon: stopped, queue full, or a commit stuck past the stall threshold."""
+        now = time.monotonic()
+        stuck = (
+            self._inflight_since is not None and now - self._inflight_since > self._stall_threshold
+        )
+        if self._stopped or len(self._pending) >= self._queue_size or stuck:
+            raise _refused()
 
-    def enqueue(self, record: AuditRecord) -> None:
+    def submit(self, record: AuditRecord) -> asyncio.Future[None]:
+        """Queue ``record`` for the next group commit; the future resolves once it is
+        committed (or fails with UNAVAILABLE AUDIT_UNAVAILABLE)."""
         self.ensure_accepting()
         if record.time is None:
             record.time = datetime.now(UTC)
-        self._queue.put_nowait(record)
-        if self._queue.qsize() >= self._batch_size:
-            self._wakeup.set()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Retrieved here too, so a waiter that went away never leaves it unretrieved.
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._pending.append((record, done))
+        self._idle.clear()
+        self._wakeup.set()
+        return done
 
-    def _mark(self, *, healthy: bool) -> None:
-        if healthy and not self._healthy:
-            _log.warning("audit trail writable again; resolves accepted")
-        elif not healthy and self._healthy:
-            _log.error("audit events cannot be written; refusing resolves until they can")
-        self._healthy = healthy
+    async def commit(self, record: AuditRecord) -> None:
+        """Return once ``record`` is durable; UNAVAILABLE AUDIT_UNAVAILABLE if it is not."""
+        done = self.submit(record)
+        try:
+            # Bounded beyond the batch in flight plus this one; the sink bounds each.
+            async with asyncio.timeout(2 * self._write_timeout + 1.0):
+                await asyncio.shield(done)
+        except TimeoutError:
+            raise _refused() from None
 
     async def _run(self) -> None:
-        backoff = self._flush_interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=backoff)
+            await self._wakeup.wait()
             self._wakeup.clear()
-            try:
-                await self.flush()
-            except Exception:
-                self._mark(healthy=False)
-                backoff = min(backoff * 2, 2.0)
-            else:
-                self._mark(healthy=True)
-                backoff = self._flush_interval
+            while self._pending:
+                batch = self._pending[: self._batch_size]
+                del self._pending[: self._batch_size]
+                self._inflight_since = time.monotonic()
+                try:
+                    await self.sink.insert([record for record, _ in batch])
+                except Exception:
+                    # Those queued behind it would hit the same wall: fail them now too.
+                    batch += self._pending
+                    self._pending.clear()
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(_refused())
+                    self._failed()
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+                    self._succeeded()
+                finally:
+                    self._inflight_since = None
+            self._idle.set()
+
+    def _failed(self) -> None:
+        if self._healthy:
+            _log.error("audit events cannot be written; refusing calls until they can")
+        self._healthy = False
+
+    def _succeeded(self) -> None:
+        if not self._healthy:
+            _log.warning("audit trail writable again; calls accepted")
+        self._healthy = True
+
+    # -------------------------------------------- refused unauthenticated calls
+
+    def count_refusal(self, peer: str) -> None:
+        """Count one refused unauthenticated call of ``peer`` in the current minute."""
+        window = time.time() // REFUSAL_WINDOW * REFUSAL_WINDOW
+        key = (peer_address(peer), window)
+        if key not in self._refusals and len(self._refusals) >= _MAX_REFUSAL_PEERS:
+            key = (_OTHER_PEERS, window)
+        self._refusals[key] = self._refusals.get(key, 0) + 1
+
+    async def flush_refusals(self, *, everything: bool = False) -> None:
+        """Write one event per peer and window: windows that have ended, or all of them.
+
+        Counts that cannot be written are kept for the next attempt."""
+        current = time.time() // REFUSAL_WINDOW * REFUSAL_WINDOW
+        due = {k: n for k, n in self._refusals.items() if everything or k[1] < current}
+        if not due:
+            return
+        for key in due:
+            del self._refusals[key]
+        records = [
+            AuditRecord(
+                principal="",
+                method=UNAUTHENTICATED_METHOD,
+                request_id=uuid.uuid4().hex,
+                peer=peer,
+                outcome="UNAUTHENTICATED",
+                time=datetime.fromtimestamp(window, UTC),
+                count=n,
+            )
+            for (peer, window), n in due.items()
+        ]
+        results = await asyncio.gather(*(self.commit(r) for r in records), return_exceptions=True)
+        failed = False
+        for record, result in zip(records, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = True
+                key = (record.peer, record.time.timestamp() if record.time else current)
+                self._refusals[key] = self._refusals.get(key, 0) + record.count
+        if failed:
+            raise _refused()
+
+    async def _refusal_loop(self) -> None:
+        while True:
+            now = time.time()
+            await asyncio.sleep(REFUSAL_WINDOW - now % REFUSAL_WINDOW + 0.05)
+            with contextlib.suppress(Unavailable):
+                await self.flush_refusals()
+
+    # ------------------------------------------------------------------ both
 
     async def flush(self) -> None:
-        """Write everything buffered. A batch that fails is kept and retried first, so no
-        event is dropped; the queue bound plus one batch bounds the memory held."""
-        async with self._flush_lock:
-            while self._retry or not self._queue.empty():
-                if not self._retry:
-                    count = min(self._batch_size, self._queue.qsize())
-                    self._retry = [self._queue.get_nowait() for _ in range(count)]
-                async with asyncio.timeout(self._write_timeout):
-                    await self._repo.write_audit(self._retry)
-                self._retry = []
+        """Write every refusal count, then wait until nothing is queued or in flight."""
+        await self.flush_refusals(everything=True)
+        await asyncio.wait_for(self._idle.wait(), timeout=2 * self._write_timeout + 1.0)
 
     async def stop(self, timeout: float = 5.0) -> None:
+        """Write what is counted and queued (bounded), then refuse everything."""
+        if self._refusal_task is not None:
+            self._refusal_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refusal_task
+        try:
+            await asyncio.wait_for(self.flush(), timeout=timeout)
+        except Exception as exc:
+            _log.error(
+                "audit refusal counts lost at shutdown",
+                extra={"error": type(exc).__name__, "count": sum(self._refusals.values())},
+            )
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        try:
-            await asyncio.wait_for(self.flush(), timeout=timeout)
-        except Exception as exc:
-            _log.error(
-                "audit events lost at shutdown",
-                extra={
-                    "error": type(exc).__name__,
-                    "count": self._queue.qsize() + len(self._retry),
-                },
-            )
+        for _, done in self._pending:
+            if not done.done():
+                done.set_exception(_refused())
+        self._pending.clear()
+        await self.sink.close()

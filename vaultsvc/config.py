@@ -195,13 +195,30 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server.audit_buffer_size", "VAULT_SERVER_AUDIT_BUFFER_SIZE", "audit_buffer_size", "int",
-        10_000, "audit events buffered for writing; when it is full, resolves are refused "
-        "(AUDIT_UNAVAILABLE)", minimum=1,
+        10_000, "audit events waiting for the group commit; when it is full, calls are refused "
+        "at once (AUDIT_UNAVAILABLE)", minimum=1,
     ),
     Setting(
-        "server.audit_flush_interval", "VAULT_SERVER_AUDIT_FLUSH_INTERVAL",
-        "audit_flush_interval", "float", 0.2, "seconds between audit batch writes",
-        minimum=0.001, maximum=60,
+        "server.audit_write_timeout", "VAULT_SERVER_AUDIT_WRITE_TIMEOUT", "audit_write_timeout",
+        "float", 2.0, "seconds one audit commit may take; past it, every call waiting on it "
+        "fails with AUDIT_UNAVAILABLE", minimum=0.1, maximum=60,
+    ),
+    Setting(
+        "server.audit_stall_threshold", "VAULT_SERVER_AUDIT_STALL_THRESHOLD",
+        "audit_stall_threshold", "float", 0.25, "seconds an audit commit may be in flight "
+        "before new calls are refused at once (AUDIT_UNAVAILABLE) instead of queueing behind it",
+        minimum=0.01, maximum=60,
+    ),
+    Setting(
+        "server.missing_names_rate", "VAULT_SERVER_MISSING_NAMES_RATE", "missing_names_rate",
+        "float", 100.0, "secret names that do not exist one principal may ask for per second, "
+        "sustained; past it (and the burst), resolves naming missing secrets get RATE_LIMITED; "
+        "resolves whose secrets all exist are never limited; 0 = no limit", minimum=0,
+    ),
+    Setting(
+        "server.missing_names_burst", "VAULT_SERVER_MISSING_NAMES_BURST", "missing_names_burst",
+        "int", 1000, "missing secret names one principal may ask for at once before "
+        "`missing_names_rate` applies", minimum=1,
     ),
 )  # fmt: skip
 
@@ -281,7 +298,10 @@ class Settings:
     max_receive_message_bytes: int = _D["server.max_receive_message_bytes"]
     rpc_timeout_cap: float = _D["server.rpc_timeout_cap"]
     audit_buffer_size: int = _D["server.audit_buffer_size"]
-    audit_flush_interval: float = _D["server.audit_flush_interval"]
+    audit_write_timeout: float = _D["server.audit_write_timeout"]
+    audit_stall_threshold: float = _D["server.audit_stall_threshold"]
+    missing_names_rate: float = _D["server.missing_names_rate"]
+    missing_names_burst: int = _D["server.missing_names_burst"]
 
     def require_keyring(self) -> Keyring:
         if self.keyring is None:

@@ -130,3 +130,9 @@ class AuditRecord:
     secret_names: list[str] = field(default_factory=list)
     tool: str = ""
     time: datetime | None = None
+    client_request_id: str = ""
+    """The ``x-request-id`` the client sent (never the event's ``request_id``)."""
+    missing_count: int = 0
+    """Secret names asked for that do not exist (``secret_names`` keeps 20 of them)."""
+    count: int = 1
+    """Calls this event stands for (> 1 only for aggregated unauthenticated refusals)."""

@@ -65,3 +65,7 @@ MAX_LABEL_CHARS: Final = 64
 
 MAX_REWRAP_BATCH_SIZE: Final = 10_000
 """``keys rewrap --batch-size`` upper bound (rows per transaction)."""
+
+#: Missing names one audit event keeps (it keeps every name found, and ``missing_count``),
+#: and names an error message or ErrorInfo lists before ``and N more`` (shared/API.md).
+MAX_LISTED_NAMES: Final = 20

@@ -42,6 +42,8 @@ from vaultsvc.bootstrap import (
 from vaultsvc.config import Settings
 from vaultsvc.crypto import Envelope
 from vaultsvc.limits import MAX_SEND_MESSAGE_BYTES
+from vaultsvc.ratelimit import MissingNamesLimiter
+from vaultsvc.storage.audit_store import AuditStore
 from vaultsvc.storage.db import Database
 from vaultsvc.storage.repository import Repository
 from vaultsvc.vault import Vault
@@ -88,9 +90,14 @@ async def start_server(settings: Settings) -> Runtime:
         repository = Repository(db)
         vault = Vault(repository, Envelope(keyring))
         audit = AuditWriter(
-            repository,
-            buffer_size=settings.audit_buffer_size,
-            flush_interval=settings.audit_flush_interval,
+            AuditStore(
+                db.url,
+                connect_timeout=settings.database.connect_timeout,
+                write_timeout=settings.audit_write_timeout,
+            ),
+            queue_size=settings.audit_buffer_size,
+            write_timeout=settings.audit_write_timeout,
+            stall_threshold=settings.audit_stall_threshold,
         )
         interceptor = VaultInterceptor(TokenAuthenticator(settings.tokens), audit, settings)
         server = grpc.aio.server(
@@ -110,7 +117,11 @@ async def start_server(settings: Settings) -> Runtime:
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(vault), server)
         config_service_pb2_grpc.add_ConfigServiceServicer_to_server(ConfigServicer(vault), server)
         resolver_service_pb2_grpc.add_ResolverServiceServicer_to_server(
-            ResolverServicer(vault, audit), server
+            ResolverServicer(
+                vault,
+                MissingNamesLimiter(settings.missing_names_rate, settings.missing_names_burst),
+            ),
+            server,
         )
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(vault), server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

@@ -43,9 +43,11 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     """The single ErrorInfo every vault error carries (asserted, with its domain)."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     assert status is not None, "every error carries a google.rpc.Status"
-    assert len(status.details) == 1
+    # One ErrorInfo, first; a RetryInfo may follow it (RATE_LIMITED, OVERLOADED).
+    assert 1 <= len(status.details) <= 2
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
+    assert all(not d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) for d in status.details[1:])
     assert info.domain == ERROR_DOMAIN
     return info
 

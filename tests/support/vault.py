@@ -122,6 +122,8 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, dict[s
     key_id, key = generate_master_key()
     master_keys = overrides.pop("master_keys", f"{key_id}:{key}")
     tokens = overrides.pop("tokens", None) or {r: new_token() for r in (ADMIN, VIEWER, RESOLVER)}
+    # More principals: (principal, role, token) triples besides the one per role.
+    extra: tuple[tuple[str, str, str], ...] = overrides.pop("extra_tokens", ())
     settings = Settings(
         listen="127.0.0.1:0",
         database=DatabaseSettings(
@@ -135,11 +137,11 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, dict[s
         tokens=tuple(
             TokenEntry(principal=f"test-{role}", role=role, sha256=hash_token(token))
             for role, token in tokens.items()
-        ),
+        )
+        + tuple(TokenEntry(p, role, hash_token(token)) for p, role, token in extra),
         log_level="DEBUG",
         grace_period=1.0,
         shutdown_delay=0.0,
-        audit_flush_interval=0.05,
     )
     return replace(settings, **overrides), tokens, master_keys
 

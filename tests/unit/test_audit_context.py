@@ -1,5 +1,6 @@
 """The audit trail's pure parts: the per-call context and record, the context variable
-handlers use, and the bounded buffer's fail-closed accounting (no database is reached)."""
+handlers use, the bounded queue's fail-closed accounting, peer aggregation and the
+missing-names limiter (no database is reached)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,18 @@ from typing import cast
 import pytest
 
 from vaultsvc.api.interceptor import _sanitize_names
-from vaultsvc.audit import AuditWriter, CallContext, audit_record, current_call, mark_audited
+from vaultsvc.audit import (
+    AuditSink,
+    AuditWriter,
+    CallContext,
+    audit_record,
+    current_call,
+    mark_audited,
+    peer_address,
+)
 from vaultsvc.domain import AuditRecord
-from vaultsvc.errors import Reason, Unavailable
-from vaultsvc.storage.repository import Repository
+from vaultsvc.errors import Reason, ResourceExhausted, Unavailable
+from vaultsvc.ratelimit import MissingNamesLimiter
 
 METHOD = "/interakt.vault.v1.SecretService/GetSecret"
 
@@ -80,38 +89,48 @@ def test_recorded_names_are_sanitized_before_writing() -> None:
     assert call.record.secret_names[2] == "x" * 128 + "..."
 
 
-# --------------------------------------------------------- the bounded buffer
+# ----------------------------------------------------------- the bounded queue
 
 
-def _writer(buffer_size: int) -> AuditWriter:
-    # Nothing here flushes: the repository is never reached (an attribute error would fail).
+def _writer(queue_size: int) -> AuditWriter:
+    # Never started: nothing is written, the sink is never reached (an attribute error
+    # would fail the test).
     return AuditWriter(
-        cast(Repository, object()), buffer_size=buffer_size, batch_size=100, flush_interval=0.2
+        cast(AuditSink, object()), queue_size=queue_size, write_timeout=1.0, stall_threshold=0.1
     )
 
 
-def test_enqueue_stamps_the_time_and_refuses_when_full() -> None:
+async def test_submit_stamps_the_time_and_a_full_queue_refuses_at_once() -> None:
     writer = _writer(2)
     before = datetime.now(UTC)
     first = AuditRecord(principal="p", method=METHOD, request_id="1", peer="x")
-    writer.enqueue(first)
+    writer.submit(first)
     assert first.time is not None and first.time >= before
     stamped = datetime(2020, 1, 1, tzinfo=UTC)
-    writer.enqueue(AuditRecord("p", METHOD, "2", "x", time=stamped))
+    second = AuditRecord("p", METHOD, "2", "x", time=stamped)
+    writer.submit(second)
+    assert second.time == stamped
     with pytest.raises(Unavailable) as info:
         writer.ensure_accepting()
     assert info.value.reason is Reason.AUDIT_UNAVAILABLE
     with pytest.raises(Unavailable):
-        writer.enqueue(AuditRecord("p", METHOD, "3", "x"))
-    assert writer.healthy  # full is not unhealthy: it drains once flushed
+        writer.submit(AuditRecord("p", METHOD, "3", "x"))
 
 
-def test_an_unhealthy_writer_fails_closed_even_when_empty() -> None:
-    writer = _writer(10)
-    writer.ensure_accepting()
-    writer._mark(healthy=False)
-    with pytest.raises(Unavailable) as info:
-        writer.enqueue(AuditRecord("p", METHOD, "1", "x"))
-    assert info.value.reason is Reason.AUDIT_UNAVAILABLE
-    writer._mark(healthy=True)
-    writer.enqueue(AuditRecord("p", METHOD, "1", "x"))
+def test_peers_are_aggregated_by_address_without_the_port() -> None:
+    assert peer_address("ipv4:10.0.0.7:51234") == "ipv4:10.0.0.7"
+    assert peer_address("ipv6:[::1]:443") == "ipv6:[::1]"
+    assert peer_address("unix:/run/vault.sock") == "unix:/run/vault.sock"
+
+
+def test_missing_names_limiter_charges_only_missing_names_per_principal() -> None:
+    limiter = MissingNamesLimiter(rate=1.0, burst=10)
+    for _ in range(100):
+        limiter.charge("load-test", 0)  # plain resolves are never charged
+    limiter.charge("flooder", 10)  # the burst, spent
+    with pytest.raises(ResourceExhausted) as info:
+        limiter.charge("flooder", 1)
+    assert info.value.reason is Reason.RATE_LIMITED
+    assert info.value.retry_after is not None and 0 < info.value.retry_after <= 1.0
+    limiter.charge("bystander", 10)  # another principal has its own bucket
+    MissingNamesLimiter(rate=0, burst=1).charge("anyone", 10**6)  # rate 0: no limit

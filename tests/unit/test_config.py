@@ -173,8 +173,20 @@ CASES: tuple[Case, ...] = (
         bad=(("0", "-5"),), wrong_type=("1e2",), env_wrong_type=("1e2",),
     ),
     Case(
-        "server.audit_flush_interval", "0.5", 0.5, "0.01", 0.01,
-        bad=(("0", "61"), ("0.0001", "1e9")), wrong_type=('"0.5"',), env_wrong_type=("fast",),
+        "server.audit_write_timeout", "0.5", 0.5, "10", 10.0,
+        bad=(("0", "61"), ("0.05", "1e9")), wrong_type=('"0.5"',), env_wrong_type=("fast",),
+    ),
+    Case(
+        "server.audit_stall_threshold", "0.1", 0.1, "1", 1.0,
+        bad=(("0", "61"), ("0.001", "1e9")), wrong_type=('"0.5"',), env_wrong_type=("soon",),
+    ),
+    Case(
+        "server.missing_names_rate", "0", 0.0, "10.5", 10.5,
+        bad=(("-1", "-0.5"),), wrong_type=('"10"',), env_wrong_type=("lots",),
+    ),
+    Case(
+        "server.missing_names_burst", "50", 50, "1", 1,
+        bad=(("0", "-5"),), wrong_type=("1e2",), env_wrong_type=("1e2",),
     ),
 )  # fmt: skip
 
@@ -287,8 +299,8 @@ def test_bound_messages_say_the_bounds(tmp_path: Path) -> None:
     assert error_of(tmp_path, VAULT_DATABASE_POOL_MAX_SIZE="0") == (
         "VAULT_DATABASE_POOL_MAX_SIZE must be an integer >= 1, got '0'"
     )
-    assert error_of(tmp_path, "[server]\naudit_flush_interval = 61\n") == (
-        "server.audit_flush_interval must be a number >= 0.001 and <= 60, got 61"
+    assert error_of(tmp_path, "[server]\naudit_write_timeout = 61\n") == (
+        "server.audit_write_timeout must be a number >= 0.1 and <= 60, got 61"
     )
     assert error_of(tmp_path, 'listen = "h:70000"\n') == (
         "listen must be host:port (port 0-65535), got 'h:70000'"

@@ -32,6 +32,9 @@ class AuditServicer(agrpc.AuditServiceServicer):
                     tool=r.tool,
                     request_id=r.request_id,
                     peer=r.peer,
+                    client_request_id=r.client_request_id,
+                    missing_count=r.missing_count,
+                    count=r.count,
                 )
                 for r in records
             ],

@@ -31,6 +31,14 @@ from vaultsvc.errors import (
 _log = logging.getLogger("vaultsvc.server")
 _access = logging.getLogger("vaultsvc.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_MAX_CLIENT_REQUEST_ID = 64
+
+
+def _client_id_echo(supplied: object) -> tuple[tuple[str, str], ...]:
+    """The client's own ``x-request-id`` back as ``x-client-request-id``, when it is safe."""
+    if isinstance(supplied, str) and _REQUEST_ID.match(supplied):
+        return (("x-client-request-id", supplied),)
+    return ()
 
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
@@ -120,13 +128,13 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def _handle(self, inner: Handler, method: str, request: Any, context: Any) -> Any:
         started = time.monotonic()
         metadata = dict(context.invocation_metadata() or ())
+        # The server names every call; what the client sent is kept beside it, so one
+        # client cannot make its call look like another in the audit trail.
+        request_id = uuid.uuid4().hex
         supplied_id = metadata.get("x-request-id")
-        request_id = (
-            supplied_id
-            if isinstance(supplied_id, str) and _REQUEST_ID.match(supplied_id)
-            else uuid.uuid4().hex
-        )
         call = CallContext(method=method, request_id=request_id, peer=context.peer() or "")
+        if isinstance(supplied_id, str):
+            call.record.client_request_id = safe_label(supplied_id, _MAX_CLIENT_REQUEST_ID)
         token = current_call.set(call)
         error: VaultError | None = None
         response: Any = None
@@ -134,6 +142,8 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             principal = self._principal(metadata, context)
             call.set_principal(principal.name, principal.role)
             authorize(method, principal)
+            # Fail fast, before any work, when this call's event could not be committed.
+            self.audit.ensure_accepting()
             remaining = context.time_remaining()
             budget = (
                 self.rpc_timeout_cap if remaining is None else min(remaining, self.rpc_timeout_cap)
@@ -150,7 +160,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except asyncio.CancelledError:
             call.record.outcome = "CANCELLED"
             if not call.audited:
-                self._enqueue_quietly(call)
+                self._submit_quietly(call)
             self._log_access(call, "CANCELLED", "", started)
             raise
         except Exception as exc:
@@ -170,29 +180,34 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if not call.audited:
             call.record.outcome = outcome
             _sanitize_names(call)
-            try:
-                await self.audit.write(call.record)
-            except Unavailable as exc:
-                error = exc
-                outcome = exc.code.value
+            if isinstance(error, Unauthenticated):
+                # Aggregated per peer and minute (shared/API.md), not one INSERT each.
+                self.audit.count_refusal(call.peer)
+            else:
+                try:
+                    # Group commit: the reply leaves only once the event is durable.
+                    await self.audit.commit(call.record)
+                except Unavailable as exc:
+                    error = exc
+                    outcome = exc.code.value
         self._log_access(call, outcome, error.reason.value if error else "", started)
+        reply_metadata = (("x-request-id", request_id), *_client_id_echo(supplied_id))
         if error is not None:
             status = status_for(error, request_id)
             await context.abort(
-                status.code,
-                status.details,
-                (*status.trailing_metadata, ("x-request-id", request_id)),
+                status.code, status.details, (*status.trailing_metadata, *reply_metadata)
             )
-        context.set_trailing_metadata((("x-request-id", request_id),))
+        context.set_trailing_metadata(reply_metadata)
         return response
 
-    def _enqueue_quietly(self, call: CallContext) -> None:
+    def _submit_quietly(self, call: CallContext) -> None:
+        """A cancelled call gets no reply: its event is queued without waiting for it."""
         _sanitize_names(call)
         try:
-            self.audit.enqueue(call.record)
+            self.audit.submit(call.record)
         except Unavailable:
             _log.error(
-                "audit event for a cancelled call could not be buffered",
+                "audit event for a cancelled call could not be queued",
                 extra={"request_id": call.request_id},
             )
 
@@ -206,6 +221,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 "outcome": outcome,
                 "reason": reason,
                 "request_id": call.request_id,
+                "client_request_id": call.record.client_request_id,
                 "peer": call.peer,
                 "secret_names": call.record.secret_names,
                 "tool": call.record.tool,

@@ -7,11 +7,12 @@ from typing import Any
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 
-from vaultsvc.audit import AuditWriter, audit_record, mark_audited
+from vaultsvc.audit import audit_record, current_call
 from vaultsvc.domain import safe_label
-from vaultsvc.errors import InvalidArgument, Reason, VaultError
+from vaultsvc.errors import InvalidArgument, NotFound, Reason
 from vaultsvc.limits import MAX_TOOL_CHARS
-from vaultsvc.vault import Field, Vault
+from vaultsvc.ratelimit import MissingNamesLimiter
+from vaultsvc.vault import Field, Vault, record_secret_names
 
 
 def _fields(request: Any) -> list[Field]:
@@ -19,31 +20,28 @@ def _fields(request: Any) -> list[Field]:
 
 
 class ResolverServicer(rgrpc.ResolverServiceServicer):
-    def __init__(self, vault: Vault, audit: AuditWriter) -> None:
+    def __init__(self, vault: Vault, limiter: MissingNamesLimiter) -> None:
         self.vault = vault
-        self.audit = audit
+        self.limiter = limiter
 
     async def ResolveTemplate(
         self, request: rpb.ResolveTemplateRequest, context: Any
     ) -> rpb.ResolveTemplateResponse:
+        """The interceptor refused this call up front if its event could not be committed,
+        and commits the event (group commit) before the reply leaves."""
         record = audit_record()
         if len(request.tool) > MAX_TOOL_CHARS:
             raise InvalidArgument(
                 f"tool is longer than {MAX_TOOL_CHARS} characters", reason=Reason.INVALID_TOOL
             )
         record.tool = safe_label(request.tool, MAX_TOOL_CHARS)
-        # Refuse before decrypting anything if this call could not be recorded.
-        await self.audit.ready()
         try:
             resolved = await self.vault.resolve(_fields(request), request.inputs, record)
-        except Exception as exc:
-            record.outcome = exc.code.value if isinstance(exc, VaultError) else "INTERNAL"
-            self.audit.enqueue(record)
-            mark_audited()
+        except NotFound:
+            # Asking for secrets that do not exist is the expensive pattern: limited per
+            # principal (a resolve whose secrets all exist is never charged).
+            self.limiter.charge(current_call.get().principal, record.missing_count)
             raise
-        record.outcome = "OK"
-        self.audit.enqueue(record)
-        mark_audited()
         return rpb.ResolveTemplateResponse(
             fields=[rpb.ResolvedField(key=k, value=v) for k, v in resolved]
         )
@@ -52,8 +50,10 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
         self, request: rpb.CheckTemplateRequest, context: Any
     ) -> rpb.CheckTemplateResponse:
         references, problems = await self.vault.check(_fields(request))
-        audit_record().secret_names = sorted(
-            {n.lower() for r in references for n in r.secret_names}
+        record_secret_names(
+            audit_record(),
+            {n.lower() for r in references for n in r.secret_names},
+            {p.name.lower() for p in problems if p.kind == "SECRET_NOT_FOUND"},
         )
         return rpb.CheckTemplateResponse(
             references=[

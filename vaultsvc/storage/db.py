@@ -57,9 +57,11 @@ async def translate_db_errors() -> AsyncIterator[None]:
 class Database:
     """One asyncpg pool with bounded acquire, command and statement timeouts."""
 
-    def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings, url: str = "") -> None:
         self.pool = pool
         self.settings = settings
+        self.url = url
+        """Where the pool connects, for connections kept outside it (the audit writer's)."""
 
     @classmethod
     async def connect(cls, url: str, settings: DatabaseSettings) -> Database:
@@ -81,7 +83,7 @@ class Database:
             ),
             timeout=settings.connect_timeout * 2 + 1,
         )
-        return cls(pool, settings)
+        return cls(pool, settings, url)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:

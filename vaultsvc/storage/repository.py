@@ -8,6 +8,7 @@ row's id and version chosen inside the transaction.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import secrets as _random
 import uuid
@@ -125,25 +126,37 @@ async def insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
         ) from None
 
 
+#: One statement for any number of events (a group commit is one INSERT). The names of
+#: each event travel as one JSON array, as Postgres has no ragged arrays.
+INSERT_AUDIT_SQL = """
+    INSERT INTO audit_events (time, principal, method, outcome, secret_names, tool, request_id,
+                              peer, client_request_id, missing_count, count)
+    SELECT COALESCE(t, clock_timestamp()), p, m, o,
+           ARRAY(SELECT jsonb_array_elements_text(n)), tl, r, pe, c, mc, cnt
+      FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                  $6::text[], $7::text[], $8::text[], $9::text[], $10::integer[], $11::bigint[])
+           AS u(t, p, m, o, n, tl, r, pe, c, mc, cnt)"""
+
+
+def audit_columns(records: Sequence[AuditRecord]) -> list[list[Any]]:
+    """The parameters of :data:`INSERT_AUDIT_SQL`: one array per column."""
+    return [
+        [r.time for r in records],
+        [r.principal for r in records],
+        [r.method for r in records],
+        [r.outcome for r in records],
+        [json.dumps(r.secret_names) for r in records],
+        [r.tool for r in records],
+        [r.request_id for r in records],
+        [r.peer for r in records],
+        [r.client_request_id for r in records],
+        [r.missing_count for r in records],
+        [r.count for r in records],
+    ]
+
+
 async def _insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
-    await conn.executemany(
-        """INSERT INTO audit_events
-               (time, principal, method, outcome, secret_names, tool, request_id, peer)
-           VALUES (COALESCE($1, clock_timestamp()), $2, $3, $4, $5, $6, $7, $8)""",
-        [
-            (
-                r.time,
-                r.principal,
-                r.method,
-                r.outcome,
-                r.secret_names,
-                r.tool,
-                r.request_id,
-                r.peer,
-            )
-            for r in records
-        ],
-    )
+    await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
 
 
 class Repository:
@@ -553,10 +566,6 @@ class Repository:
 
     # ------------------------------------------------------------------- audit
 
-    async def write_audit(self, records: Sequence[AuditRecord]) -> None:
-        async with self.db.transaction() as conn:
-            await insert_audit(conn, records)
-
     async def list_audit(
         self,
         secret_name: str,
@@ -581,7 +590,8 @@ class Repository:
         where = " AND ".join(conditions) or "TRUE"
         async with self.db.connection() as conn:
             rows = await conn.fetch(
-                "SELECT id, time, principal, method, outcome, secret_names, tool, request_id, peer "
+                "SELECT id, time, principal, method, outcome, secret_names, tool, request_id, "
+                "peer, client_request_id, missing_count, count "
                 f"FROM audit_events WHERE {where} ORDER BY time DESC, id DESC LIMIT ${len(args)}",
                 *args,
             )
@@ -597,6 +607,9 @@ class Repository:
                     secret_names=list(r["secret_names"]),
                     tool=r["tool"],
                     time=r["time"],
+                    client_request_id=r["client_request_id"],
+                    missing_count=int(r["missing_count"]),
+                    count=int(r["count"]),
                 ),
             )
             for r in rows[:limit]

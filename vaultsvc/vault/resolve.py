@@ -13,6 +13,7 @@ from vaultsvc.errors import DataLoss, InvalidArgument, NotFound, Reason, Resourc
 from vaultsvc.limits import (
     MAX_FIELDS,
     MAX_INPUTS,
+    MAX_LISTED_NAMES,
     MAX_PLACEHOLDERS,
     MAX_RENDERED_CHARS,
     MAX_TEMPLATE_BYTES,
@@ -58,6 +59,30 @@ class FieldProblem:
     offset: int
 
 
+def record_secret_names(audit: AuditRecord, wanted: Iterable[str], missing: Iterable[str]) -> None:
+    """What an event keeps of the (lower-cased) names a call asked for: every one found,
+    at most the first :data:`MAX_LISTED_NAMES` missing ones, and how many were missing."""
+    absent = sorted(set(missing))
+    absent_set = set(absent)
+    found = [n for n in set(wanted) if n not in absent_set]
+    audit.secret_names = sorted(found + absent[:MAX_LISTED_NAMES])
+    audit.missing_count = len(absent)
+
+
+def listed(names: Sequence[str]) -> str:
+    """``a, b, c`` with at most :data:`MAX_LISTED_NAMES` names, then ``and N more``."""
+    shown = ", ".join(names[:MAX_LISTED_NAMES])
+    more = len(names) - MAX_LISTED_NAMES
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _names_metadata(names: Sequence[str]) -> dict[str, str]:
+    """ErrorInfo metadata ``names``: the first names, comma-separated, then ``and N more``."""
+    more = len(names) - MAX_LISTED_NAMES
+    shown = ",".join(names[:MAX_LISTED_NAMES])
+    return {"names": f"{shown} and {more} more" if more > 0 else shown}
+
+
 class Resolution(VaultBase):
     def _compile_all(self, fields: Sequence[Field]) -> list[CompiledTemplate]:
         if not fields:
@@ -101,13 +126,14 @@ class Resolution(VaultBase):
             for input_name in template.input_names:
                 if input_name not in inputs:
                     missing_inputs[input_name] = None
-        audit.secret_names = sorted(secret_names)
+        # Which of them exist is not known before the lookup: keep the first few.
+        audit.secret_names = sorted(secret_names)[:MAX_LISTED_NAMES]
 
         if missing_inputs:
             raise InvalidArgument(
-                f"input missing: {', '.join(missing_inputs)}",
+                f"input missing: {listed(list(missing_inputs))}",
                 reason=Reason.INPUT_MISSING,
-                metadata={"names": ",".join(missing_inputs)},
+                metadata=_names_metadata(list(missing_inputs)),
             )
 
         sealed: dict[str, SealedRow] = {}
@@ -116,19 +142,20 @@ class Resolution(VaultBase):
             sealed, configs = await self.repo.fetch_for_resolve(
                 list(secret_names), list(config_keys)
             )
+        record_secret_names(audit, secret_names, (k for k in secret_names if k not in sealed))
         absent = sorted({secret_names[k] for k in secret_names if k not in sealed}, key=str.lower)
         if absent:
             raise NotFound(
-                f"secret not found: {', '.join(absent)}",
+                f"secret not found: {listed(absent)}",
                 reason=Reason.SECRET_NOT_FOUND,
-                metadata={"names": ",".join(absent)},
+                metadata=_names_metadata(absent),
             )
         absent_configs = sorted(config_keys[k] for k in config_keys if k not in configs)
         if absent_configs:
             raise NotFound(
-                f"config not found: {', '.join(absent_configs)}",
+                f"config not found: {listed(absent_configs)}",
                 reason=Reason.CONFIG_NOT_FOUND,
-                metadata={"names": ",".join(absent_configs)},
+                metadata=_names_metadata(absent_configs),
             )
 
         values: dict[str, str] = {}

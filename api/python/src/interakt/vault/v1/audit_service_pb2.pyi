@@ -31,6 +31,9 @@ class AuditEvent(_message.Message):
     TOOL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
+    CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MISSING_COUNT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
     principal: _builtins.str
     method: _builtins.str
     """Full gRPC method, e.g. "/interakt.vault.v1.SecretService/CreateSecret"."""
@@ -38,7 +41,18 @@ class AuditEvent(_message.Message):
     """gRPC status code name, e.g. "OK", "NOT_FOUND"."""
     tool: _builtins.str
     request_id: _builtins.str
+    """Assigned by the server, always (also the reply's `x-request-id` trailing metadata)."""
     peer: _builtins.str
+    client_request_id: _builtins.str
+    """What the client sent as `x-request-id`, if anything; never used as `request_id`."""
+    missing_count: _builtins.int
+    """Secret names the call asked for that do not exist. `secret_names` holds the names
+    found plus at most the first 20 missing ones.
+    """
+    count: _builtins.int
+    """Calls this event stands for: 1, except for method `UNAUTHENTICATED`, which aggregates
+    the refused unauthenticated calls of one peer address in one minute.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -54,10 +68,13 @@ class AuditEvent(_message.Message):
         tool: _builtins.str = ...,
         request_id: _builtins.str = ...,
         peer: _builtins.str = ...,
+        client_request_id: _builtins.str = ...,
+        missing_count: _builtins.int = ...,
+        count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "outcome", b"outcome", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "secret_names", b"secret_names", "time", b"time", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "count", b"count", "method", b"method", "missing_count", b"missing_count", "outcome", b"outcome", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "secret_names", b"secret_names", "time", b"time", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

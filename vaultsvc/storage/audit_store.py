@@ -1,0 +1,93 @@
+"""The audit trail's own connection: group-committed batches are written here, never
+through the main pool, so a slow ``secrets`` query or an exhausted pool cannot starve
+them. Every wait is bounded by the write timeout (server-side ``statement_timeout`` and a
+client-side bound that drops the connection); any failure is UNAVAILABLE
+``AUDIT_UNAVAILABLE`` with the Postgres error class logged, never its text."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from vaultsvc.domain import AuditRecord
+from vaultsvc.errors import Reason, Unavailable
+from vaultsvc.storage.repository import INSERT_AUDIT_SQL, audit_columns
+
+_log = logging.getLogger("vaultsvc.audit")
+
+
+class AuditStore:
+    """One dedicated connection, opened lazily and replaced after any failure."""
+
+    def __init__(self, url: str, *, connect_timeout: float, write_timeout: float) -> None:
+        self._url = url
+        self._connect_timeout = min(connect_timeout, write_timeout)
+        self._write_timeout = write_timeout
+        self._conn: Any = None
+        self.statements = 0
+        """INSERT statements committed (one per group commit)."""
+        self.events = 0
+        """Events those statements committed."""
+
+    async def _connection(self) -> Any:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(
+                self._url,
+                timeout=self._connect_timeout,
+                server_settings={
+                    "application_name": "vaultsvc-audit",
+                    "statement_timeout": str(max(int(self._write_timeout * 1000), 1)),
+                },
+            )
+        return self._conn
+
+    async def insert(self, records: Sequence[AuditRecord]) -> None:
+        """Commit ``records`` in ONE statement (its own transaction, durable on return)."""
+        try:
+            # The statement_timeout bounds a blocked INSERT; this bounds a frozen server
+            # (where even the cancel request would hang) and the connect.
+            async with asyncio.timeout(self._write_timeout + 0.5):
+                conn = await self._connection()
+                await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
+        except asyncio.CancelledError:
+            self._drop()
+            raise
+        except Exception as exc:
+            if not isinstance(exc, asyncpg.PostgresError) or isinstance(
+                exc, asyncpg.QueryCanceledError
+            ):
+                self._drop()
+            _log.error(
+                "audit events cannot be written",
+                extra={
+                    "error": type(exc).__name__,
+                    "sqlstate": getattr(exc, "sqlstate", ""),
+                    "events": len(records),
+                },
+            )
+            raise Unavailable(
+                "the audit trail cannot be written; request refused",
+                reason=Reason.AUDIT_UNAVAILABLE,
+            ) from None
+        self.statements += 1
+        self.events += len(records)
+
+    def _drop(self) -> None:
+        """Forget the connection at once (no goodbye that could wait on a frozen server)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), timeout=1.0)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    conn.terminate()
