@@ -20,7 +20,6 @@ from interakt.vault.v1 import audit_service_pb2 as audit_pb
 from interakt.vault.v1 import config_service_pb2 as config_pb
 from interakt.vault.v1 import resolver_service_pb2 as resolver_pb
 from interakt.vault.v1 import secret_service_pb2 as secret_pb
-from test_client_support import FakeVault, abort, start_fake
 from vaultsvc_client import (
     AsyncVaultClient,
     DeadlineExceeded,
@@ -40,6 +39,8 @@ from vaultsvc_client._common import (
     is_loopback,
     template_fields,
 )
+
+from tests.support.fake_vault import FakeVault, abort, start_fake
 
 FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.01)
 

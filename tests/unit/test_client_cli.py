@@ -25,9 +25,10 @@ from interakt.vault.v1 import audit_service_pb2 as audit_pb
 from interakt.vault.v1 import config_service_pb2 as config_pb
 from interakt.vault.v1 import resolver_service_pb2 as resolver_pb
 from interakt.vault.v1 import secret_service_pb2 as secret_pb
-from test_client_support import FakeVault, start_fake
 from vaultsvc_client import cli
 from vaultsvc_client.errors import error_from_status
+
+from tests.support.fake_vault import FakeVault, start_fake
 
 Code = grpc.StatusCode
 SECRET = "p4ss-w0rd-do-not-print"

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from google.rpc import status_pb2
-from test_client_support import FakeVault, start_fake
 from vaultsvc_client import (
     AlreadyExists,
     AsyncVaultClient,
@@ -30,6 +29,8 @@ from vaultsvc_client import (
     VaultError,
 )
 from vaultsvc_client.errors import error_from_status
+
+from tests.support.fake_vault import FakeVault, start_fake
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 Code = grpc.StatusCode
@@ -156,6 +157,22 @@ async def test_secret_not_found_names_from_error_info_metadata(fake: FakeVault) 
         with pytest.raises(SecretNotFound) as caught:
             await client.resolve_template({"url": "{{secret:stripe_key}}{{secret:orders-key}}"})
     assert caught.value.names == ["stripe_key", "orders-key"]
+
+
+async def test_a_capped_name_list_reports_how_many_were_left_out(fake: FakeVault) -> None:
+    listed = ",".join(f"s{i}" for i in range(20))
+    fake.fail(
+        "ResolveTemplate",
+        Code.NOT_FOUND,
+        "secret not found: s0, ... and 980 more",
+        "SECRET_NOT_FOUND",
+        {"names": f"{listed} and 980 more"},
+    )
+    async with AsyncVaultClient(fake.address, retry=NO_RETRY) as client:
+        with pytest.raises(SecretNotFound) as caught:
+            await client.resolve_template({"url": "x"})
+    assert caught.value.names == [f"s{i}" for i in range(20)]
+    assert caught.value.names_omitted == 980
 
 
 async def test_names_never_come_from_the_message_text(fake: FakeVault) -> None:

@@ -12,6 +12,7 @@ secret value.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import grpc
@@ -93,7 +94,8 @@ class NotFound(VaultError):
     """NOT_FOUND: the named secret, config value or resource does not exist.
 
     ``names`` lists what is missing (a resolve reports all missing secrets at
-    once): the ErrorInfo metadata key ``names`` (comma-separated). For a call
+    once): the ErrorInfo metadata key ``names`` (comma-separated). The vault lists at
+    most 20 and ends the list with ``and N more``; ``names_omitted`` is that N. For a call
     about one name (get, update, delete) whose error carried none, the clients
     fill in the name they asked for. The message text is never parsed.
     """
@@ -110,7 +112,7 @@ class NotFound(VaultError):
         domain: str = "",
     ) -> None:
         super().__init__(message, code=code, reason=reason, metadata=metadata, domain=domain)
-        self.names: list[str] = _missing_names(self.metadata)
+        self.names, self.names_omitted = _missing_names(self.metadata)
 
 
 class SecretNotFound(NotFound):
@@ -251,6 +253,14 @@ def error_from_rpc_error(error: grpc.RpcError) -> VaultError:
     return error_from_status(code, details, reason=reason, metadata=metadata, domain=domain)
 
 
-def _missing_names(metadata: Mapping[str, str]) -> list[str]:
-    raw = metadata.get("names", "")
-    return [name.strip() for name in raw.split(",") if name.strip()]
+_MORE_NAMES = re.compile(r"^(?P<last>.*) and (?P<more>[0-9]+) more$")
+
+
+def _missing_names(metadata: Mapping[str, str]) -> tuple[list[str], int]:
+    """The names listed in ErrorInfo ``names`` and how many the vault left out."""
+    names = [name.strip() for name in metadata.get("names", "").split(",") if name.strip()]
+    omitted = 0
+    if names and (tail := _MORE_NAMES.match(names[-1])) is not None:
+        names[-1] = tail["last"]
+        omitted = int(tail["more"])
+    return names, omitted

@@ -120,25 +120,3 @@ async def start_fake(
     await server.start()
     fake.address = f"127.0.0.1:{port}"
     return fake, server
-
-
-async def test_fake_sends_a_rich_status_the_reference_parser_reads() -> None:
-    fake, server = await start_fake()
-    try:
-        fake.fail("GetVaultStats", grpc.StatusCode.NOT_FOUND, "nope", "SOME_REASON", {"k": "v"})
-        from interakt.vault.v1 import secret_service_pb2
-
-        async with grpc.aio.insecure_channel(fake.address) as channel:
-            stub = secret_service_pb2_grpc.SecretServiceStub(channel)
-            try:
-                await stub.GetVaultStats(secret_service_pb2.GetVaultStatsRequest(), timeout=10)
-            except grpc.aio.AioRpcError as exc:
-                status = rpc_status.from_call(exc)
-            else:  # pragma: no cover
-                raise AssertionError("expected a failure")
-        assert status.code == grpc.StatusCode.NOT_FOUND.value[0]
-        info = error_details_pb2.ErrorInfo()
-        assert status.details[0].Unpack(info)
-        assert (info.reason, dict(info.metadata)) == ("SOME_REASON", {"k": "v"})
-    finally:
-        await server.stop(None)
