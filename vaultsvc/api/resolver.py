@@ -7,6 +7,7 @@ from typing import Any
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 
+from vaultsvc.api.frontdoor import ReplyBudget, Reservation
 from vaultsvc.audit import AuditWriter, audit_record, mark_audited
 from vaultsvc.domain import safe_label
 from vaultsvc.errors import InvalidArgument, Reason, VaultError
@@ -19,9 +20,12 @@ def _fields(request: Any) -> list[Field]:
 
 
 class ResolverServicer(rgrpc.ResolverServiceServicer):
-    def __init__(self, vault: Vault, audit: AuditWriter) -> None:
+    def __init__(
+        self, vault: Vault, audit: AuditWriter, replies: ReplyBudget | None = None
+    ) -> None:
         self.vault = vault
         self.audit = audit
+        self.replies = replies
 
     async def ResolveTemplate(
         self, request: rpb.ResolveTemplateRequest, context: Any
@@ -34,19 +38,36 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
         record.tool = safe_label(request.tool, MAX_TOOL_CHARS)
         # Refuse before decrypting anything if this call could not be recorded.
         await self.audit.ready()
+        reservation: list[Reservation] = []
+
+        def before_render(size: int) -> None:
+            if self.replies is not None:
+                reservation.append(self.replies.reserve(size, context))
+
         try:
-            resolved = await self.vault.resolve(_fields(request), request.inputs, record)
+            resolved = await self.vault.resolve(
+                _fields(request), request.inputs, record, before_render
+            )
         except Exception as exc:
             record.outcome = exc.code.value if isinstance(exc, VaultError) else "INTERNAL"
             self.audit.enqueue(record)
             mark_audited()
             raise
+        reply = rpb.ResolveTemplateResponse(
+            fields=[rpb.ResolvedField(key=k, value=v) for k, v in resolved]
+        )
+        if reservation:
+            try:
+                reservation[0].resize(reply.ByteSize())
+            except VaultError as exc:
+                record.outcome = exc.code.value
+                self.audit.enqueue(record)
+                mark_audited()
+                raise
         record.outcome = "OK"
         self.audit.enqueue(record)
         mark_audited()
-        return rpb.ResolveTemplateResponse(
-            fields=[rpb.ResolvedField(key=k, value=v) for k, v in resolved]
-        )
+        return reply
 
     async def CheckTemplate(
         self, request: rpb.CheckTemplateRequest, context: Any

@@ -4,17 +4,24 @@ reading any value."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from vaultsvc.crypto import DecryptionFailed
 from vaultsvc.domain import AuditRecord
-from vaultsvc.errors import DataLoss, InvalidArgument, NotFound, Reason, ResourceExhausted
+from vaultsvc.errors import (
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    ResourceExhausted,
+    listed,
+)
 from vaultsvc.limits import (
     MAX_FIELDS,
     MAX_INPUTS,
     MAX_PLACEHOLDERS,
-    MAX_RENDERED_CHARS,
+    MAX_REPLY_BYTES,
     MAX_TEMPLATE_BYTES,
 )
 from vaultsvc.storage.repository import SealedRow
@@ -77,9 +84,16 @@ class Resolution(VaultBase):
         return compiled
 
     async def resolve(
-        self, fields: Sequence[Field], inputs: Mapping[str, str], audit: AuditRecord
+        self,
+        fields: Sequence[Field],
+        inputs: Mapping[str, str],
+        audit: AuditRecord,
+        before_render: Callable[[int], object] | None = None,
     ) -> list[tuple[str, str]]:
-        """Render every field, or fail as a whole. One database round trip at most."""
+        """Render every field, or fail as a whole. One database round trip at most.
+
+        ``before_render`` gets a lower bound of the reply's size before anything is
+        rendered (the front door's reply budget may refuse there)."""
         if len(inputs) > MAX_INPUTS:
             raise ResourceExhausted(f"more than {MAX_INPUTS} inputs", reason=Reason.TOO_MANY_INPUTS)
         compiled = self._compile_all(fields)
@@ -99,9 +113,9 @@ class Resolution(VaultBase):
 
         if missing_inputs:
             raise InvalidArgument(
-                f"input missing: {', '.join(missing_inputs)}",
+                f"input missing: {listed(list(missing_inputs))}",
                 reason=Reason.INPUT_MISSING,
-                metadata={"names": ",".join(missing_inputs)},
+                metadata={"names": listed(list(missing_inputs), ",")},
             )
 
         sealed: dict[str, SealedRow] = {}
@@ -113,16 +127,16 @@ class Resolution(VaultBase):
         absent = sorted({secret_names[k] for k in secret_names if k not in sealed}, key=str.lower)
         if absent:
             raise NotFound(
-                f"secret not found: {', '.join(absent)}",
+                f"secret not found: {listed(absent)}",
                 reason=Reason.SECRET_NOT_FOUND,
-                metadata={"names": ",".join(absent)},
+                metadata={"names": listed(absent, ",")},
             )
         absent_configs = sorted(config_keys[k] for k in config_keys if k not in configs)
         if absent_configs:
             raise NotFound(
-                f"config not found: {', '.join(absent_configs)}",
+                f"config not found: {listed(absent_configs)}",
                 reason=Reason.CONFIG_NOT_FOUND,
-                metadata={"names": ",".join(absent_configs)},
+                metadata={"names": listed(absent_configs, ",")},
             )
 
         values: dict[str, str] = {}
@@ -146,19 +160,26 @@ class Resolution(VaultBase):
             return inputs[name]
 
         # A small request can ask for a huge answer (1000 uses of a 3 MiB input): refuse
-        # before rendering when the raw values alone are over the cap, and again as the
-        # encoded fields (up to a dozen times longer) add up.
-        raw_size = sum(len(f.template) for f in fields) + sum(
-            len(lookup(p.kind, p.name)) for t in compiled for p in t.placeholders
-        )
-        if raw_size > MAX_RENDERED_CHARS:
+        # before rendering when the raw values alone are over the cap (encoding only makes
+        # them longer), and again as the encoded fields add up.
+        value_bytes: dict[tuple[PlaceholderKind, str], int] = {}
+        raw_size = sum(len(f.key.encode("utf-8")) for f in fields)
+        for t in compiled:
+            for p in t.placeholders:
+                ident = (p.kind, p.name)
+                if ident not in value_bytes:
+                    value_bytes[ident] = len(lookup(p.kind, p.name).encode("utf-8"))
+                raw_size += value_bytes[ident]
+        if raw_size > MAX_REPLY_BYTES:
             raise _rendered_too_large()
+        if before_render is not None:
+            before_render(raw_size)
         rendered: list[tuple[str, str]] = []
         total = 0
         for f, t in zip(fields, compiled, strict=True):
             value = t.render(lookup, field=f.key)
-            total += len(value)
-            if total > MAX_RENDERED_CHARS:
+            total += len(f.key.encode("utf-8")) + len(value.encode("utf-8"))
+            if total > MAX_REPLY_BYTES:
                 raise _rendered_too_large()
             rendered.append((f.key, value))
         return rendered
@@ -231,7 +252,8 @@ def _refuse_too_large(f: Field) -> None:
 
 def _rendered_too_large() -> ResourceExhausted:
     return ResourceExhausted(
-        f"the resolved fields would be longer than {MAX_RENDERED_CHARS} characters",
+        f"the resolved fields would be larger than {MAX_REPLY_BYTES // (1024 * 1024)} MiB "
+        "(UTF-8, keys included)",
         reason=Reason.RESPONSE_TOO_LARGE,
     )
 
