@@ -180,7 +180,54 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server.max_concurrent_rpcs", "VAULT_SERVER_MAX_CONCURRENT_RPCS", "max_concurrent_rpcs",
-        "int", 256, "RPCs served at once; more are refused with RESOURCE_EXHAUSTED", minimum=1,
+        "int", 64, "authenticated calls executing at once; more wait in the admission queue "
+        "(health and reflection never do)", minimum=1,
+    ),
+    Setting(
+        "server.max_queued_rpcs", "VAULT_SERVER_MAX_QUEUED_RPCS", "max_queued_rpcs", "int", 256,
+        "calls waiting for an execution slot; more are shed at once with UNAVAILABLE "
+        "OVERLOADED and RetryInfo", minimum=0,
+    ),
+    Setting(
+        "server.max_queue_wait", "VAULT_SERVER_MAX_QUEUE_WAIT", "max_queue_wait", "float", 1.0,
+        "longest a call waits in the admission queue, seconds (then OVERLOADED)", minimum=0,
+    ),
+    Setting(
+        "server.receive_timeout", "VAULT_SERVER_RECEIVE_TIMEOUT", "receive_timeout", "float",
+        10.0, "seconds from a call's start to the arrival of its request message "
+        "(DEADLINE_EXCEEDED after)", minimum=0.1,
+    ),
+    Setting(
+        "server.max_streams", "VAULT_SERVER_MAX_STREAMS", "max_streams", "int", 64,
+        "Health/Watch and reflection streams open at once; more are refused with "
+        "RESOURCE_EXHAUSTED", minimum=1,
+    ),
+    Setting(
+        "server.max_streams_per_connection", "VAULT_SERVER_MAX_STREAMS_PER_CONNECTION",
+        "max_streams_per_connection", "int", 128,
+        "concurrent HTTP/2 streams one connection may open", minimum=1,
+    ),
+    Setting(
+        "server.max_connection_idle", "VAULT_SERVER_MAX_CONNECTION_IDLE",
+        "max_connection_idle", "float", 900.0,
+        "seconds a connection without calls stays open", minimum=1,
+    ),
+    Setting(
+        "server.max_connection_age", "VAULT_SERVER_MAX_CONNECTION_AGE",
+        "max_connection_age", "float", 1800.0,
+        "seconds before a connection is asked to reconnect (GOAWAY; calls in flight get "
+        "`rpc_timeout_cap` more)", minimum=1,
+    ),
+    Setting(
+        "server.max_reply_bytes_in_flight", "VAULT_SERVER_MAX_REPLY_BYTES_IN_FLIGHT",
+        "max_reply_bytes_in_flight", "int", 256 * 1024 * 1024,
+        "bytes of resolve replies not yet taken by their clients, per process; past it "
+        "resolves are shed (UNAVAILABLE OVERLOADED)", minimum=4 * 1024 * 1024 + 64 * 1024,
+    ),
+    Setting(
+        "health_db_grace", "VAULT_HEALTH_DB_GRACE", "health_db_grace", "float", 10.0,
+        "seconds the database may be unreachable before readiness (health service \"\") "
+        "reports NOT_SERVING", minimum=0.1,
     ),
     Setting(
         "server.max_receive_message_bytes", "VAULT_SERVER_MAX_RECEIVE_MESSAGE_BYTES",
@@ -295,6 +342,15 @@ class Settings:
     grace_period: float = _D["server.grace_period"]
     shutdown_delay: float = _D["server.shutdown_delay"]
     max_concurrent_rpcs: int = _D["server.max_concurrent_rpcs"]
+    max_queued_rpcs: int = _D["server.max_queued_rpcs"]
+    max_queue_wait: float = _D["server.max_queue_wait"]
+    receive_timeout: float = _D["server.receive_timeout"]
+    max_streams: int = _D["server.max_streams"]
+    max_streams_per_connection: int = _D["server.max_streams_per_connection"]
+    max_connection_idle: float = _D["server.max_connection_idle"]
+    max_connection_age: float = _D["server.max_connection_age"]
+    max_reply_bytes_in_flight: int = _D["server.max_reply_bytes_in_flight"]
+    health_db_grace: float = _D["health_db_grace"]
     max_receive_message_bytes: int = _D["server.max_receive_message_bytes"]
     rpc_timeout_cap: float = _D["server.rpc_timeout_cap"]
     audit_buffer_size: int = _D["server.audit_buffer_size"]

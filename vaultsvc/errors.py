@@ -8,8 +8,10 @@ becomes INTERNAL with only a request id.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
+
+from vaultsvc.limits import MAX_LISTED_NAMES
 
 ERROR_DOMAIN = "vault.interakt"
 
@@ -93,6 +95,19 @@ class Reason(StrEnum):
     VERSION_DESTROYED = "VERSION_DESTROYED"
     VERSION_IS_CURRENT = "VERSION_IS_CURRENT"
     VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
+    REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+
+
+def listed(names: Sequence[str], separator: str = ", ") -> str:
+    """``names`` for a message or ErrorInfo metadata: the first 20, then ``and N more``.
+
+    A thousand 128-character names would otherwise overflow gRPC's 16 KiB metadata limit
+    and the client would see RESOURCE_EXHAUSTED instead of the error.
+    """
+    shown = list(names[:MAX_LISTED_NAMES])
+    if len(names) > MAX_LISTED_NAMES:
+        shown.append(f"and {len(names) - MAX_LISTED_NAMES} more")
+    return separator.join(shown)
 
 
 class VaultError(Exception):
@@ -107,13 +122,13 @@ class VaultError(Exception):
         *,
         reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
-        retry_after: float | None = None,
+        retry_delay: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason: Reason = reason or self.default_reason
         self.metadata: dict[str, str] = dict(metadata or {})
-        self.retry_after = retry_after
+        self.retry_delay = retry_delay
         """Seconds after which a retry may succeed (sent as google.rpc.RetryInfo)."""
 
     def __str__(self) -> str:

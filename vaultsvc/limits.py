@@ -47,14 +47,15 @@ MAX_INPUTS: Final = 1000
 MAX_TOOL_CHARS: Final = 256
 """The ``tool`` label of a resolve, as recorded in the audit trail."""
 
-MAX_RENDERED_CHARS: Final = 8 * 1024 * 1024
-"""Cap on the characters of all resolved fields of one response (at most 32 MiB of UTF-8,
-well under the server's send limit)."""
+MAX_REPLY_BYTES: Final = 4 * 1024 * 1024
+"""Cap on a ResolveTemplate reply: the UTF-8 bytes of every resolved field's key and value
+(shared/API.md "Errors added": RESPONSE_TOO_LARGE). A tool call's HTTP request has no use
+for more, and a bigger reply only costs memory while a slow client reads it."""
 
 # ----------------------------------------------------------------------------- transport
 
 MAX_SEND_MESSAGE_BYTES: Final = 64 * 1024 * 1024
-"""The server's gRPC send limit (above any response MAX_RENDERED_CHARS allows)."""
+"""The server's gRPC send limit (above any response MAX_REPLY_BYTES allows)."""
 
 # ------------------------------------------------------------------------------ messages
 
@@ -67,5 +68,5 @@ MAX_REWRAP_BATCH_SIZE: Final = 10_000
 """``keys rewrap --batch-size`` upper bound (rows per transaction)."""
 
 #: Missing names one audit event keeps (it keeps every name found, and ``missing_count``),
-#: and names an error message or ErrorInfo lists before ``and N more`` (shared/API.md).
+#: and names an error message or ErrorInfo lists before ``and N more``.
 MAX_LISTED_NAMES: Final = 20

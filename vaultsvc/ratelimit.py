@@ -45,6 +45,6 @@ class MissingNamesLimiter:
                 f"too many requests naming secrets that do not exist ({missing} in this one); "
                 f"retry in {wait:.1f} s",
                 reason=Reason.RATE_LIMITED,
-                retry_after=wait,
+                retry_delay=wait,
             )
         bucket.tokens -= missing

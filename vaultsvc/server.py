@@ -8,11 +8,9 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2_grpc
 from interakt.vault.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -26,7 +24,10 @@ from interakt.vault.v1 import (
 
 from vaultsvc.api.audit import AuditServicer
 from vaultsvc.api.configs import ConfigServicer
+from vaultsvc.api.frontdoor import FrontDoor
+from vaultsvc.api.health import VaultHealth
 from vaultsvc.api.interceptor import VaultInterceptor
+from vaultsvc.api.reflection import enable_reflection
 from vaultsvc.api.resolver import ResolverServicer
 from vaultsvc.api.secrets import SecretServicer
 from vaultsvc.audit import AuditWriter
@@ -68,11 +69,13 @@ class Runtime:
     vault: Vault
     audit: AuditWriter
     server: grpc.aio.Server
-    health: Any
+    health: VaultHealth
     port: int
     """The port actually bound (the one asked for, or the one the OS picked for port 0)."""
     resources: contextlib.AsyncExitStack
     """Closes the database (and stops an embedded Postgres) when the vault stops."""
+    frontdoor: FrontDoor
+    """Budgets, admission queue and refusal counters (:mod:`vaultsvc.api.frontdoor`)."""
 
     @property
     def address(self) -> str:
@@ -99,19 +102,18 @@ async def start_server(settings: Settings) -> Runtime:
             write_timeout=settings.audit_write_timeout,
             stall_threshold=settings.audit_stall_threshold,
         )
-        interceptor = VaultInterceptor(TokenAuthenticator(settings.tokens), audit, settings)
+        frontdoor = FrontDoor(settings)
+        interceptor = VaultInterceptor(
+            TokenAuthenticator(settings.tokens), audit, settings, frontdoor=frontdoor
+        )
+        # No grpc-wide maximum_concurrent_rpcs: it counts calls before any token is checked,
+        # health included; the front door's budgets bound each kind of call instead.
         server = grpc.aio.server(
             interceptors=[interceptor],
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", 60_000),
-                ("grpc.keepalive_timeout_ms", 20_000),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                ("grpc.http2.max_ping_strikes", 2),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.max_connection_idle_ms", 15 * 60_000),
+                *frontdoor.channel_options(),
             ],
         )
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(vault), server)
@@ -120,15 +122,14 @@ async def start_server(settings: Settings) -> Runtime:
             ResolverServicer(
                 vault,
                 MissingNamesLimiter(settings.missing_names_rate, settings.missing_names_burst),
+                replies=frontdoor.replies,
             ),
             server,
         )
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(vault), server)
-        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_servicer = VaultHealth(db, settings.health_db_grace)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
 
         host = settings.listen.rpartition(":")[0]
         credentials = server_credentials(settings)
@@ -146,13 +147,21 @@ async def start_server(settings: Settings) -> Runtime:
             raise StartupError(f"cannot listen on {settings.listen}")
         audit.start()
         await server.start()
-        for name in ("", *SERVICE_NAMES):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.start(SERVICE_NAMES)
         _log.info(
             "vault listening", extra={"listen": f"{host}:{port}", "tls": credentials is not None}
         )
         return Runtime(
-            settings, db, repository, vault, audit, server, health_servicer, port, resources
+            settings,
+            db,
+            repository,
+            vault,
+            audit,
+            server,
+            health_servicer,
+            port,
+            resources,
+            frontdoor,
         )
     except BaseException:
         await resources.aclose()
@@ -166,6 +175,7 @@ async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     # Give load balancers probing health a moment to see NOT_SERVING and stop routing.
     await asyncio.sleep(min(runtime.settings.shutdown_delay, grace))
     await runtime.server.stop(grace)
+    await runtime.health.stop()
     await runtime.audit.stop()
     await runtime.resources.aclose()
     _log.info("vault stopped")

@@ -369,6 +369,7 @@ async def test_health_and_reflection_need_no_token(vault: VaultHandle) -> None:
             *(p.split("/")[1] for p in RPCS),
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
+            "grpc.reflection.v1.ServerReflection",
         }
     # Health and reflection are not audited; nothing else happened.
     assert await vault.sql("SELECT 1 FROM audit_events") == []

@@ -43,11 +43,13 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     """The single ErrorInfo every vault error carries (asserted, with its domain)."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     assert status is not None, "every error carries a google.rpc.Status"
-    # One ErrorInfo, first; a RetryInfo may follow it (RATE_LIMITED, OVERLOADED).
-    assert 1 <= len(status.details) <= 2
+    infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    assert len(infos) == 1, status.details
+    # Besides it, only a RetryInfo (shed load, rate limits) may ride along.
+    others = [d for d in status.details if not d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    assert all(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in others), others
     info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
-    assert all(not d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) for d in status.details[1:])
+    assert infos[0].Unpack(info)
     assert info.domain == ERROR_DOMAIN
     return info
 

@@ -131,6 +131,6 @@ def test_missing_names_limiter_charges_only_missing_names_per_principal() -> Non
     with pytest.raises(ResourceExhausted) as info:
         limiter.charge("flooder", 1)
     assert info.value.reason is Reason.RATE_LIMITED
-    assert info.value.retry_after is not None and 0 < info.value.retry_after <= 1.0
+    assert info.value.retry_delay is not None and 0 < info.value.retry_delay <= 1.0
     limiter.charge("bystander", 10)  # another principal has its own bucket
     MissingNamesLimiter(rate=0, burst=1).charge("anyone", 10**6)  # rate 0: no limit

@@ -141,6 +141,8 @@ class Rpc:
 
 
 IDEMPOTENT = [
+    # Every try of a create carries the same request_id: the server replays the first result.
+    Rpc("CreateSecret", lambda c: c.create_secret("a", "v"), secret_pb.Secret()),
     Rpc("GetSecret", lambda c: c.get_secret("a"), secret_pb.Secret()),
     Rpc("ListSecrets", lambda c: c.list_secrets(), secret_pb.ListSecretsResponse()),
     Rpc("GetVaultStats", lambda c: c.get_vault_stats(), secret_pb.VaultStats()),
@@ -158,7 +160,6 @@ IDEMPOTENT = [
 ]
 
 NOT_IDEMPOTENT = [
-    Rpc("CreateSecret", lambda c: c.create_secret("a", "v"), secret_pb.Secret()),
     Rpc("UpdateSecret", lambda c: c.update_secret("a", description="d"), secret_pb.Secret()),
     Rpc("DeleteSecret", lambda c: c.delete_secret("a"), empty_pb2.Empty()),
     Rpc("PutConfigValue", lambda c: c.put_config_value("k", "v"), config_pb.ConfigValue()),
@@ -204,15 +205,22 @@ async def test_sync_client_retries_the_same_way(fake: FakeVault) -> None:
     fake.handlers["GetSecret"] = unavailable_then(2, secret_pb.Secret(name="a"))
     fake.handlers["CreateSecret"] = unavailable_then(1, secret_pb.Secret(name="a"))
 
+    fake.handlers["UpdateSecret"] = unavailable_then(1, secret_pb.Secret(name="a"))
+
     def calls() -> None:
         with VaultClient(fake.address, retry=FAST_RETRY) as client:
             assert client.get_secret("a").name == "a"
+            assert client.create_secret("a", "v").name == "a"
             with pytest.raises(Unavailable):
-                client.create_secret("a", "v")
+                client.update_secret("a", description="d")
 
     await asyncio.to_thread(calls)
     assert len(fake.calls_to("GetSecret")) == 3
-    assert len(fake.calls_to("CreateSecret")) == 1
+    creates = fake.calls_to("CreateSecret")
+    assert len(creates) == 2
+    # Both tries carry one request id, so the server can answer the retry with the first result.
+    assert creates[0].request.request_id == creates[1].request.request_id != ""
+    assert len(fake.calls_to("UpdateSecret")) == 1
 
 
 async def test_other_errors_are_not_retried(fake: FakeVault) -> None:

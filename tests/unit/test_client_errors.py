@@ -166,7 +166,7 @@ async def test_a_capped_name_list_reports_how_many_were_left_out(fake: FakeVault
         Code.NOT_FOUND,
         "secret not found: s0, ... and 980 more",
         "SECRET_NOT_FOUND",
-        {"names": f"{listed} and 980 more"},
+        {"names": f"{listed},and 980 more"},
     )
     async with AsyncVaultClient(fake.address, retry=NO_RETRY) as client:
         with pytest.raises(SecretNotFound) as caught:

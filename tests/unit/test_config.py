@@ -188,6 +188,42 @@ CASES: tuple[Case, ...] = (
         "server.missing_names_burst", "50", 50, "1", 1,
         bad=(("0", "-5"),), wrong_type=("1e2",), env_wrong_type=("1e2",),
     ),
+    Case(
+        "server.max_queued_rpcs", "0", 0, "1000", 1000,
+        bad=(("-1", "-5"),), wrong_type=("1.5",), env_wrong_type=("lots",),
+    ),
+    Case(
+        "server.max_queue_wait", "0", 0.0, "2.5", 2.5,
+        bad=(("-1", "-0.1"),), wrong_type=('"1"',), env_wrong_type=("soon",),
+    ),
+    Case(
+        "server.receive_timeout", "0.5", 0.5, "30", 30.0,
+        bad=(("0", "0.01"),), wrong_type=('"5"',), env_wrong_type=("slow",),
+    ),
+    Case(
+        "server.max_streams", "8", 8, "512", 512,
+        bad=(("0", "-2"),), wrong_type=("8.5",), env_wrong_type=("all",),
+    ),
+    Case(
+        "server.max_streams_per_connection", "16", 16, "1000", 1000,
+        bad=(("0", "-3"),), wrong_type=('"16"',), env_wrong_type=("x",),
+    ),
+    Case(
+        "server.max_connection_idle", "60", 60.0, "7200", 7200.0,
+        bad=(("0", "0.5"),), wrong_type=('"60"',), env_wrong_type=("idle",),
+    ),
+    Case(
+        "server.max_connection_age", "600", 600.0, "86400", 86400.0,
+        bad=(("0", "0.5"),), wrong_type=("true",), env_wrong_type=("old",),
+    ),
+    Case(
+        "server.max_reply_bytes_in_flight", "16777216", 16777216, "536870912", 536870912,
+        bad=(("4194304", "1024"),), wrong_type=('"16M"',), env_wrong_type=("16M",),
+    ),
+    Case(
+        "health_db_grace", "2.5", 2.5, "30", 30.0,
+        bad=(("0", "0.05"),), wrong_type=('"10"',), env_wrong_type=("soon",),
+    ),
 )  # fmt: skip
 
 BY_KEY = {case.key: case for case in CASES}

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from vaultsvc.api.frontdoor import FrontDoor, receive_one
 from vaultsvc.api.status import status_for
 from vaultsvc.audit import AuditWriter, CallContext, current_call
 from vaultsvc.auth import Principal, TokenAuthenticator, authorize, is_open_method
@@ -44,6 +45,11 @@ def _client_id_echo(supplied: object) -> tuple[tuple[str, str], ...]:
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
+def _loop_time(deadline: float) -> float:
+    """A ``time.monotonic()`` deadline on the running loop's clock."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
+
+
 def _sanitize_names(call: CallContext) -> None:
     """Names a handler recorded before validating them may hold control characters."""
     call.record.secret_names = [safe_label(n, 128) for n in call.record.secret_names]
@@ -62,9 +68,11 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         authenticator: TokenAuthenticator,
         audit: AuditWriter,
         settings: Settings,
+        frontdoor: FrontDoor | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.audit = audit
+        self.frontdoor = frontdoor or FrontDoor(settings)
         self.rpc_timeout_cap = settings.rpc_timeout_cap
         self.cert_principals = {
             cp.subject_cn: Principal(cp.principal, cp.role)
@@ -76,16 +84,19 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         method: str = handler_call_details.method
         handler = await continuation(handler_call_details)
-        if handler is None or is_open_method(method):
+        if handler is None:
             return handler
+        if is_open_method(method):
+            return self.frontdoor.open_method(method, handler)
         if handler.unary_unary is None:
             return self._streaming_refused(method, handler)
         inner: Handler = handler.unary_unary
 
-        async def behavior(request: Any, context: Any) -> Any:
-            return await self._handle(inner, method, request, context)
+        # Served as client-streaming so the vault sees the call at its start (see frontdoor).
+        async def behavior(requests: Any, context: Any) -> Any:
+            return await self._handle(inner, method, requests, context)
 
-        return grpc.unary_unary_rpc_method_handler(
+        return grpc.stream_unary_rpc_method_handler(
             behavior,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
@@ -98,15 +109,13 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def refuse(request: Any, context: Any) -> None:
             raise PermissionDenied(f"streaming method {method} is not served")
 
-        async def behavior(request: Any, context: Any) -> None:
-            await self._handle(refuse, method, request, context)
+        async def behavior(requests: Any, context: Any) -> None:
+            await self._handle(refuse, method, requests, context)
 
-        if handler.unary_stream is not None:
-            make = grpc.unary_stream_rpc_method_handler
-        elif handler.stream_unary is not None:
-            make = grpc.stream_unary_rpc_method_handler
-        else:
+        if handler.response_streaming:
             make = grpc.stream_stream_rpc_method_handler
+        else:
+            make = grpc.stream_unary_rpc_method_handler
         return make(
             behavior,
             request_deserializer=handler.request_deserializer,
@@ -114,6 +123,10 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         )
 
     def _principal(self, metadata: dict[str, Any], context: Any) -> Principal:
+        if sum(1 for key, _ in context.invocation_metadata() or () if key == "authorization") > 1:
+            raise Unauthenticated(
+                "more than one authorization header: send exactly one 'Bearer <token>'"
+            )
         authorization = metadata.get("authorization")
         if authorization is None and self.cert_principals:
             auth_ctx = context.auth_context() or {}
@@ -125,7 +138,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>')")
         return self.authenticator.authenticate(authorization)
 
-    async def _handle(self, inner: Handler, method: str, request: Any, context: Any) -> Any:
+    async def _handle(self, inner: Handler, method: str, requests: Any, context: Any) -> Any:
         started = time.monotonic()
         metadata = dict(context.invocation_metadata() or ())
         # The server names every call; what the client sent is kept beside it, so one
@@ -148,8 +161,15 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             budget = (
                 self.rpc_timeout_cap if remaining is None else min(remaining, self.rpc_timeout_cap)
             )
+            deadline = started + budget
+            request = await receive_one(
+                requests, min(deadline, self.frontdoor.receive_deadline(started))
+            )
             try:
-                async with asyncio.timeout(max(budget, 0.001)):
+                async with (
+                    self.frontdoor.admitted(deadline),
+                    asyncio.timeout_at(_loop_time(deadline)),
+                ):
                     response = await inner(request, context)
             except TimeoutError:
                 raise DeadlineExceeded(
@@ -181,7 +201,8 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             call.record.outcome = outcome
             _sanitize_names(call)
             if isinstance(error, Unauthenticated):
-                # Aggregated per peer and minute (shared/API.md), not one INSERT each.
+                # Aggregated per peer and minute, not one INSERT each: a flood of bad tokens
+                # costs a counter, so no budget of waiting refusals is needed.
                 self.audit.count_refusal(call.peer)
             else:
                 try:

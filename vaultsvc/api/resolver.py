@@ -7,6 +7,7 @@ from typing import Any
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 
+from vaultsvc.api.frontdoor import ReplyBudget, Reservation
 from vaultsvc.audit import audit_record, current_call
 from vaultsvc.domain import safe_label
 from vaultsvc.errors import InvalidArgument, NotFound, Reason
@@ -20,9 +21,12 @@ def _fields(request: Any) -> list[Field]:
 
 
 class ResolverServicer(rgrpc.ResolverServiceServicer):
-    def __init__(self, vault: Vault, limiter: MissingNamesLimiter) -> None:
+    def __init__(
+        self, vault: Vault, limiter: MissingNamesLimiter, replies: ReplyBudget | None = None
+    ) -> None:
         self.vault = vault
         self.limiter = limiter
+        self.replies = replies
 
     async def ResolveTemplate(
         self, request: rpb.ResolveTemplateRequest, context: Any
@@ -35,16 +39,28 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
                 f"tool is longer than {MAX_TOOL_CHARS} characters", reason=Reason.INVALID_TOOL
             )
         record.tool = safe_label(request.tool, MAX_TOOL_CHARS)
+        reservation: list[Reservation] = []
+
+        def before_render(size: int) -> None:
+            if self.replies is not None:
+                reservation.append(self.replies.reserve(size, context))
+
         try:
-            resolved = await self.vault.resolve(_fields(request), request.inputs, record)
+            resolved = await self.vault.resolve(
+                _fields(request), request.inputs, record, before_render
+            )
         except NotFound:
             # Asking for secrets that do not exist is the expensive pattern: limited per
             # principal (a resolve whose secrets all exist is never charged).
             self.limiter.charge(current_call.get().principal, record.missing_count)
             raise
-        return rpb.ResolveTemplateResponse(
+        reply = rpb.ResolveTemplateResponse(
             fields=[rpb.ResolvedField(key=k, value=v) for k, v in resolved]
         )
+        if reservation:
+            # The exact size replaces the estimate; over the budget this raises OVERLOADED.
+            reservation[0].resize(reply.ByteSize())
+        return reply
 
     async def CheckTemplate(
         self, request: rpb.CheckTemplateRequest, context: Any

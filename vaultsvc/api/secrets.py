@@ -31,7 +31,7 @@ class SecretServicer(sgrpc.SecretServiceServicer):
     async def CreateSecret(self, request: spb.CreateSecretRequest, context: Any) -> spb.Secret:
         audit = audit_record()
         meta = await self.vault.create_secret(
-            request.name, request.value, request.description, audit
+            request.name, request.value, request.description, audit, request.request_id
         )
         mark_audited()
         return secret_message(meta)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Final
 
 import grpc
@@ -44,12 +45,11 @@ def status_for(err: VaultError, request_id: str) -> grpc.Status:
     detail = any_pb2.Any()
     detail.Pack(info)
     details = [detail]
-    if err.retry_after is not None:
+    if err.retry_delay is not None:
         retry = error_details_pb2.RetryInfo()
-        retry.retry_delay.FromNanoseconds(int(max(err.retry_after, 0.001) * 1e9))
-        retry_detail = any_pb2.Any()
-        retry_detail.Pack(retry)
-        details.append(retry_detail)
+        retry.retry_delay.FromTimedelta(timedelta(seconds=err.retry_delay))
+        details.append(any_pb2.Any())
+        details[-1].Pack(retry)
     status = status_pb2.Status(
         code=grpc_code(err.code).value[0], message=err.message, details=details
     )

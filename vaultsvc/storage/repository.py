@@ -22,6 +22,7 @@ import asyncpg
 from vaultsvc.crypto import NONCE_HARD_LIMIT, NONCE_WARN_THRESHOLD, SealedValue, SecretContext
 from vaultsvc.domain import AuditRecord, ConfigRecord, SecretMeta
 from vaultsvc.errors import Aborted, AlreadyExists, NotFound, Reason, Unavailable
+from vaultsvc.storage import create_requests
 from vaultsvc.storage.db import Database
 
 Sealer = Callable[[SecretContext], SealedValue]
@@ -166,11 +167,22 @@ class Repository:
     # ----------------------------------------------------------------- secrets
 
     async def create_secret(
-        self, name: str, description: str, seal: Sealer, audit: AuditRecord
+        self,
+        name: str,
+        description: str,
+        seal: Sealer,
+        audit: AuditRecord,
+        request_id: uuid.UUID | None = None,
     ) -> SecretMeta:
+        """Create a secret; with ``request_id``, a retry gets the first reply back."""
         secret_id = uuid.uuid4()
         sealed = seal(SecretContext(secret_id=str(secret_id), name=name, value_version=1))
         async with self.db.transaction() as conn:
+            if request_id is not None:
+                earlier = await create_requests.replay(conn, request_id, name)
+                if earlier is not None:
+                    await insert_audit(conn, [audit])
+                    return earlier
             row = await conn.fetchrow(
                 f"""INSERT INTO secrets (id, name, description, value_version, kek_id,
                                         wrapped_dek, ciphertext, etag, create_time, update_time)
@@ -186,13 +198,22 @@ class Repository:
                 _new_etag(),
             )
             if row is None:
+                # A concurrent first try with the same request id may have just committed.
+                if request_id is not None:
+                    earlier = await create_requests.replay(conn, request_id, name)
+                    if earlier is not None:
+                        await insert_audit(conn, [audit])
+                        return earlier
                 raise AlreadyExists(
                     f"a secret named {name!r} already exists (names are compared ignoring case)",
                     reason=Reason.ALREADY_EXISTS,
                 )
             await self._after_change(conn, secrets_delta=1, wrapped_key_id=sealed.key_id)
             await insert_audit(conn, [audit])
-            return _meta(row)
+            meta = _meta(row)
+            if request_id is not None:
+                await create_requests.remember(conn, request_id, meta)
+            return meta
 
     async def get_secret(self, name: str) -> SecretMeta | None:
         async with self.db.connection() as conn:

@@ -163,6 +163,7 @@ def render_fields(
     lookup: Lookup,
     *,
     max_chars: int | None = None,
+    before_render: Callable[[int], None] | None = None,
 ) -> list[tuple[str, str]]:
     """Render every field of one request: ``(key, template)`` pairs to ``(key, result)``.
 
@@ -170,18 +171,22 @@ def render_fields(
     encoding, across all fields. With ``max_chars``, the exact length of all results
     together is computed from the parts first (no value is encoded for it), and over
     the cap the request is refused with RESOURCE_EXHAUSTED ``RESPONSE_TOO_LARGE``
-    before anything is built. The key prefixes error messages.
+    before anything is built. ``before_render`` is then called with that length (a
+    lower bound of the UTF-8 size), e.g. to reserve memory for the reply. The key
+    prefixes error messages.
     """
     session = _Session(lookup)
-    if max_chars is not None:
+    if max_chars is not None or before_render is not None:
         total = 0
         for key, template in fields:
             total += template._size(session, key)
-            if total > max_chars:
+            if max_chars is not None and total > max_chars:
                 raise ResourceExhausted(
                     f"the resolved fields would be longer than {max_chars} characters",
                     reason=Reason.RESPONSE_TOO_LARGE,
                 )
+        if before_render is not None:
+            before_render(total)
     return [(key, template._render(session, key)) for key, template in fields]
 
 

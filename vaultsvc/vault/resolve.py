@@ -4,18 +4,25 @@ reading any value."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from vaultsvc.crypto import DecryptionFailed
 from vaultsvc.domain import AuditRecord
-from vaultsvc.errors import DataLoss, InvalidArgument, NotFound, Reason, ResourceExhausted
+from vaultsvc.errors import (
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    ResourceExhausted,
+    listed,
+)
 from vaultsvc.limits import (
     MAX_FIELDS,
     MAX_INPUTS,
     MAX_LISTED_NAMES,
     MAX_PLACEHOLDERS,
-    MAX_RENDERED_CHARS,
+    MAX_REPLY_BYTES,
     MAX_TEMPLATE_BYTES,
 )
 from vaultsvc.storage.repository import SealedRow
@@ -69,20 +76,6 @@ def record_secret_names(audit: AuditRecord, wanted: Iterable[str], missing: Iter
     audit.missing_count = len(absent)
 
 
-def listed(names: Sequence[str]) -> str:
-    """``a, b, c`` with at most :data:`MAX_LISTED_NAMES` names, then ``and N more``."""
-    shown = ", ".join(names[:MAX_LISTED_NAMES])
-    more = len(names) - MAX_LISTED_NAMES
-    return f"{shown} and {more} more" if more > 0 else shown
-
-
-def _names_metadata(names: Sequence[str]) -> dict[str, str]:
-    """ErrorInfo metadata ``names``: the first names, comma-separated, then ``and N more``."""
-    more = len(names) - MAX_LISTED_NAMES
-    shown = ",".join(names[:MAX_LISTED_NAMES])
-    return {"names": f"{shown} and {more} more" if more > 0 else shown}
-
-
 class Resolution(VaultBase):
     def _compile_all(self, fields: Sequence[Field]) -> list[CompiledTemplate]:
         if not fields:
@@ -108,9 +101,16 @@ class Resolution(VaultBase):
         return compiled
 
     async def resolve(
-        self, fields: Sequence[Field], inputs: Mapping[str, str], audit: AuditRecord
+        self,
+        fields: Sequence[Field],
+        inputs: Mapping[str, str],
+        audit: AuditRecord,
+        before_render: Callable[[int], None] | None = None,
     ) -> list[tuple[str, str]]:
-        """Render every field, or fail as a whole. One database round trip at most."""
+        """Render every field, or fail as a whole. One database round trip at most.
+
+        ``before_render`` gets a lower bound of the reply's size before anything is
+        rendered (the front door's reply budget may refuse there)."""
         if len(inputs) > MAX_INPUTS:
             raise ResourceExhausted(f"more than {MAX_INPUTS} inputs", reason=Reason.TOO_MANY_INPUTS)
         compiled = self._compile_all(fields)
@@ -133,7 +133,7 @@ class Resolution(VaultBase):
             raise InvalidArgument(
                 f"input missing: {listed(list(missing_inputs))}",
                 reason=Reason.INPUT_MISSING,
-                metadata=_names_metadata(list(missing_inputs)),
+                metadata={"names": listed(list(missing_inputs), ",")},
             )
 
         sealed: dict[str, SealedRow] = {}
@@ -148,14 +148,14 @@ class Resolution(VaultBase):
             raise NotFound(
                 f"secret not found: {listed(absent)}",
                 reason=Reason.SECRET_NOT_FOUND,
-                metadata=_names_metadata(absent),
+                metadata={"names": listed(absent, ",")},
             )
         absent_configs = sorted(config_keys[k] for k in config_keys if k not in configs)
         if absent_configs:
             raise NotFound(
                 f"config not found: {listed(absent_configs)}",
                 reason=Reason.CONFIG_NOT_FOUND,
-                metadata=_names_metadata(absent_configs),
+                metadata={"names": listed(absent_configs, ",")},
             )
 
         values: dict[str, str] = {}
@@ -179,12 +179,18 @@ class Resolution(VaultBase):
             return inputs[name]
 
         # A small request can ask for a huge answer (1000 uses of a 3 MiB input): the exact
-        # size is computed from the parts and refused before anything is encoded or built.
-        return render_fields(
+        # length is computed from the parts and refused before anything is encoded or built
+        # (characters never outnumber UTF-8 bytes); the bytes are checked once rendered.
+        rendered = render_fields(
             [(f.key, t) for f, t in zip(fields, compiled, strict=True)],
             lookup,
-            max_chars=MAX_RENDERED_CHARS,
+            max_chars=MAX_REPLY_BYTES,
+            before_render=before_render,
         )
+        size = sum(len(key.encode("utf-8")) + len(value.encode("utf-8")) for key, value in rendered)
+        if size > MAX_REPLY_BYTES:
+            raise _rendered_too_large()
+        return rendered
 
     async def check(
         self, fields: Sequence[Field]
@@ -255,6 +261,14 @@ def _refuse_too_large(f: Field) -> None:
         raise ResourceExhausted(
             f"field {f.key!r} is larger than 1 MiB", reason=Reason.TEMPLATE_TOO_LARGE
         )
+
+
+def _rendered_too_large() -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the resolved fields would be larger than {MAX_REPLY_BYTES // (1024 * 1024)} MiB "
+        "(UTF-8, keys included)",
+        reason=Reason.RESPONSE_TOO_LARGE,
+    )
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:

@@ -3,35 +3,55 @@ never returned."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from vaultsvc.crypto import SealedValue, SecretContext
 from vaultsvc.domain import (
     AuditRecord,
     SecretMeta,
+    safe_label,
     validate_description,
     validate_filter,
     validate_name,
     validate_page_size,
     validate_value,
 )
-from vaultsvc.errors import NotFound, Reason
+from vaultsvc.errors import InvalidArgument, NotFound, Reason
 from vaultsvc.names import name_key
 from vaultsvc.storage.repository import Sealer
 from vaultsvc.vault._base import VaultBase
 from vaultsvc.vault.paging import decode_page_token, encode_page_token
 
 
+def _request_id(text: str) -> uuid.UUID | None:
+    if not text:
+        return None
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"request_id {safe_label(text)!r} is not a UUID",
+            metadata={"field": "request_id"},
+        ) from None
+
+
 class Secrets(VaultBase):
     async def create_secret(
-        self, name: str, value: str, description: str, audit: AuditRecord
+        self, name: str, value: str, description: str, audit: AuditRecord, request_id: str = ""
     ) -> SecretMeta:
+        """Create a secret. ``request_id`` (a UUID, optional) makes retries idempotent: the
+        same id and name give the first reply back, the same id and another name
+        FAILED_PRECONDITION (REQUEST_ID_REUSED)."""
         validate_name(name)
         plaintext = validate_value(value, required=True)
         validate_description(description)
+        idempotency_key = _request_id(request_id)
         assert plaintext is not None
         audit.secret_names = [name_key(name)]
-        return await self.repo.create_secret(name, description, self._sealer(plaintext), audit)
+        return await self.repo.create_secret(
+            name, description, self._sealer(plaintext), audit, idempotency_key
+        )
 
     def _sealer(self, plaintext: bytes) -> Sealer:
         """Seals ``plaintext`` for the identity the repository picks inside its transaction."""

@@ -94,9 +94,10 @@ class RetryPolicy:
     """Retries of UNAVAILABLE on idempotent calls, with capped exponential backoff.
 
     ``max_attempts`` counts the first try; 1 disables retries. Retries never
-    outlive the call's deadline. Non-idempotent calls (create, update, delete,
-    put) are never retried: an UNAVAILABLE after the request left may still
-    have been applied.
+    outlive the call's deadline. Non-idempotent calls (update, delete, put) are
+    never retried: an UNAVAILABLE after the request left may still have been
+    applied. CreateSecret is retried: every try carries the same ``request_id``,
+    so the server answers a retry with the first result.
     """
 
     max_attempts: int = 4
@@ -136,9 +137,11 @@ class RpcPolicy:
 
 READ = RpcPolicy(idempotent=True)
 WRITE = RpcPolicy(idempotent=False)
+WRITE_WITH_REQUEST_ID = RpcPolicy(idempotent=True)
+"""A write whose tries share one ``request_id``: the server replays the first result."""
 
 RPC_POLICIES: Mapping[str, RpcPolicy] = {
-    "SecretService.CreateSecret": WRITE,
+    "SecretService.CreateSecret": WRITE_WITH_REQUEST_ID,
     "SecretService.GetSecret": READ,
     "SecretService.ListSecrets": READ,
     "SecretService.UpdateSecret": WRITE,

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -199,9 +200,23 @@ class VaultClient:
     # -- SecretService ---------------------------------------------------------------
 
     def create_secret(
-        self, name: str, value: str, description: str = "", *, timeout: float | None = None
+        self,
+        name: str,
+        value: str,
+        description: str = "",
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,
     ) -> secret_pb.Secret:
-        request = secret_pb.CreateSecretRequest(name=name, value=value, description=description)
+        """Create a secret. Every try carries one ``request_id`` (a new UUID unless given),
+        so a retry after an ambiguous UNAVAILABLE returns the first result, not
+        ALREADY_EXISTS."""
+        request = secret_pb.CreateSecretRequest(
+            name=name,
+            value=value,
+            description=description,
+            request_id=request_id or str(uuid.uuid4()),
+        )
         return self._call(self._secrets.CreateSecret, request, timeout)
 
     def get_secret(self, name: str, *, timeout: float | None = None) -> secret_pb.Secret:

@@ -253,7 +253,7 @@ def error_from_rpc_error(error: grpc.RpcError) -> VaultError:
     return error_from_status(code, details, reason=reason, metadata=metadata, domain=domain)
 
 
-_MORE_NAMES = re.compile(r"^(?P<last>.*) and (?P<more>[0-9]+) more$")
+_MORE_NAMES = re.compile(r"^and (?P<more>[0-9]+) more$")
 
 
 def _missing_names(metadata: Mapping[str, str]) -> tuple[list[str], int]:
@@ -261,6 +261,6 @@ def _missing_names(metadata: Mapping[str, str]) -> tuple[list[str], int]:
     names = [name.strip() for name in metadata.get("names", "").split(",") if name.strip()]
     omitted = 0
     if names and (tail := _MORE_NAMES.match(names[-1])) is not None:
-        names[-1] = tail["last"]
+        names.pop()
         omitted = int(tail["more"])
     return names, omitted

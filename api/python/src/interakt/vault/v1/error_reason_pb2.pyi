@@ -324,6 +324,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
 
     Status code: NOT_FOUND.
     """
+    REQUEST_ID_REUSED: _ErrorReason.ValueType  # 57
+    """CreateSecret with a request_id already used for another secret.
+
+    Status code: FAILED_PRECONDITION.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The values of `google.rpc.ErrorInfo.reason` in the `vault.interakt` error
@@ -641,5 +646,10 @@ VERSION_NOT_FOUND: ErrorReason.ValueType  # 56
 """RollbackSecret to a version that does not exist.
 
 Status code: NOT_FOUND.
+"""
+REQUEST_ID_REUSED: ErrorReason.ValueType  # 57
+"""CreateSecret with a request_id already used for another secret.
+
+Status code: FAILED_PRECONDITION.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1,0 +1,210 @@
+"""Goodput and a bystander's latency under overload, with and without admission limits.
+
+Run with ``python -m tests.bench.bench_overload``. It starts its own embedded Postgres
+and, for each configuration, a vault in a child process (so the load generator does not
+share the server's event loop). Load is closed-loop ResolveTemplate calls with a short
+deadline at 1x and 10x a base concurrency; a bystander makes one call at a time beside
+them. Configurations: "unlimited" (admission limits set huge: the behaviour before the
+front door) and "limited" (the defaults). Printed: goodput (calls answered OK within
+their deadline, per second), how many were shed (OVERLOADED) or timed out, and the
+bystander's p50/p99 of successful calls. A script, not a test: numbers, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+from interakt.vault.v1 import resolver_service_pb2 as rpb
+from interakt.vault.v1 import resolver_service_pb2_grpc as rpbg
+from interakt.vault.v1 import secret_service_pb2 as spb
+from interakt.vault.v1 import secret_service_pb2_grpc as spbg
+
+from vaultsvc.auth import ADMIN, RESOLVER, TokenEntry, hash_token, new_token
+from vaultsvc.config import DatabaseSettings, Settings
+from vaultsvc.crypto import generate_master_key, parse_master_keys
+from vaultsvc.server import start_server, stop_server
+from vaultsvc.storage.embedded import EmbeddedPostgres
+
+HUGE = {"max_concurrent_rpcs": 100_000, "max_queued_rpcs": 100_000, "max_queue_wait": 30.0}
+
+
+@dataclass(frozen=True)
+class Options:
+    base_concurrency: int = 30
+    seconds: float = 8.0
+    deadline: float = 0.5
+
+
+def _serve(url: str, tokens: dict[str, str], limits: dict[str, Any], ready: Any) -> None:
+    key_id, key = generate_master_key()
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database=DatabaseSettings(url=url),
+        keyring=parse_master_keys(f"{key_id}:{key}"),
+        tokens=tuple(
+            TokenEntry(principal=f"bench-{r}", role=r, sha256=hash_token(t))
+            for r, t in tokens.items()
+        ),
+        log_level="ERROR",
+    )
+    settings = replace(settings, **limits)
+
+    async def main() -> None:
+        runtime = await start_server(settings)
+        ready.send(runtime.address)
+        await asyncio.Event().wait()
+        await stop_server(runtime)
+
+    asyncio.run(main())
+
+
+@dataclass
+class Tally:
+    ok: int = 0
+    shed: int = 0
+    late: int = 0
+    other: int = 0
+    """Anything else (e.g. UNAVAILABLE AUDIT_UNAVAILABLE when the audit buffer is full)."""
+
+
+async def _load(
+    stub: rpbg.ResolverServiceStub, request: Any, until: float, deadline: float, tally: Tally
+) -> None:
+    while time.monotonic() < until:
+        try:
+            await stub.ResolveTemplate(request, timeout=deadline)
+            tally.ok += 1
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.UNAVAILABLE and "overloaded" in (err.details() or ""):
+                tally.shed += 1
+                await asyncio.sleep(0.05)  # a client honouring RetryInfo backs off
+            elif err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                tally.late += 1
+            else:
+                tally.other += 1
+
+
+async def _bystander(
+    stub: rpbg.ResolverServiceStub, request: Any, until: float, latencies: list[float]
+) -> None:
+    while time.monotonic() < until:
+        started = time.monotonic()
+        try:
+            await stub.ResolveTemplate(request, timeout=5)
+            latencies.append((time.monotonic() - started) * 1000)
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
+
+
+async def _measure(address: str, token: str, concurrency: int, opts: Options) -> str:
+    metadata = (("authorization", f"Bearer {token}"),)
+    channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
+    stubs = [rpbg.ResolverServiceStub(c) for c in channels]
+    request = rpb.ResolveTemplateRequest(
+        fields=[
+            rpb.TemplateField(
+                key=f"f{i}",
+                template=f"Bearer {{{{secret:s{i % 5}}}}}",
+                encoding=rpb.ENCODING_HEADER,
+            )
+            for i in range(20)
+        ],
+        tool="bench",
+    )
+
+    class Stub:
+        def __init__(self, inner: rpbg.ResolverServiceStub) -> None:
+            self.inner = inner
+
+        async def ResolveTemplate(self, req: Any, timeout: float) -> Any:
+            return await self.inner.ResolveTemplate(req, timeout=timeout, metadata=metadata)
+
+    tally = Tally()
+    latencies: list[float] = []
+    until = time.monotonic() + opts.seconds
+    started = time.monotonic()
+    await asyncio.gather(
+        *(
+            _load(Stub(stubs[i % 4]), request, until, opts.deadline, tally)  # type: ignore[arg-type]
+            for i in range(concurrency)
+        ),
+        _bystander(Stub(stubs[0]), request, until, latencies),  # type: ignore[arg-type]
+    )
+    elapsed = time.monotonic() - started
+    for channel in channels:
+        await channel.close()
+    p50 = statistics.median(latencies) if latencies else float("nan")
+    p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else float("nan")
+    return (
+        f"{tally.ok / elapsed:9.0f} {tally.shed:7d} {tally.late:7d} {tally.other:6d} "
+        f"{p50:10.1f} {p99:10.1f}"
+    )
+
+
+async def _seed(address: str, token: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = spbg.SecretServiceStub(channel)
+        for i in range(5):
+            await stub.CreateSecret(
+                spb.CreateSecretRequest(name=f"s{i}", value=f"value-{i}" * 8),
+                metadata=(("authorization", f"Bearer {token}"),),
+            )
+
+
+def run(opts: Options) -> None:
+    base = Path(tempfile.mkdtemp(prefix="vaultsvc-bench-overload-"))
+    pg = EmbeddedPostgres(base)
+    pg.start()
+    context = multiprocessing.get_context("spawn")
+    try:
+        print(
+            f"{'limits':10} {'load':>5} {'conc':>5} {'goodput/s':>9} {'shed':>7} {'late':>7} "
+            f"{'other':>6} {'by p50 ms':>10} {'by p99 ms':>10}"
+        )
+        for label, limits in (("unlimited", HUGE), ("limited", {})):
+            pg.ensure_database(f"bench_{label}")
+            tokens = {ADMIN: new_token(), RESOLVER: new_token()}
+            receive, send = context.Pipe(duplex=False)
+            child = context.Process(
+                target=_serve, args=(pg.uri(f"bench_{label}"), tokens, limits, send)
+            )
+            child.start()
+            try:
+                address = receive.recv()
+                asyncio.run(_seed(address, tokens[ADMIN]))
+                for factor in (1, 10):
+                    concurrency = opts.base_concurrency * factor
+                    line = asyncio.run(_measure(address, tokens[RESOLVER], concurrency, opts))
+                    print(f"{label:10} {factor:>4}x {concurrency:5d} {line}", flush=True)
+            finally:
+                child.terminate()
+                child.join(10)
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-concurrency", type=int, default=Options.base_concurrency)
+    parser.add_argument("--seconds", type=float, default=Options.seconds)
+    parser.add_argument("--deadline", type=float, default=Options.deadline)
+    args = parser.parse_args(argv)
+    run(Options(args.base_concurrency, args.seconds, args.deadline))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

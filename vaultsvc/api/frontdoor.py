@@ -1,0 +1,351 @@
+"""The front door: what a call may hold before, while and after it is served.
+
+No number of unauthenticated, silent or slow-reading clients may starve authenticated
+calls or health checks (issue 15). Each kind of work has its own bounded budget:
+
+- every call: its request message must arrive within ``receive_timeout`` of the call's
+  start (vault methods are served as client-streaming handlers, so the vault sees the call
+  at once and can time the wait; a unary handler only runs once the message is there);
+- unauthenticated calls: refused from their headers, before their message is read; their
+  audit is a per-peer, per-minute counter (:meth:`AuditWriter.count_refusal`), no write;
+- authenticated work: an admission queue (:class:`Admission`) in front of the pool and the
+  CPU: ``max_concurrent_rpcs`` run, ``max_queued_rpcs`` wait at most ``max_queue_wait``,
+  the rest is shed at once with UNAVAILABLE ``OVERLOADED`` and RetryInfo;
+- Health/Watch and reflection streams: at most ``max_streams`` open, more refused with
+  RESOURCE_EXHAUSTED at once; Health/Check and Health/List never queue behind anything;
+- resolve replies not yet taken by their clients: at most ``max_reply_bytes_in_flight``
+  bytes per process (:class:`ReplyBudget`).
+
+Every refusal is counted in :attr:`FrontDoor.refused` and logged, at most once per
+``LOG_INTERVAL`` seconds per kind (with the count since the previous line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from vaultsvc.api.status import status_for
+from vaultsvc.config import Settings
+from vaultsvc.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    Reason,
+    ResourceExhausted,
+    Unavailable,
+    VaultError,
+)
+
+_log = logging.getLogger("vaultsvc.frontdoor")
+
+LOG_INTERVAL = 5.0
+"""Seconds between two log lines about the same kind of refusal."""
+
+#: Open methods whose calls are long-lived streams (capped by ``max_streams``).
+STREAMING_OPEN_METHODS = frozenset(
+    {
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    }
+)
+
+
+class Refusals:
+    """Counts refusals by kind and logs them without flooding the log."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._logged_at: dict[str, float] = {}
+        self._logged_count: dict[str, int] = {}
+
+    def __getitem__(self, kind: str) -> int:
+        return self.counts[kind]
+
+    def note(self, kind: str, setting: str, message: str) -> None:
+        self.counts[kind] += 1
+        now = time.monotonic()
+        if now - self._logged_at.get(kind, -LOG_INTERVAL) < LOG_INTERVAL:
+            return
+        since = self.counts[kind] - self._logged_count.get(kind, 0)
+        self._logged_at[kind] = now
+        self._logged_count[kind] = self.counts[kind]
+        _log.warning(
+            f"calls refused: {message} (limit: {setting})",
+            extra={"kind": kind, "refused": since, "refused_total": self.counts[kind]},
+        )
+
+
+class Admission:
+    """A bounded queue in front of the work: ``limit`` run, ``max_queued`` wait (FIFO)."""
+
+    def __init__(self, limit: int, max_queued: int, max_wait: float) -> None:
+        self.limit = limit
+        self.max_queued = max_queued
+        self.max_wait = max_wait
+        self.running = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.retry_delay = min(1.0, max(0.05, max_wait / 2))
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    def _overloaded(self, why: str) -> Unavailable:
+        return Unavailable(
+            f"the vault is overloaded ({why}); retry later",
+            reason=Reason.OVERLOADED,
+            retry_delay=self.retry_delay,
+        )
+
+    @contextlib.asynccontextmanager
+    async def slot(self, deadline: float) -> AsyncIterator[None]:
+        """Hold one execution slot; shed at once when the queue is full, or after waiting
+        ``max_wait`` (or until the call's deadline, whichever is first)."""
+        if self.running < self.limit and not self.queued:
+            self.running += 1
+        else:
+            if self.queued >= self.max_queued:
+                raise self._overloaded("admission queue full")
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(
+                    max(0.0, min(self.max_wait, deadline - time.monotonic()))
+                ):
+                    await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # granted just as we gave up: pass it on
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise self._overloaded("queued too long") from None
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves to the waiter
+                return
+        self.running -= 1
+
+
+class ReplyBudget:
+    """Bytes of replies handed to grpc but not yet taken by their clients, per process.
+
+    A client that asks for big replies and stops reading leaves each one buffered in the
+    server until its call ends; this bounds the sum. A reservation is released when grpc
+    reports the call done (sent, failed or cancelled).
+    """
+
+    def __init__(self, limit: int, refusals: Refusals) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._refusals = refusals
+
+    def reserve(self, size: int, context: Any) -> Reservation:
+        """Hold ``size`` bytes until the call ends; UNAVAILABLE OVERLOADED past the budget."""
+        reservation = Reservation(self)
+        reservation.resize(size)
+        context.add_done_callback(lambda _: reservation.release())
+        return reservation
+
+    def _take(self, size: int) -> None:
+        if size > 0 and self.in_flight + size > self.limit:
+            self._refusals.note(
+                "reply_bytes", "max_reply_bytes_in_flight", "replies waiting for slow readers"
+            )
+            raise Unavailable(
+                "the vault is overloaded (replies waiting for slow clients); retry later",
+                reason=Reason.OVERLOADED,
+                retry_delay=1.0,
+            )
+        self.in_flight += size
+
+
+class Reservation:
+    """Bytes one reply holds in a :class:`ReplyBudget` (first an estimate, then exact)."""
+
+    def __init__(self, budget: ReplyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+        self.released = False
+
+    def resize(self, size: int) -> None:
+        if self.released:
+            return
+        self.budget._take(size - self.size)
+        self.size = size
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.budget.in_flight -= self.size
+
+
+class Budget:
+    """A count of things held at once, refused (never queued) past ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def try_acquire(self) -> bool:
+        if self.held >= self.limit:
+            return False
+        self.held += 1
+        return True
+
+    def release(self) -> None:
+        self.held -= 1
+
+
+async def receive_one(requests: AsyncIterator[Any], deadline: float) -> Any:
+    """The single request message of a unary method, by ``deadline`` (monotonic)."""
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await anext(aiter(requests))
+    except TimeoutError:
+        raise DeadlineExceeded(
+            "the request message did not arrive in time", reason=Reason.DEADLINE_EXCEEDED
+        ) from None
+    except StopAsyncIteration:
+        raise InvalidArgument("the request message is missing") from None
+
+
+async def abort(context: Any, error: VaultError) -> None:
+    request_id = uuid.uuid4().hex
+    status = status_for(error, request_id)
+    await context.abort(
+        status.code, status.details, (*status.trailing_metadata, ("x-request-id", request_id))
+    )
+
+
+Behavior = Callable[[Any, Any], Any]
+
+
+class FrontDoor:
+    """The budgets of one server process (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.refused = Refusals()
+        self.admission = Admission(
+            settings.max_concurrent_rpcs, settings.max_queued_rpcs, settings.max_queue_wait
+        )
+        self.streams = Budget(settings.max_streams)
+        self.replies = ReplyBudget(settings.max_reply_bytes_in_flight, self.refused)
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        """grpc server options: streams per connection, keepalive, connection idle and age."""
+        s = self.settings
+        return [
+            ("grpc.max_concurrent_streams", s.max_streams_per_connection),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.max_connection_idle_ms", int(s.max_connection_idle * 1000)),
+            ("grpc.max_connection_age_ms", int(s.max_connection_age * 1000)),
+            ("grpc.max_connection_age_grace_ms", int((s.rpc_timeout_cap + 5) * 1000)),
+        ]
+
+    def receive_deadline(self, started: float) -> float:
+        return started + self.settings.receive_timeout
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, deadline: float) -> AsyncIterator[None]:
+        try:
+            async with self.admission.slot(deadline):
+                yield
+        except Unavailable as exc:
+            if exc.reason is Reason.OVERLOADED:
+                self.refused.note("overloaded", "max_concurrent_rpcs/max_queued_rpcs", "overload")
+            raise
+
+    def open_method(self, method: str, handler: Any) -> Any:
+        """Health and reflection: no token, no admission queue; streams capped; the request
+        message of a unary-request method bounded in time like every other call's."""
+        streaming = method in STREAMING_OPEN_METHODS
+        if handler.request_streaming:
+            inner_stream: Behavior = handler.stream_stream or handler.stream_unary
+
+            async def stream_behavior(requests: Any, context: Any) -> Any:
+                if not self.streams.try_acquire():
+                    return await self._refuse_stream(context)
+                try:
+                    return await _run(inner_stream(requests, context), context)
+                finally:
+                    self.streams.release()
+
+            return _handler(handler, stream_behavior, response_streaming=True)
+
+        inner: Behavior = handler.unary_stream or handler.unary_unary
+
+        async def behavior(requests: Any, context: Any) -> Any:
+            started = time.monotonic()
+            if streaming and not self.streams.try_acquire():
+                return await self._refuse_stream(context)
+            try:
+                try:
+                    request = await receive_one(requests, self.receive_deadline(started))
+                except VaultError as exc:
+                    return await abort(context, exc)
+                return await _run(inner(request, context), context)
+            finally:
+                if streaming:
+                    self.streams.release()
+
+        return _handler(handler, behavior, response_streaming=handler.response_streaming)
+
+    async def _refuse_stream(self, context: Any) -> None:
+        self.refused.note("streams", "max_streams", "too many Health/Watch or reflection streams")
+        await abort(
+            context,
+            ResourceExhausted(
+                f"too many open streams (at most {self.streams.limit}); retry later",
+                reason=Reason.RESOURCE_EXHAUSTED,
+            ),
+        )
+
+
+async def _run(result: Any, context: Any) -> Any:
+    """Await a handler's coroutine, or write out what its async generator yields."""
+    if inspect.isasyncgen(result):
+        async for response in result:
+            await context.write(response)
+        return None
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+def _handler(
+    handler: Any, behavior: Callable[..., Awaitable[Any]], response_streaming: bool
+) -> Any:
+    make = (
+        grpc.stream_stream_rpc_method_handler
+        if response_streaming
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return make(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
