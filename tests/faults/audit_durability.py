@@ -189,7 +189,7 @@ async def kill_postgres(pg: EmbeddedPostgres, timeout: float = 60) -> None:
 def _remove_lock_files(pg: EmbeddedPostgres) -> None:
     """A killed postmaster can linger as a zombie when nothing reaps it (a container's
     PID 1); Postgres then takes its lock files for a live server. It is gone: remove them."""
-    socket_dir = pg.server.get_postmaster_info().socket_dir
+    socket_dir = pg.socket_dir
     stale = [pg.pgdata / "postmaster.pid"]
     if socket_dir is not None:
         stale += list(Path(socket_dir).glob(".s.PGSQL.*.lock"))

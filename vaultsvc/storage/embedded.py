@@ -218,6 +218,11 @@ class EmbeddedPostgres:
         if "(1 row)" not in out:
             self._psql(f'CREATE DATABASE "{name}";')
 
+    @property
+    def socket_dir(self) -> Path | None:
+        """The private directory of the running server's Unix socket (None when stopped)."""
+        return self._socket_dir
+
     def bin(self, program: str) -> Path:
         return postgres_bin(program)
 
