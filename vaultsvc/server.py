@@ -43,8 +43,10 @@ from vaultsvc.config import Settings
 from vaultsvc.crypto import Envelope
 from vaultsvc.limits import MAX_SEND_MESSAGE_BYTES
 from vaultsvc.storage.db import Database
+from vaultsvc.storage.notify import ChangeListener
 from vaultsvc.storage.repository import Repository
 from vaultsvc.vault import Vault
+from vaultsvc.vault.cache import SealedRowCache
 
 _log = logging.getLogger("vaultsvc.server")
 
@@ -71,6 +73,8 @@ class Runtime:
     """The port actually bound (the one asked for, or the one the OS picked for port 0)."""
     resources: contextlib.AsyncExitStack
     """Closes the database (and stops an embedded Postgres) when the vault stops."""
+    changes: ChangeListener | None = None
+    """Keeps ``vault.cache`` coherent (None when the cache is off)."""
 
     @property
     def address(self) -> str:
@@ -86,7 +90,23 @@ async def start_server(settings: Settings) -> Runtime:
     try:
         await prepare_database(db, keyring)
         repository = Repository(db)
-        vault = Vault(repository, Envelope(keyring))
+        cache = SealedRowCache(
+            max_entries=settings.cache_max_entries,
+            max_bytes=settings.cache_max_bytes,
+            negative_max_entries=settings.cache_negative_max_entries,
+            enabled=settings.cache_enabled,
+        )
+        vault = Vault(repository, Envelope(keyring), cache)
+        changes = None
+        if settings.cache_enabled and db.url is not None:
+            changes = ChangeListener(
+                db.url,
+                cache,
+                check_interval=settings.cache_check_interval,
+                connect_timeout=settings.database.connect_timeout,
+            )
+            await changes.start()
+            resources.push_async_callback(changes.stop)
         audit = AuditWriter(
             repository,
             buffer_size=settings.audit_buffer_size,
@@ -141,7 +161,16 @@ async def start_server(settings: Settings) -> Runtime:
             "vault listening", extra={"listen": f"{host}:{port}", "tls": credentials is not None}
         )
         return Runtime(
-            settings, db, repository, vault, audit, server, health_servicer, port, resources
+            settings,
+            db,
+            repository,
+            vault,
+            audit,
+            server,
+            health_servicer,
+            port,
+            resources,
+            changes,
         )
     except BaseException:
         await resources.aclose()
