@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import time
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
