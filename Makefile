@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search clean
+.PHONY: run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search bench-visibility clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ bench-resolve: $(STAMP)
 ## ListSecrets search and paging over a million secrets, indexed vs index scans disabled.
 bench-search: $(STAMP)
 	$(PY) -m tests.bench.bench_search
+
+## Commit on one replica -> new value resolved on two others (3 serve processes, p50/p99/max).
+bench-visibility: $(STAMP)
+	$(PY) -m tests.bench.bench_visibility
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build
