@@ -60,6 +60,7 @@ async def test_a_warm_resolve_makes_no_database_round_trip(vault: VaultHandle) -
     await secrets_admin(vault).CreateSecret(spb.CreateSecretRequest(name="api", value="k-1"))
     await configs_admin(vault).PutConfigValue(cpb.PutConfigValueRequest(key="host", value="h"))
     template = "https://{{config:host}}/?k={{secret:api}}"
+    await vault.caught_up()  # no notification of these writes is still on its way
     assert await value(vault, template) == "https://h/?k=k-1"  # cold: one query, then kept
     cached = cache_of(vault).peek(SECRET_KIND, "api")
     assert cached is not None and b"k-1" not in cached.sealed.ciphertext  # sealed, not opened
@@ -183,6 +184,7 @@ async def test_a_read_that_raced_a_change_is_served_once_and_not_cached(
     a, b = await replicas(make_vault, 2)
     admin = secrets_admin(a)
     await admin.CreateSecret(spb.CreateSecretRequest(name="race", value="old"))
+    await b.caught_up()  # only the change below can race B's read
     read_done, release = asyncio.Event(), asyncio.Event()
 
     async def pause_between_read_and_store() -> None:
@@ -260,16 +262,15 @@ async def test_while_not_listening_every_resolve_reads_the_database(
     await secrets_admin(a).CreateSecret(spb.CreateSecretRequest(name="s", value="1"))
     assert await value(b, "{{secret:s}}") == "1"
     changes = b.runtime.changes
-    assert changes is not None
-    changes._lost("test")  # as when the connection drops
+    assert changes is not None and changes._task is not None
+    changes._task.cancel()  # no reconnecting while we look ...
+    changes._lost("test")  # ... after the connection dropped
     assert not cache_of(b).active and len(cache_of(b)) == 0
-    changes._stopping = True  # keep it down: no reconnect while we look
     fetches = FetchSpy(b)
     await secrets_admin(a).UpdateSecret(spb.UpdateSecretRequest(name="s", value="2"))
     assert await value(b, "{{secret:s}}") == "2"
     assert await value(b, "{{secret:s}}") == "2"
     assert fetches.calls == 2 and len(cache_of(b)) == 0
-    changes._stopping = False
 
 
 async def test_a_change_whose_notification_was_lost_is_caught_by_the_sequence_check(

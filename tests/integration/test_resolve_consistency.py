@@ -50,6 +50,7 @@ async def test_one_round_trip_for_twenty_secrets_and_configs(vault: VaultHandle)
     )
     fields.append(("header", "Bearer {{config:config_1}}", HEADER))
     await put_secrets(vault, {"warmup": "w"})
+    await vault.caught_up()  # no notification of these writes is still on its way
     stub = resolver(vault)
     await resolve(stub, [("warm", "{{secret:warmup}}", RAW)])  # opens pooled connections
 
