@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -110,6 +111,8 @@ async def measure(changes: int, workdir: Path) -> int:
         print(summary("B and C", both))
         p99 = percentile(sorted(both), 0.99)
         print(f"target p99 < 100 ms: {'met' if p99 < 100 else 'MISSED'}")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"machine: {os.cpu_count()} CPUs, load average {load} (1, 5, 15 min)")
         return 0
     finally:
         for server in servers:
