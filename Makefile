@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search faults-audit clean
+.PHONY: run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search faults-audit bench-visibility clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ bench-search: $(STAMP)
 ## experiment -> what clients saw -> what was lost (must be nothing); non-zero if anything was.
 faults-audit: $(STAMP)
 	$(PY) -m tests.faults.audit_durability --seconds 10 --rounds 3
+
+## Commit on one replica -> new value resolved on two others (3 serve processes, p50/p99/max).
+bench-visibility: $(STAMP)
+	$(PY) -m tests.bench.bench_visibility
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

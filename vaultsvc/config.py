@@ -141,6 +141,12 @@ SETTINGS: tuple[Setting, ...] = (
         "server-side bound on every statement, milliseconds", minimum=100,
     ),
     Setting(
+        "database.statement_cache_size", "VAULT_DATABASE_STATEMENT_CACHE_SIZE",
+        "database.statement_cache_size", "int", 100,
+        "prepared statements cached per connection; 0 turns the cache off "
+        "(needed behind pgbouncer in transaction mode)", minimum=0,
+    ),
+    Setting(
         "tls.cert_file", "VAULT_TLS_CERT_FILE", "tls.cert_file", "path", None,
         "server certificate (PEM); with `key_file` turns TLS on", default_doc="unset (plaintext)",
     ),
@@ -267,6 +273,31 @@ SETTINGS: tuple[Setting, ...] = (
         "int", 1000, "missing secret names one principal may ask for at once before "
         "`missing_names_rate` applies", minimum=1,
     ),
+    Setting(
+        "cache.enabled", "VAULT_CACHE_ENABLED", "cache_enabled", "bool", True,
+        "serve resolves from the in-process cache of SEALED rows and config values "
+        "(kept coherent by LISTEN/NOTIFY)",
+    ),
+    Setting(
+        "cache.max_entries", "VAULT_CACHE_MAX_ENTRIES", "cache_max_entries", "int", 100_000,
+        "most secrets and config values the cache holds (least recently used out first)",
+        minimum=0,
+    ),
+    Setting(
+        "cache.max_bytes", "VAULT_CACHE_MAX_BYTES", "cache_max_bytes", "int", 64 * 1024 * 1024,
+        "most bytes (estimated) the cached entries take", minimum=0,
+    ),
+    Setting(
+        "cache.negative_max_entries", "VAULT_CACHE_NEGATIVE_MAX_ENTRIES",
+        "cache_negative_max_entries", "int", 10_000,
+        "names remembered as missing, in their own space (cannot evict real entries)",
+        minimum=0,
+    ),
+    Setting(
+        "cache.check_interval", "VAULT_CACHE_CHECK_INTERVAL", "cache_check_interval", "float",
+        1.0, "seconds between checks of the change sequence (backs up lost notifications)",
+        minimum=0.05, maximum=60,
+    ),
 )  # fmt: skip
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
@@ -308,6 +339,7 @@ class DatabaseSettings:
     acquire_timeout: float = _D["database.acquire_timeout"]
     command_timeout: float = _D["database.command_timeout"]
     statement_timeout_ms: int = _D["database.statement_timeout_ms"]
+    statement_cache_size: int = _D["database.statement_cache_size"]
 
 
 @dataclass(frozen=True)
@@ -358,6 +390,11 @@ class Settings:
     audit_stall_threshold: float = _D["server.audit_stall_threshold"]
     missing_names_rate: float = _D["server.missing_names_rate"]
     missing_names_burst: int = _D["server.missing_names_burst"]
+    cache_enabled: bool = _D["cache.enabled"]
+    cache_max_entries: int = _D["cache.max_entries"]
+    cache_max_bytes: int = _D["cache.max_bytes"]
+    cache_negative_max_entries: int = _D["cache.negative_max_entries"]
+    cache_check_interval: float = _D["cache.check_interval"]
 
     def require_keyring(self) -> Keyring:
         if self.keyring is None:

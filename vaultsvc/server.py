@@ -46,8 +46,10 @@ from vaultsvc.limits import MAX_SEND_MESSAGE_BYTES
 from vaultsvc.ratelimit import MissingNamesLimiter
 from vaultsvc.storage.audit_store import AuditStore
 from vaultsvc.storage.db import Database
+from vaultsvc.storage.notify import ChangeListener
 from vaultsvc.storage.repository import Repository
 from vaultsvc.vault import Vault
+from vaultsvc.vault.cache import SealedRowCache
 
 _log = logging.getLogger("vaultsvc.server")
 
@@ -76,6 +78,8 @@ class Runtime:
     """Closes the database (and stops an embedded Postgres) when the vault stops."""
     frontdoor: FrontDoor
     """Budgets, admission queue and refusal counters (:mod:`vaultsvc.api.frontdoor`)."""
+    changes: ChangeListener | None = None
+    """Keeps ``vault.cache`` coherent (None when the cache is off)."""
 
     @property
     def address(self) -> str:
@@ -91,7 +95,23 @@ async def start_server(settings: Settings) -> Runtime:
     try:
         await prepare_database(db, keyring)
         repository = Repository(db)
-        vault = Vault(repository, Envelope(keyring))
+        cache = SealedRowCache(
+            max_entries=settings.cache_max_entries,
+            max_bytes=settings.cache_max_bytes,
+            negative_max_entries=settings.cache_negative_max_entries,
+            enabled=settings.cache_enabled,
+        )
+        vault = Vault(repository, Envelope(keyring), cache)
+        changes = None
+        if settings.cache_enabled and db.url is not None:
+            changes = ChangeListener(
+                db.url,
+                cache,
+                check_interval=settings.cache_check_interval,
+                connect_timeout=settings.database.connect_timeout,
+            )
+            await changes.start()
+            resources.push_async_callback(changes.stop)
         audit = AuditWriter(
             AuditStore(
                 db.url,
@@ -162,6 +182,7 @@ async def start_server(settings: Settings) -> Runtime:
             port,
             resources,
             frontdoor,
+            changes,
         )
     except BaseException:
         await resources.aclose()

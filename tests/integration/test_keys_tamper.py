@@ -28,6 +28,23 @@ TARGET, TARGET_VALUE = "target", "s3cr"
 BYSTANDER, BYSTANDER_VALUE = "bystander", "other-value"
 
 
+class _Tamperer:
+    """A direct database connection whose every change the vault has heard of (by its
+    change notification) before the next resolve: its cache never holds the old row."""
+
+    def __init__(self, vault: VaultHandle, connection: Any) -> None:
+        self.vault = vault
+        self.connection = connection
+
+    async def fetchrow(self, query: str, *args: Any) -> Any:
+        return await self.connection.fetchrow(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> Any:
+        result = await self.connection.execute(query, *args)
+        await self.vault.caught_up()
+        return result
+
+
 @pytest.fixture
 async def conn(make_vault: VaultFactory) -> AsyncIterator[tuple[VaultHandle, Any]]:
     """A vault with two configured keys (k2 primary, k1 older), two secrets, and one
@@ -37,7 +54,7 @@ async def conn(make_vault: VaultFactory) -> AsyncIterator[tuple[VaultHandle, Any
     await create_secrets(vault, {TARGET: TARGET_VALUE, BYSTANDER: BYSTANDER_VALUE})
     connection = await asyncpg.connect(vault.database_url, timeout=10)
     try:
-        yield vault, connection
+        yield vault, _Tamperer(vault, connection)
     finally:
         await connection.close(timeout=5)
 
@@ -202,6 +219,7 @@ async def test_swapping_encrypted_fields_between_secrets_is_data_loss(
                 name,
                 *(rows[source][c] for c in columns),
             )
+            await vault.caught_up()
 
         all_columns = ("kek_id", "wrapped_dek", "ciphertext")
         for columns in (

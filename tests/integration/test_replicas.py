@@ -61,6 +61,7 @@ async def test_replicas_share_everything_through_postgres(make_vault: VaultFacto
         assert err.code() == grpc.StatusCode.ABORTED
     else:
         raise AssertionError("a stale etag was accepted by another replica")
+    await replicas[0].caught_up()  # its cache hears of the change by notification
     assert (await resolvers[0].ResolveTemplate(request)).fields[0].value == "new"
 
     # Counters are the database's, not a replica's.

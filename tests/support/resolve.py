@@ -1,10 +1,13 @@
-"""Building and running ResolveTemplate requests; a spy on the resolve query."""
+"""Building and running ResolveTemplate requests; spies on the resolve query and on every
+statement the server sends."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from interakt.vault.v1 import audit_service_pb2 as apb
@@ -95,3 +98,56 @@ class FetchSpy:
     @property
     def calls(self) -> int:
         return len(self.secret_names)
+
+
+_STATEMENTS = frozenset(
+    {"fetch", "fetchrow", "fetchval", "execute", "executemany", "prepare", "cursor"}
+)
+
+
+class _CountingConnection:
+    """Forwards everything to the real connection, counting statements by task name."""
+
+    def __init__(self, conn: Any, counts: Counter[str]) -> None:
+        self._conn = conn
+        self._counts = counts
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._conn, name)
+        if name not in _STATEMENTS:
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            self._counts[task.get_name() if task else "?"] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+class StatementSpy:
+    """Counts every statement the server sends to Postgres; the statements still run."""
+
+    def __init__(self, vault: VaultHandle) -> None:
+        self.by_task: Counter[str] = Counter()
+        self.acquisitions = 0
+        db = vault.runtime.db
+        original = db.connection
+
+        @asynccontextmanager
+        async def connection() -> AsyncIterator[Any]:
+            task = asyncio.current_task()
+            if task is None or task.get_name() != "audit-flusher":
+                self.acquisitions += 1
+            async with original() as conn:
+                yield _CountingConnection(conn, self.by_task)
+
+        db.connection = connection  # type: ignore[method-assign]
+
+    def request_statements(self) -> int:
+        """Statements issued on behalf of RPCs (the audit flusher runs on its own)."""
+        return sum(n for name, n in self.by_task.items() if name != "audit-flusher")
+
+    def reset(self) -> None:
+        self.by_task.clear()
+        self.acquisitions = 0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -109,7 +111,29 @@ class VaultHandle:
         return channel
 
     async def sql(self, query: str, *args: Any) -> list[Any]:
-        return await sql(self.database_url, query, *args)
+        """Run one statement; then wait until this vault has heard of every change it
+        committed (so its resolve cache cannot serve what the statement replaced)."""
+        rows = await sql(self.database_url, query, *args)
+        await self.caught_up()
+        return rows
+
+    async def caught_up(self, timeout: float = 10.0) -> None:
+        """Wait until this vault's change listener has received every committed change
+        (returns at once when it is not listening: its cache is bypassed then)."""
+        changes = self.runtime.changes
+        if changes is None or not changes.listening:
+            return
+        rows = await sql(self.database_url, "SELECT change_seq FROM change_state WHERE id = 1")
+        if not rows:
+            return
+        committed = int(rows[0]["change_seq"])
+        deadline = time.monotonic() + timeout
+        while changes.listening and changes.seen_seq < committed:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"vault heard of change {changes.seen_seq}, committed is {committed}"
+                )
+            await asyncio.sleep(0.002)
 
     async def close(self, grace: float = 0.5) -> None:
         for channel in self.channels:

@@ -224,6 +224,30 @@ CASES: tuple[Case, ...] = (
         "health_db_grace", "2.5", 2.5, "30", 30.0,
         bad=(("0", "0.05"),), wrong_type=('"10"',), env_wrong_type=("soon",),
     ),
+    Case(
+        "database.statement_cache_size", "0", 0, "250", 250,
+        bad=(("-1", "-2"),), wrong_type=('"0"',), env_wrong_type=("off",),
+    ),
+    Case(
+        "cache.enabled", "false", False, "0", False,
+        over="yes", from_over=True, wrong_type=('"false"', "0"), env_wrong_type=("maybe",),
+    ),
+    Case(
+        "cache.max_entries", "500", 500, "0", 0,
+        bad=(("-1", "-1"),), wrong_type=("5.5",), env_wrong_type=("lots",),
+    ),
+    Case(
+        "cache.max_bytes", "1048576", 1048576, "4096", 4096,
+        bad=(("-1", "-4096"),), wrong_type=('"1M"',), env_wrong_type=("1M",),
+    ),
+    Case(
+        "cache.negative_max_entries", "50", 50, "7", 7,
+        bad=(("-1", "-7"),), wrong_type=("[50]",), env_wrong_type=("none",),
+    ),
+    Case(
+        "cache.check_interval", "0.25", 0.25, "5", 5.0,
+        bad=(("0.01", "61"), ("0", "-1")), wrong_type=('"1"',), env_wrong_type=("often",),
+    ),
 )  # fmt: skip
 
 BY_KEY = {case.key: case for case in CASES}

@@ -78,6 +78,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             cp.subject_cn: Principal(cp.principal, cp.role)
             for cp in (settings.tls.client_principals if settings.tls else ())
         }
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
@@ -86,10 +87,21 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        # The wrapped handler is built once per registered method (only those get here;
+        # an unknown method has no handler), not once per call.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         if is_open_method(method):
-            return self.frontdoor.open_method(method, handler)
-        if handler.unary_unary is None:
-            return self._streaming_refused(method, handler)
+            wrapped = self.frontdoor.open_method(method, handler)
+        elif handler.unary_unary is None:
+            wrapped = self._streaming_refused(method, handler)
+        else:
+            wrapped = self._checked(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _checked(self, method: str, handler: Any) -> Any:
         inner: Handler = handler.unary_unary
 
         # Served as client-streaming so the vault sees the call at its start (see frontdoor).
@@ -234,6 +246,8 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     @staticmethod
     def _log_access(call: CallContext, outcome: str, reason: str, started: float) -> None:
+        if not _access.isEnabledFor(logging.INFO):
+            return
         _access.info(
             "rpc",
             extra={

@@ -54,6 +54,20 @@ async def translate_db_errors() -> AsyncIterator[None]:
         raise Unavailable("database unavailable", reason=Reason.DATABASE_UNAVAILABLE) from None
 
 
+async def release_without_reset_query(conn: Any) -> None:
+    """What a pooled connection needs on release: nothing beyond asyncpg's own rollback of
+    an open transaction (which it always does first, and which costs no round trip when
+    none is open).
+
+    asyncpg's default reset sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release: one round trip per query. Pooled connections hold none
+    of that state: advisory locks are transaction-scoped (``pg_advisory_xact_lock``),
+    cursors only live inside transactions, LISTEN happens on the listener's own connection
+    (:mod:`vaultsvc.storage.notify`), and session settings come from the connect-time
+    ``server_settings`` (never ``SET``).
+    """
+
+
 class Database:
     """One asyncpg pool with bounded acquire, command and statement timeouts."""
 
@@ -61,7 +75,8 @@ class Database:
         self.pool = pool
         self.settings = settings
         self.url = url
-        """Where the pool connects, for connections kept outside it (the audit writer's)."""
+        """Where the pool connects, for the connections kept outside it (the audit writer's
+        and the change listener's); empty when unknown."""
 
     @classmethod
     async def connect(cls, url: str, settings: DatabaseSettings) -> Database:
@@ -73,6 +88,8 @@ class Database:
                 timeout=settings.connect_timeout,
                 command_timeout=settings.command_timeout,
                 max_inactive_connection_lifetime=300,
+                statement_cache_size=settings.statement_cache_size,
+                reset=release_without_reset_query,
                 server_settings={
                     "application_name": "vaultsvc",
                     "statement_timeout": str(settings.statement_timeout_ms),

@@ -14,6 +14,7 @@ from vaultsvc.domain import (
 from vaultsvc.errors import NotFound, Reason
 from vaultsvc.names import name_key
 from vaultsvc.vault._base import VaultBase
+from vaultsvc.vault.cache import CONFIG_KIND
 from vaultsvc.vault.paging import decode_page_token, encode_page_token
 
 
@@ -24,7 +25,10 @@ class Configs(VaultBase):
         validate_name(key, what="key")
         validate_config_value(value)
         validate_description(description)
-        return await self.repo.put_config(key, value, description, audit)
+        try:
+            return await self.repo.put_config(key, value, description, audit)
+        finally:
+            self.cache.invalidate(CONFIG_KIND, name_key(key))
 
     async def get_config(self, key: str) -> ConfigRecord:
         validate_name(key, what="key")
@@ -45,4 +49,7 @@ class Configs(VaultBase):
 
     async def delete_config(self, key: str, audit: AuditRecord) -> None:
         validate_name(key, what="key")
-        await self.repo.delete_config(key, audit)
+        try:
+            await self.repo.delete_config(key, audit)
+        finally:
+            self.cache.invalidate(CONFIG_KIND, name_key(key))

@@ -136,12 +136,7 @@ class Resolution(VaultBase):
                 metadata={"names": listed(list(missing_inputs), ",")},
             )
 
-        sealed: dict[str, SealedRow] = {}
-        configs: dict[str, str] = {}
-        if secret_names or config_keys:
-            sealed, configs = await self.repo.fetch_for_resolve(
-                list(secret_names), list(config_keys)
-            )
+        sealed, configs = await self._sealed_rows(list(secret_names), list(config_keys))
         record_secret_names(audit, secret_names, (k for k in secret_names if k not in sealed))
         absent = sorted({secret_names[k] for k in secret_names if k not in sealed}, key=str.lower)
         if absent:
@@ -191,6 +186,31 @@ class Resolution(VaultBase):
         if size > MAX_REPLY_BYTES:
             raise _rendered_too_large()
         return rendered
+
+    async def _sealed_rows(
+        self, secret_keys: list[str], config_keys: list[str]
+    ) -> tuple[dict[str, SealedRow], dict[str, str]]:
+        """Sealed rows and config values by lower-cased name: hits from the cache, every
+        miss in ONE query (one snapshot), stored back unless a change raced the read."""
+        cache = self.cache
+        found = cache.lookup(secret_keys, config_keys)
+        if found.missing_secrets or found.missing_configs:
+            ticket = cache.begin_fill()
+            fetched_secrets, fetched_configs = await self.repo.fetch_for_resolve(
+                found.missing_secrets, found.missing_configs
+            )
+            if cache.before_store is not None:
+                await cache.before_store()
+            cache.store(
+                ticket,
+                found.missing_secrets,
+                found.missing_configs,
+                fetched_secrets,
+                fetched_configs,
+            )
+            found.secrets.update(fetched_secrets)
+            found.configs.update(fetched_configs)
+        return found.secrets, found.configs
 
     async def check(
         self, fields: Sequence[Field]

@@ -21,6 +21,7 @@ from vaultsvc.errors import InvalidArgument, NotFound, Reason
 from vaultsvc.names import name_key
 from vaultsvc.storage.repository import Sealer
 from vaultsvc.vault._base import VaultBase
+from vaultsvc.vault.cache import SECRET_KIND
 from vaultsvc.vault.paging import decode_page_token, encode_page_token
 
 
@@ -49,9 +50,12 @@ class Secrets(VaultBase):
         idempotency_key = _request_id(request_id)
         assert plaintext is not None
         audit.secret_names = [name_key(name)]
-        return await self.repo.create_secret(
-            name, description, self._sealer(plaintext), audit, idempotency_key
-        )
+        try:
+            return await self.repo.create_secret(
+                name, description, self._sealer(plaintext), audit, idempotency_key
+            )
+        finally:
+            self.cache.invalidate(SECRET_KIND, name_key(name))
 
     def _sealer(self, plaintext: bytes) -> Sealer:
         """Seals ``plaintext`` for the identity the repository picks inside its transaction."""
@@ -93,12 +97,18 @@ class Secrets(VaultBase):
             validate_description(description)
         audit.secret_names = [name_key(name)]
         seal = self._sealer(plaintext) if plaintext is not None else None
-        return await self.repo.update_secret(name, etag, description, seal, audit)
+        try:
+            return await self.repo.update_secret(name, etag, description, seal, audit)
+        finally:
+            self.cache.invalidate(SECRET_KIND, name_key(name))
 
     async def delete_secret(self, name: str, etag: str, audit: AuditRecord) -> None:
         validate_name(name)
         audit.secret_names = [name_key(name)]
-        await self.repo.delete_secret(name, etag, audit)
+        try:
+            await self.repo.delete_secret(name, etag, audit)
+        finally:
+            self.cache.invalidate(SECRET_KIND, name_key(name))
 
     async def stats(self) -> tuple[int, datetime | None]:
         return await self.repo.stats()
