@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from vaultsvc.domain import AuditRecord
 from vaultsvc.errors import Reason, Unavailable
+from vaultsvc.storage.errors import audit_refusal
 from vaultsvc.storage.repository import Repository
 
 _log = logging.getLogger("vaultsvc.audit")
@@ -83,6 +84,7 @@ class AuditWriter:
         self._wakeup = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._retry: list[AuditRecord] = []
+        self._cause: BaseException | None = None  # why the last write failed
 
     @property
     def healthy(self) -> bool:
@@ -99,14 +101,13 @@ class AuditWriter:
                 await self._repo.write_audit([record])
         except Exception as exc:
             _log.error("audit write failed", extra={"error": type(exc).__name__})
-            raise Unavailable(
-                "the audit trail cannot be written; request refused",
-                reason=Reason.AUDIT_UNAVAILABLE,
-            ) from None
+            raise audit_refusal(exc) from None
 
     def ensure_accepting(self) -> None:
         """Fail closed before doing work whose event could not be recorded."""
-        if not self._healthy or self._queue.full():
+        if not self._healthy:
+            raise audit_refusal(self._cause)
+        if self._queue.full():
             raise Unavailable(
                 "the audit trail cannot be written; request refused",
                 reason=Reason.AUDIT_UNAVAILABLE,
@@ -122,8 +123,8 @@ class AuditWriter:
             return
         try:
             await self.flush()
-        except Exception:
-            self._mark(healthy=False)
+        except Exception as exc:
+            self._mark(healthy=False, cause=exc)
         else:
             self._mark(healthy=True)
         self.ensure_accepting()
@@ -136,7 +137,8 @@ class AuditWriter:
         if self._queue.qsize() >= self._batch_size:
             self._wakeup.set()
 
-    def _mark(self, *, healthy: bool) -> None:
+    def _mark(self, *, healthy: bool, cause: BaseException | None = None) -> None:
+        self._cause = None if healthy else cause
         if healthy and not self._healthy:
             _log.warning("audit trail writable again; resolves accepted")
         elif not healthy and self._healthy:
@@ -151,8 +153,8 @@ class AuditWriter:
             self._wakeup.clear()
             try:
                 await self.flush()
-            except Exception:
-                self._mark(healthy=False)
+            except Exception as exc:
+                self._mark(healthy=False, cause=exc)
                 backoff = min(backoff * 2, 2.0)
             else:
                 self._mark(healthy=True)

@@ -27,6 +27,7 @@ from vaultsvc.errors import (
     Unavailable,
     VaultError,
 )
+from vaultsvc.storage.errors import DATABASE_REFUSALS
 
 _log = logging.getLogger("vaultsvc.server")
 _access = logging.getLogger("vaultsvc.access")
@@ -167,12 +168,17 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             current_call.reset(token)
 
         outcome = error.code.value if error is not None else "OK"
-        if not call.audited:
+        if not call.audited and error is not None and error.reason in DATABASE_REFUSALS:
+            # Nothing was read or changed; a synchronous write would wait on the same
+            # database again. The buffer writes the event once the database is back.
+            call.record.outcome = outcome
+            self._enqueue_quietly(call)
+        elif not call.audited:
             call.record.outcome = outcome
             _sanitize_names(call)
             try:
                 await self.audit.write(call.record)
-            except Unavailable as exc:
+            except VaultError as exc:
                 error = exc
                 outcome = exc.code.value
         self._log_access(call, outcome, error.reason.value if error else "", started)
