@@ -77,11 +77,27 @@ def kill9(pg: EmbeddedPostgres) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _all_gone(pids: list[int]) -> bool:
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def _mount_tmpfs(size: str) -> Path:
+    mount = Path(tempfile.mkdtemp(prefix="vaultsvc-tiny-ts-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
+    return mount
+
+
+def _unmount(mount: Path) -> None:
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with contextlib.suppress(OSError):
+        mount.rmdir()
+
+
 async def kill9_and_restart(pg: EmbeddedPostgres) -> None:
     pids = postgres_pids(pg)
     kill9(pg)
     for _ in range(200):  # until every process is gone (shared memory released)
-        if not any(Path(f"/proc/{pid}").exists() for pid in pids):
+        if _all_gone(pids):
             break
         await asyncio.sleep(0.05)
     await asyncio.to_thread(pg.restart_server)
@@ -106,8 +122,7 @@ async def tiny_tablespace(
     """A tmpfs of ``size`` mounted as a tablespace, with every table and index of the
     database at ``database_url`` moved into it. Yields the tablespace's name; unmounts after
     moving everything back."""
-    mount = Path(tempfile.mkdtemp(prefix="vaultsvc-tiny-ts-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)  # noqa: S603, S607
+    mount = await asyncio.to_thread(_mount_tmpfs, size)
     name = f"tiny_{mount.name.rpartition('-')[2].lower()}"
     try:
         location = mount / "ts"
@@ -123,9 +138,7 @@ async def tiny_tablespace(
             await _move_all(database_url, name, "pg_default")
             await sql(pg.uri("postgres"), f"DROP TABLESPACE {name}")
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)  # noqa: S603, S607
-        with contextlib.suppress(OSError):
-            mount.rmdir()
+        await asyncio.to_thread(_unmount, mount)
 
 
 async def _move_all(database_url: str, source: str, target: str) -> None:
