@@ -89,6 +89,7 @@ class Lab:
         lab = cls(pg, await create_database(pg), workdir, duration)
         try:
             await lab.start_vault()
+            await lab.secrets.CreateSecret(pb.CreateSecretRequest(name="r0", value="v-r0"))
             yield lab
         finally:
             await lab.stop_vault()
