@@ -14,6 +14,7 @@ import sys
 import time
 
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # before grpc starts: no fork() chatter
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # pg_ctl is forked under load
 
 from tests.faults.experiments import discover
 from tests.faults.lab import Lab, Result

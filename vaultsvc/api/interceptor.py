@@ -24,7 +24,6 @@ from vaultsvc.errors import (
     PermissionDenied,
     Reason,
     Unauthenticated,
-    Unavailable,
     VaultError,
 )
 from vaultsvc.storage.errors import DATABASE_REFUSALS
@@ -196,7 +195,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         _sanitize_names(call)
         try:
             self.audit.enqueue(call.record)
-        except Unavailable:
+        except VaultError:  # full buffer, or the audit trail cannot be written
             _log.error(
                 "audit event for a cancelled call could not be buffered",
                 extra={"request_id": call.request_id},
