@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search faults-audit bench-visibility clean
+.PHONY: faults run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search faults-audit bench-visibility clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ clients: proto
 ## then `pip install --no-index --find-links dist vaultsvc` works offline.
 dist: $(STAMP)
 	$(PIP) wheel --quiet --wheel-dir dist ./api/python . ./clients/python
+
+## Fault experiments under load (a few minutes, root: SIGSTOP/kill -9 Postgres, read-only,
+## a tmpfs tablespace that fills up, kill -9 the vault): prints experiment → what clients
+## saw → what was lost (nothing acknowledged may be); exit 1 if anything was.
+faults: $(STAMP)
+	$(PY) -m tests.faults.run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check vaultsvc tests tools clients/python/src/vaultsvc_client

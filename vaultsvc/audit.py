@@ -22,14 +22,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 from vaultsvc.domain import AuditRecord
-from vaultsvc.errors import Reason, Unavailable
+from vaultsvc.errors import Reason, Unavailable, VaultError
 
 _log = logging.getLogger("vaultsvc.audit")
 
@@ -96,7 +96,13 @@ def peer_address(peer: str) -> str:
     return peer
 
 
-def _refused() -> Unavailable:
+def _refused(cause: BaseException | None = None) -> VaultError:
+    """A fresh error per refused call (never one object raised in many tasks)."""
+    if isinstance(cause, VaultError) and cause.reason in (
+        Reason.DATABASE_READ_ONLY,
+        Reason.STORAGE_FULL,
+    ):
+        return type(cause)(cause.message, reason=cause.reason)
     return Unavailable(
         "the audit trail cannot be written; request refused", reason=Reason.AUDIT_UNAVAILABLE
     )
@@ -113,8 +119,10 @@ class AuditWriter:
         write_timeout: float,
         stall_threshold: float,
         batch_size: int = 1000,
+        database_down: Callable[[], bool] | None = None,
     ) -> None:
         self.sink = sink
+        self._database_down = database_down
         self._queue_size = queue_size
         self._write_timeout = write_timeout
         self._stall_threshold = stall_threshold
@@ -146,7 +154,14 @@ class AuditWriter:
 
     def ensure_accepting(self) -> None:
         """Refuse at once (UNAVAILABLE AUDIT_UNAVAILABLE) when an event would not be
-        committed soon: stopped, queue full, or a commit stuck past the stall threshold."""
+        committed soon: stopped, queue full, or a commit stuck past the stall threshold;
+        UNAVAILABLE DATABASE_UNAVAILABLE while the database is known down (the circuit
+        breaker is open), so a resolve served from the cache is refused as fast as the rest."""
+        if self._database_down is not None and self._database_down():
+            raise Unavailable(
+                "the database is unavailable; request refused",
+                reason=Reason.DATABASE_UNAVAILABLE,
+            )
         now = time.monotonic()
         stuck = (
             self._inflight_since is not None and now - self._inflight_since > self._stall_threshold
@@ -188,13 +203,14 @@ class AuditWriter:
                 self._inflight_since = time.monotonic()
                 try:
                     await self.sink.insert([record for record, _ in batch])
-                except Exception:
-                    # Those queued behind it would hit the same wall: fail them now too.
+                except Exception as exc:
+                    # Those queued behind it would hit the same wall: fail them now too,
+                    # with the reason the database gave (read-only, full) when it gave one.
                     batch += self._pending
                     self._pending.clear()
                     for _, done in batch:
                         if not done.done():
-                            done.set_exception(_refused())
+                            done.set_exception(_refused(exc))
                     self._failed()
                 else:
                     for _, done in batch:

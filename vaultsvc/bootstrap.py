@@ -92,7 +92,7 @@ async def prepare_database(db: Database, keyring: Keyring) -> None:
     """Key checks (read-only), then migrations, then key registration."""
     for warning in await check_master_keys(db, keyring):
         _log.warning(warning)
-    async with db.connection() as conn:
+    async with db.connection(timeout=None) as conn:  # migrations may take long
         await migrate(conn)
     mismatched = await Repository(db).register_master_keys(
         {key_id: key_check_value(keyring.get(key_id)) for key_id in keyring.ids}

@@ -147,6 +147,27 @@ SETTINGS: tuple[Setting, ...] = (
         "(needed behind pgbouncer in transaction mode)", minimum=0,
     ),
     Setting(
+        "database.operation_timeout", "VAULT_DATABASE_OPERATION_TIMEOUT",
+        "database.operation_timeout", "float", 12.0,
+        "end-to-end bound on one unit of database work (pool wait, statements, commit, "
+        "clean-up), seconds; a call's own deadline shortens it. Keep it above "
+        "`statement_timeout_ms` so a slow statement is reported as DATABASE_TIMEOUT",
+        minimum=0.1,
+    ),
+    Setting(
+        "database.breaker_failures", "VAULT_DATABASE_BREAKER_FAILURES",
+        "database.breaker_failures", "int", 3,
+        "database failures in a row (unreachable, or no answer within the bound) after which "
+        "calls are refused at once (DATABASE_UNAVAILABLE) while a background probe waits for "
+        "the database", minimum=1,
+    ),
+    Setting(
+        "database.breaker_probe_interval", "VAULT_DATABASE_BREAKER_PROBE_INTERVAL",
+        "database.breaker_probe_interval", "float", 1.0,
+        "seconds between background probes while the database is known down",
+        minimum=0.01, maximum=60,
+    ),
+    Setting(
         "tls.cert_file", "VAULT_TLS_CERT_FILE", "tls.cert_file", "path", None,
         "server certificate (PEM); with `key_file` turns TLS on", default_doc="unset (plaintext)",
     ),
@@ -340,6 +361,9 @@ class DatabaseSettings:
     command_timeout: float = _D["database.command_timeout"]
     statement_timeout_ms: int = _D["database.statement_timeout_ms"]
     statement_cache_size: int = _D["database.statement_cache_size"]
+    operation_timeout: float = _D["database.operation_timeout"]
+    breaker_failures: int = _D["database.breaker_failures"]
+    breaker_probe_interval: float = _D["database.breaker_probe_interval"]
 
 
 @dataclass(frozen=True)

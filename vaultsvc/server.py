@@ -121,6 +121,7 @@ async def start_server(settings: Settings) -> Runtime:
             queue_size=settings.audit_buffer_size,
             write_timeout=settings.audit_write_timeout,
             stall_threshold=settings.audit_stall_threshold,
+            database_down=db.breaker.is_open,
         )
         frontdoor = FrontDoor(settings)
         interceptor = VaultInterceptor(

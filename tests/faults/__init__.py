@@ -1,0 +1,1 @@
+"""Fault experiments (``make faults``): ``python -m tests.faults.run``."""

@@ -144,6 +144,18 @@ CASES: tuple[Case, ...] = (
         bad=(("99", "99"),), wrong_type=("2000.0",), env_wrong_type=("2e3",),
     ),
     Case(
+        "database.operation_timeout", "4", 4.0, "30.5", 30.5,
+        bad=(("0.05", "0"),), wrong_type=('"4"',), env_wrong_type=("4s",),
+    ),
+    Case(
+        "database.breaker_failures", "5", 5, "1", 1,
+        bad=(("0", "-1"),), wrong_type=("2.5",), env_wrong_type=("few",),
+    ),
+    Case(
+        "database.breaker_probe_interval", "0.5", 0.5, "10", 10.0,
+        bad=(("0.001", "61"),), wrong_type=('"1"',), env_wrong_type=("often",),
+    ),
+    Case(
         "server.allow_plaintext_non_loopback", "true", True, "1", True,
         over="off", from_over=False, wrong_type=('"true"', "1"), env_wrong_type=("sure", "2"),
     ),

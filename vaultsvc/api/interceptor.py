@@ -25,9 +25,9 @@ from vaultsvc.errors import (
     PermissionDenied,
     Reason,
     Unauthenticated,
-    Unavailable,
     VaultError,
 )
+from vaultsvc.storage.errors import DATABASE_REFUSALS
 
 _log = logging.getLogger("vaultsvc.server")
 _access = logging.getLogger("vaultsvc.access")
@@ -209,7 +209,12 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             current_call.reset(token)
 
         outcome = error.code.value if error is not None else "OK"
-        if not call.audited:
+        if not call.audited and error is not None and error.reason in DATABASE_REFUSALS:
+            # Nothing was read or changed; a synchronous write would wait on the same
+            # database again. The event joins the group commit without the reply waiting.
+            call.record.outcome = outcome
+            self._submit_quietly(call)
+        elif not call.audited:
             call.record.outcome = outcome
             _sanitize_names(call)
             if isinstance(error, Unauthenticated):
@@ -220,7 +225,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     # Group commit: the reply leaves only once the event is durable.
                     await self.audit.commit(call.record)
-                except Unavailable as exc:
+                except VaultError as exc:
                     error = exc
                     outcome = exc.code.value
         self._log_access(call, outcome, error.reason.value if error else "", started)
@@ -234,11 +239,12 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return response
 
     def _submit_quietly(self, call: CallContext) -> None:
-        """A cancelled call gets no reply: its event is queued without waiting for it."""
+        """Queue the event without waiting for it: a cancelled call gets no reply, and a
+        call the database refused has nothing to wait for."""
         _sanitize_names(call)
         try:
             self.audit.submit(call.record)
-        except Unavailable:
+        except VaultError:  # queue full, stopped, or the audit trail cannot be written
             _log.error(
                 "audit event for a cancelled call could not be queued",
                 extra={"request_id": call.request_id},

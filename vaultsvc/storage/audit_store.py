@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from vaultsvc.domain import AuditRecord
-from vaultsvc.errors import Reason, Unavailable
+from vaultsvc.storage.errors import audit_refusal
 from vaultsvc.storage.repository import INSERT_AUDIT_SQL, audit_columns
 
 _log = logging.getLogger("vaultsvc.audit")
@@ -70,10 +70,7 @@ class AuditStore:
                     "events": len(records),
                 },
             )
-            raise Unavailable(
-                "the audit trail cannot be written; request refused",
-                reason=Reason.AUDIT_UNAVAILABLE,
-            ) from None
+            raise audit_refusal(exc) from None
         self.statements += 1
         self.events += len(records)
 

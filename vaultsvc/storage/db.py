@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -13,7 +14,9 @@ from typing import Any
 import asyncpg
 
 from vaultsvc.config import DatabaseSettings
-from vaultsvc.errors import DeadlineExceeded, Reason, Unavailable
+from vaultsvc.errors import Reason, VaultError
+from vaultsvc.storage.breaker import CircuitBreaker
+from vaultsvc.storage.errors import is_connection_failure, log_database_error, storage_error
 
 _log = logging.getLogger("vaultsvc.storage")
 
@@ -21,37 +24,29 @@ _log = logging.getLogger("vaultsvc.storage")
 MIGRATION_LOCK_ID = 0x7661756C7431  # "vault1"
 _MIGRATION_FILE = re.compile(r"^V(\d+)__([a-z0-9_]+)\.sql$")
 
-#: Exceptions that mean "the database is not reachable right now" rather than a bug.
-_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    ConnectionError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-)
+_DEFAULT = object()
 
 
 @asynccontextmanager
 async def translate_db_errors() -> AsyncIterator[None]:
-    """Turn connection loss and timeouts into UNAVAILABLE / DEADLINE_EXCEEDED.
+    """Turn database failures into domain errors (see :mod:`vaultsvc.storage.errors`).
 
-    Postgres error texts can quote row data, so none of it reaches the client.
+    Postgres error texts can quote row data, so none of it reaches the client; errors that
+    are not mapped keep propagating (INTERNAL with a request id) after their SQLSTATE class
+    is logged.
     """
     try:
         yield
-    except asyncpg.QueryCanceledError:
-        raise DeadlineExceeded(
-            "database statement timed out", reason=Reason.DATABASE_TIMEOUT
-        ) from None
-    except TimeoutError:
-        raise Unavailable(
-            "database did not answer in time", reason=Reason.DATABASE_UNAVAILABLE
-        ) from None
-    except _UNAVAILABLE_ERRORS:
-        raise Unavailable("database unavailable", reason=Reason.DATABASE_UNAVAILABLE) from None
+    except VaultError:
+        raise
+    except Exception as exc:
+        mapped = storage_error(exc)
+        if mapped is None:
+            log_database_error(exc, what="unexpected database error")
+            raise
+        if mapped.reason is not Reason.DATABASE_UNAVAILABLE:
+            log_database_error(exc, what="database refused the operation")
+        raise mapped from None
 
 
 async def release_without_reset_query(conn: Any) -> None:
@@ -69,7 +64,17 @@ async def release_without_reset_query(conn: Any) -> None:
 
 
 class Database:
-    """One asyncpg pool with bounded acquire, command and statement timeouts."""
+    """One asyncpg pool; every wait on it is bounded end to end, and a circuit breaker
+    refuses calls at once while the database is known down.
+
+    A unit of work (:meth:`connection`, :meth:`transaction`) gets at most
+    ``operation_timeout`` seconds for everything: waiting for a pool connection, its
+    statements, the commit and the clean-up; a call's own deadline (the caller's
+    ``asyncio.timeout``) shortens it. When the bound or the deadline passes, or the
+    connection breaks, the connection is *terminated* rather than cancelled gracefully:
+    asyncpg's cancel request and its reset wait on the server, which is exactly what a
+    frozen database never answers.
+    """
 
     def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings, url: str = "") -> None:
         self.pool = pool
@@ -77,6 +82,11 @@ class Database:
         self.url = url
         """Where the pool connects, for the connections kept outside it (the audit writer's
         and the change listener's); empty when unknown."""
+        self.breaker = CircuitBreaker(
+            self._probe,
+            failure_threshold=settings.breaker_failures,
+            probe_interval=settings.breaker_probe_interval,
+        )
 
     @classmethod
     async def connect(cls, url: str, settings: DatabaseSettings) -> Database:
@@ -103,23 +113,110 @@ class Database:
         return cls(pool, settings, url)
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Any]:
-        async with (
-            translate_db_errors(),
-            self.pool.acquire(timeout=self.settings.acquire_timeout) as conn,
-        ):
+    async def connection(self, *, timeout: Any = _DEFAULT) -> AsyncIterator[Any]:
+        """A pool connection for one unit of work, bounded by ``operation_timeout``
+        (``timeout=None``: no overall bound, for migrations at start-up)."""
+        self.breaker.check()
+        async with translate_db_errors(), self._bounded(timeout) as conn:
             yield conn
 
     @asynccontextmanager
     async def transaction(self, *, isolation: str = "read_committed") -> AsyncIterator[Any]:
-        async with self.connection() as conn, conn.transaction(isolation=isolation):
-            yield conn
+        """One transaction, committed when the block ends normally and rolled back when it
+        raises; a connection that broke or timed out is terminated instead (Postgres rolls
+        back an aborted session itself)."""
+        async with self.connection() as conn:
+            tx = conn.transaction(isolation=isolation)
+            await tx.start()
+            try:
+                yield conn
+            except BaseException as exc:
+                if not conn.is_closed() and not _poisons(exc):
+                    await tx.rollback()
+                raise
+            await tx.commit()
+
+    @asynccontextmanager
+    async def _bounded(self, timeout: Any) -> AsyncIterator[Any]:
+        bound = self.settings.operation_timeout if timeout is _DEFAULT else timeout
+        loop = asyncio.get_running_loop()
+        deadline = None if bound is None else loop.time() + bound
+        conn: Any = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                conn = await self.pool.acquire()
+                try:
+                    yield conn
+                except BaseException as exc:
+                    if _poisons(exc):
+                        _terminate(conn)  # never wait on the server to clean up
+                        conn = None
+                    raise
+                await self.pool.release(conn, timeout=_remaining(loop, deadline))
+                conn = None
+        except BaseException as exc:
+            if conn is not None:
+                if _poisons(exc):
+                    _terminate(conn)
+                else:
+                    await _release_within(self.pool, conn, loop, deadline)
+            if isinstance(exc, TimeoutError) or is_connection_failure(exc):
+                # The bound ran out, or the database cannot be reached.
+                self.breaker.record_failure()
+            elif isinstance(exc, asyncio.CancelledError):
+                # Cut short by the caller (its deadline, or a cancelled RPC): no proof the
+                # database is down, but worth one background probe.
+                self.breaker.suspect()
+            else:
+                self.breaker.record_success()  # the database answered (with an error)
+            raise
+        self.breaker.record_success()
+
+    async def _probe(self) -> None:
+        """One round trip on a pool connection, bounded like any unit of work."""
+        async with translate_db_errors(), self._bounded(_DEFAULT) as conn:
+            await conn.fetchval("SELECT 1")
 
     async def close(self, timeout: float = 5.0) -> None:
+        await self.breaker.close()
         try:
             await asyncio.wait_for(self.pool.close(), timeout=timeout)
         except Exception:
             self.pool.terminate()
+
+
+def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - loop.time(), 0.0)
+
+
+def _terminate(conn: Any) -> None:
+    """Close the socket now; asyncpg returns the slot to the pool, which reconnects."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        conn.terminate()
+
+
+async def _release_within(
+    pool: asyncpg.Pool, conn: Any, loop: asyncio.AbstractEventLoop, deadline: float | None
+) -> None:
+    """Return a healthy ``conn`` to the pool (its reset is a round trip) without outliving
+    the unit's deadline; the exception being handled stays the one that propagates."""
+    remaining = _remaining(loop, deadline)
+    if remaining is not None and remaining <= 0:
+        _terminate(conn)
+        return
+    try:
+        async with asyncio.timeout(remaining):
+            await pool.release(conn, timeout=remaining)
+    except asyncio.CancelledError:
+        _terminate(conn)
+        raise
+    except Exception:
+        _terminate(conn)
+
+
+def _poisons(exc: BaseException) -> bool:
+    """After this exception the connection may be mid-statement or broken: terminate it."""
+    return isinstance(exc, asyncio.CancelledError) or is_connection_failure(exc)
 
 
 def migration_files() -> list[tuple[int, str, str]]:

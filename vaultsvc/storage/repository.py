@@ -21,9 +21,10 @@ import asyncpg
 
 from vaultsvc.crypto import NONCE_HARD_LIMIT, NONCE_WARN_THRESHOLD, SealedValue, SecretContext
 from vaultsvc.domain import AuditRecord, ConfigRecord, SecretMeta
-from vaultsvc.errors import Aborted, AlreadyExists, NotFound, Reason, Unavailable
+from vaultsvc.errors import Aborted, AlreadyExists, NotFound, Reason
 from vaultsvc.storage import create_requests
 from vaultsvc.storage.db import Database
+from vaultsvc.storage.errors import audit_refusal, log_database_error
 
 Sealer = Callable[[SecretContext], SealedValue]
 
@@ -117,14 +118,12 @@ def like_pattern(text: str) -> str:
 
 
 async def insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
-    """Insert audit events; any database refusal becomes UNAVAILABLE (fail closed)."""
+    """Insert audit events; any database refusal fails the call closed, saying why."""
     try:
         await _insert_audit(conn, records)
-    except asyncpg.PostgresError:
-        _log.error("audit events cannot be written; request refused")
-        raise Unavailable(
-            "the audit trail cannot be written; request refused", reason=Reason.AUDIT_UNAVAILABLE
-        ) from None
+    except asyncpg.PostgresError as exc:
+        log_database_error(exc, what="audit events cannot be written; request refused")
+        raise audit_refusal(exc) from None
 
 
 #: One statement for any number of events (a group commit is one INSERT). The names of
