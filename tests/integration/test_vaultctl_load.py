@@ -144,7 +144,7 @@ async def listed(admin: spbg.SecretServiceStub, token: str, contains: str) -> li
 @pytest.fixture
 async def three_secrets(vault: VaultHandle) -> list[str]:
     names = ["orders_api_key", "stripe_key", "github_token"]
-    await create_secrets(spbg.SecretServiceStub(vault.channel()), vault.tokens["admin"], *names)
+    await create_secrets(spbg.SecretServiceStub(vault.channel(None)), vault.tokens["admin"], *names)
     return names
 
 
@@ -312,7 +312,7 @@ async def test_procs_merge_their_histograms(vault: VaultHandle, three_secrets: l
 
 
 async def test_seeded_secrets_are_created_used_and_removed(vault: VaultHandle) -> None:
-    admin = spbg.SecretServiceStub(vault.channel())
+    admin = spbg.SecretServiceStub(vault.channel(None))
     await create_secrets(admin, vault.tokens["admin"], "bystander_load_key")
     env = load_env(vault.address, vault.tokens["resolver"], VAULT_ADMIN_TOKEN=vault.tokens["admin"])
     result = await run_load(
@@ -349,7 +349,7 @@ async def test_seeded_secrets_are_created_used_and_removed(vault: VaultHandle) -
 
 
 async def test_ctrl_c_stops_the_run_and_still_removes_seeded_secrets(vault: VaultHandle) -> None:
-    admin = spbg.SecretServiceStub(vault.channel())
+    admin = spbg.SecretServiceStub(vault.channel(None))
     env = load_env(vault.address, vault.tokens["resolver"], VAULT_ADMIN_TOKEN=vault.tokens["admin"])
     process = await start_load(
         env, "--seed-secrets", "5", "--duration", "120s", "--progress", "--format", "json"
