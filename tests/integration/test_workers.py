@@ -40,9 +40,9 @@ class Workers:
             return found
         for child in children:
             try:
-                if "spawn_main" in " ".join(child.cmdline()) and child.is_running():
-                    if child.status() != psutil.STATUS_ZOMBIE:
-                        found.add(child.pid)
+                cmdline = " ".join(child.cmdline())
+                if "spawn_main" in cmdline and child.status() != psutil.STATUS_ZOMBIE:
+                    found.add(child.pid)
             except psutil.NoSuchProcess:
                 continue
         return found
@@ -112,7 +112,8 @@ async def test_two_workers_share_the_port_and_both_serve(
         assert ready == [vault.serve.address]
         port = int(vault.serve.address.rpartition(":")[2])
         assert port != 0
-        listening = [line for line in vault.serve.stderr().splitlines() if "worker listening" in line]
+        lines = vault.serve.stderr().splitlines()
+        listening = [line for line in lines if "worker listening" in line]
         assert len(listening) == 2
         assert all(f":{port}" in line for line in listening)
         assert {"worker=1", "worker=2"} <= {w for line in listening for w in line.split()}
@@ -206,9 +207,7 @@ async def test_a_killed_worker_is_restarted(pg: EmbeddedPostgres, tmp_path: Path
         assert await vault.serve.stop() == 0
 
 
-async def test_workers_that_keep_dying_stop_the_vault(
-    pg: EmbeddedPostgres, tmp_path: Path
-) -> None:
+async def test_workers_that_keep_dying_stop_the_vault(pg: EmbeddedPostgres, tmp_path: Path) -> None:
     vault = await _start(pg, tmp_path)
     killed: set[int] = set()
     deadline = time.monotonic() + 120

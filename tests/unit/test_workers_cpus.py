@@ -68,7 +68,7 @@ def test_affinity_limits_auto_in_a_real_process() -> None:
     """``taskset -c 0``: one CPU usable, whatever the machine has."""
     code = "from vaultsvc.supervisor import worker_count; print(worker_count('auto'))"
     pinned = subprocess.run(
-        ["taskset", "-c", "0", sys.executable, "-c", code],  # noqa: S607
+        ["taskset", "-c", "0", sys.executable, "-c", code],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
