@@ -50,7 +50,17 @@ class ConfigError(ValueError):
 
 
 Kind = Literal[
-    "address", "str", "path", "int", "float", "bool", "choice", "keys", "tokens", "principals"
+    "address",
+    "str",
+    "path",
+    "int",
+    "float",
+    "bool",
+    "choice",
+    "keys",
+    "tokens",
+    "principals",
+    "workers",
 ]
 
 
@@ -83,6 +93,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "listen", "VAULT_LISTEN", "listen", "address", "127.0.0.1:50051",
         "address the gRPC server listens on (port 0: any free port)",
+    ),
+    Setting(
+        "workers", "VAULT_WORKERS", "workers", "workers", 1,
+        "worker processes sharing the listen port, each with its own database pool "
+        "(`auto`: one per CPU this process may use, within its affinity and cgroup CPU limit)",
+        minimum=1,
     ),
     Setting(
         "data_dir", "VAULT_DATA_DIR", "data_dir", "path", Path(".vault-data"),
@@ -387,6 +403,7 @@ class TLSSettings:
 @dataclass(frozen=True)
 class Settings:
     listen: str = _D["listen"]
+    workers: int | Literal["auto"] = _D["workers"]
     data_dir: Path = _D["data_dir"]
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     keyring: Keyring | None = _D["master_keys"]
@@ -591,6 +608,13 @@ def _from_env(setting: Setting, text: str) -> Any:
             return _parse_tokens(text, where)
         case "principals":
             return _parse_principals(text, where)
+        case "workers":
+            if text.strip().lower() == "auto":
+                return "auto"
+            try:
+                return _bounded(setting, where, int(text.strip()), text)
+            except ValueError:
+                raise _bad(setting, where, text) from None
         case "int":
             try:
                 number: float = int(text.strip())
@@ -634,6 +658,12 @@ def _from_file(setting: Setting, raw: Any, base: Path) -> Any:
                 _client_principal(entry, f"[[tls.client_principals]] entry {position}")
                 for position, entry in enumerate(raw, start=1)
             )
+        case "workers":
+            if isinstance(raw, str) and raw.strip().lower() == "auto":
+                return "auto"
+            if not isinstance(raw, int) or isinstance(raw, bool):
+                raise _bad(setting, where, raw)
+            return _bounded(setting, where, raw, raw)
         case "int":
             if not isinstance(raw, int) or isinstance(raw, bool):
                 raise _bad(setting, where, raw)
@@ -697,6 +727,7 @@ def describe(setting: Setting) -> str:
         "str": "a string",
         "path": "a file path",
         "int": f"an integer{bounded}",
+        "workers": f"auto or an integer{bounded}",
         "float": f"a number{bounded}",
         "bool": "true or false (environment: 1/0, true/false, yes/no, on/off)",
         "choice": " or ".join(setting.choices),
@@ -828,6 +859,8 @@ def markdown_table(settings: Sequence[Setting] = SETTINGS) -> str:
             value = f"`{describe(s).partition(' (')[0]}`"
         elif s.kind == "bool":
             value = "`true` / `false` (env `1` / `0`)"
+        elif s.kind == "workers":
+            value = f"`auto` / {describe(s).partition(' or ')[2]}"
         rows.append(f"| `{s.env}` | {key} | {value} | {_shown_default(s)} | {s.help} |")
     return "\n".join(rows) + "\n"
 

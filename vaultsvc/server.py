@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -24,6 +25,7 @@ from interakt.vault.v1 import (
 
 from vaultsvc.api.audit import AuditServicer
 from vaultsvc.api.configs import ConfigServicer
+from vaultsvc.api.drain import DrainGate
 from vaultsvc.api.frontdoor import FrontDoor
 from vaultsvc.api.health import VaultHealth
 from vaultsvc.api.interceptor import VaultInterceptor
@@ -43,6 +45,7 @@ from vaultsvc.bootstrap import (
 from vaultsvc.config import Settings
 from vaultsvc.crypto import Envelope
 from vaultsvc.limits import MAX_SEND_MESSAGE_BYTES
+from vaultsvc.ports import ensure_free
 from vaultsvc.ratelimit import MissingNamesLimiter
 from vaultsvc.storage.audit_store import AuditStore
 from vaultsvc.storage.db import Database
@@ -59,6 +62,13 @@ SERVICE_NAMES = (
     resolver_service_pb2.DESCRIPTOR.services_by_name["ResolverService"].full_name,
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
+
+
+DRAIN_QUIET_SECONDS = 0.25
+DRAIN_MAX_SECONDS = 1.0
+"""After health NOT_SERVING and ``shutdown_delay``, new calls are refused with UNAVAILABLE
+until none arrived for ``DRAIN_QUIET_SECONDS`` (at most ``DRAIN_MAX_SECONDS``, and at most
+half the grace left); then grpc's server stops, dropping the calls it holds as CANCELLED."""
 
 
 @dataclass
@@ -80,6 +90,8 @@ class Runtime:
     """Budgets, admission queue and refusal counters (:mod:`vaultsvc.api.frontdoor`)."""
     changes: ChangeListener | None = None
     """Keeps ``vault.cache`` coherent (None when the cache is off)."""
+    drain: DrainGate = field(default_factory=DrainGate)
+    """Closed by :func:`stop_server`: new calls get UNAVAILABLE instead of CANCELLED."""
 
     @property
     def address(self) -> str:
@@ -87,9 +99,18 @@ class Runtime:
         return f"{self.settings.listen.rpartition(':')[0]}:{self.port}"
 
 
-async def start_server(settings: Settings) -> Runtime:
+async def start_server(settings: Settings, *, shared_port: bool = False) -> Runtime:
+    """Start a vault on ``settings.listen``.
+
+    ``shared_port``: a worker of :mod:`vaultsvc.supervisor`, which claimed the port (see
+    :mod:`vaultsvc.ports`); it binds with ``SO_REUSEPORT`` next to its sibling workers and
+    does not log the ready line (the supervisor does, once). Otherwise the port must be
+    free: it is bound without ``SO_REUSEPORT``, and a taken port raises :class:`PortInUse`.
+    """
     keyring = settings.require_keyring()
     check_transport(settings)
+    if not shared_port:
+        ensure_free(settings.listen)  # before the database: a taken port fails fast
     resources = contextlib.AsyncExitStack()
     db = await resources.enter_async_context(opened_database(settings))
     try:
@@ -124,17 +145,20 @@ async def start_server(settings: Settings) -> Runtime:
             database_down=db.breaker.is_open,
         )
         frontdoor = FrontDoor(settings)
+        drain = DrainGate()
         interceptor = VaultInterceptor(
             TokenAuthenticator(settings.tokens), audit, settings, frontdoor=frontdoor
         )
         # No grpc-wide maximum_concurrent_rpcs: it counts calls before any token is checked,
         # health included; the front door's budgets bound each kind of call instead.
         server = grpc.aio.server(
-            interceptors=[interceptor],
+            interceptors=[drain, interceptor],
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
                 *frontdoor.channel_options(),
+                # Only a supervisor's workers share a port (vaultsvc.ports).
+                ("grpc.so_reuseport", 1 if shared_port else 0),
             ],
         )
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(vault), server)
@@ -154,23 +178,29 @@ async def start_server(settings: Settings) -> Runtime:
 
         host = settings.listen.rpartition(":")[0]
         credentials = server_credentials(settings)
-        if credentials is None:
-            if not is_loopback(host):  # allowed by check_transport: say it loudly
-                _log.warning(
-                    "listening in PLAINTEXT on a non-loopback address: tokens and values cross "
-                    "the network unencrypted",
-                    extra={"listen": settings.listen},
-                )
-            port = server.add_insecure_port(settings.listen)
-        else:
-            port = server.add_secure_port(settings.listen, credentials)
+        if credentials is None and not is_loopback(host):  # allowed by check_transport
+            _log.warning(
+                "listening in PLAINTEXT on a non-loopback address: tokens and values cross "
+                "the network unencrypted",
+                extra={"listen": settings.listen},
+            )
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(settings.listen)
+            else:
+                port = server.add_secure_port(settings.listen, credentials)
+        except RuntimeError:  # grpc: "Failed to bind to address ..."
+            port = 0
         if port == 0:
+            if not shared_port:  # ensure_free saw it free: taken since, or not bindable
+                ensure_free(settings.listen)
             raise StartupError(f"cannot listen on {settings.listen}")
         audit.start()
         await server.start()
         await health_servicer.start(SERVICE_NAMES)
         _log.info(
-            "vault listening", extra={"listen": f"{host}:{port}", "tls": credentials is not None}
+            "worker listening" if shared_port else "vault listening",
+            extra={"listen": f"{host}:{port}", "tls": credentials is not None},
         )
         return Runtime(
             settings,
@@ -184,6 +214,7 @@ async def start_server(settings: Settings) -> Runtime:
             resources,
             frontdoor,
             changes,
+            drain,
         )
     except BaseException:
         await resources.aclose()
@@ -193,10 +224,17 @@ async def start_server(settings: Settings) -> Runtime:
 async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     """Health NOT_SERVING first, then let in-flight RPCs finish within the grace period."""
     grace = runtime.settings.grace_period if grace is None else grace
+    started = time.monotonic()
     await runtime.health.enter_graceful_shutdown()
-    # Give load balancers probing health a moment to see NOT_SERVING and stop routing.
+    # Give load balancers probing health a moment to see NOT_SERVING and stop routing;
+    # calls still arriving meanwhile are served as usual.
     await asyncio.sleep(min(runtime.settings.shutdown_delay, grace))
-    await runtime.server.stop(grace)
+    # Then refuse new calls with UNAVAILABLE (retryable) and let grpc hand over what it has
+    # queued, so that its shutdown finds (almost) nothing to drop as CANCELLED.
+    runtime.drain.close()
+    left = max(grace - (time.monotonic() - started), 0)
+    await runtime.drain.quiet(DRAIN_QUIET_SECONDS, min(DRAIN_MAX_SECONDS, left / 2))
+    await runtime.server.stop(max(grace - (time.monotonic() - started), 0))
     await runtime.health.stop()
     await runtime.audit.stop()
     await runtime.resources.aclose()

@@ -102,6 +102,11 @@ CASES: tuple[Case, ...] = (
         wrong_type=("6000", "true"),
     ),
     Case(
+        "workers", "4", 4, "auto", "auto", over="3", from_over=3,
+        bad=(("0", "0"), ("-2", "-1")), wrong_type=('"four"', "1.5", "true"),
+        env_wrong_type=("four", "1.5"),
+    ),
+    Case(
         "data_dir", '"/srv/vault"', Path("/srv/vault"), "rel/dir", Path("rel/dir"),
         wrong_type=("1", '""', '["a"]'),
     ),

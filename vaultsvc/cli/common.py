@@ -10,14 +10,18 @@ from typing import TypeAlias
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_CONFIG = 2
+EXIT_PORT_IN_USE = 3
+"""``serve``: the listen address is taken (another vault or program holds it)."""
+EXIT_WORKERS_FAILING = 4
+"""``serve --workers N``: workers kept dying, so the supervisor stopped the vault."""
 EXIT_INTERRUPTED = 130
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def fail(message: str) -> int:
+def fail(message: str, code: int = EXIT_CONFIG) -> int:
     print(f"vaultsvc: error: {message}", file=sys.stderr)
-    return EXIT_CONFIG
+    return code
 
 
 def warn(message: str) -> None:

@@ -14,10 +14,11 @@ from typing import Any
 
 from vaultsvc.auth import ADMIN, RESOLVER, VIEWER, TokenEntry, hash_token, new_token
 from vaultsvc.bootstrap import StartupError
-from vaultsvc.cli.common import Subparsers, add_config_flag, fail
-from vaultsvc.config import ConfigError, Settings, load_settings
+from vaultsvc.cli.common import EXIT_PORT_IN_USE, Subparsers, add_config_flag, fail
+from vaultsvc.config import SETTINGS_BY_KEY, ConfigError, Settings, describe, load_settings
 from vaultsvc.crypto import generate_master_key, parse_master_keys
 from vaultsvc.logs import configure_logging
+from vaultsvc.ports import PortInUse
 from vaultsvc.server import start_server, stop_server
 
 _log = logging.getLogger("vaultsvc.cli")
@@ -26,6 +27,12 @@ _log = logging.getLogger("vaultsvc.cli")
 def register(sub: Subparsers) -> None:
     serve = sub.add_parser("serve", help="run the vault (production)")
     add_config_flag(serve)
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        help="worker processes sharing the listen port: a number or `auto` (one per usable "
+        "CPU); overrides the `workers` setting (VAULT_WORKERS), default 1",
+    )
     serve.set_defaults(func=cmd_serve)
 
     dev = sub.add_parser("dev", help="run a throwaway development vault (NOT for production)")
@@ -33,6 +40,18 @@ def register(sub: Subparsers) -> None:
 
 
 # ---------------------------------------------------------------------- serve
+
+
+def _workers(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be {describe(SETTINGS_BY_KEY['workers'])}")
+    return count
 
 
 async def _serve(settings: Settings, ready_message: str | None = None) -> None:
@@ -54,11 +73,21 @@ async def _serve(settings: Settings, ready_message: str | None = None) -> None:
 
 
 def _run_server(settings: Settings, ready_message: str | None = None) -> int:
+    """One vault in this process (``workers`` = 1), or a supervisor and its workers."""
+    from vaultsvc.supervisor import Supervisor, worker_count
+
     configure_logging(settings.log_level, settings.log_format)
     try:
+        count = worker_count(settings.workers)
+        if count > 1:
+            return Supervisor(settings, count, ready_message).run()
         asyncio.run(_serve(settings, ready_message))
+    except PortInUse as exc:
+        return fail(str(exc), EXIT_PORT_IN_USE)
     except (ConfigError, StartupError) as exc:
         return fail(str(exc))
+    except OSError as exc:  # e.g. an address that is not this host's, a privileged port
+        return fail(f"cannot listen on {settings.listen}: {exc.strerror or exc}")
     return 0
 
 
@@ -68,6 +97,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.require_keyring()
     except ConfigError as exc:
         return fail(str(exc))
+    if args.workers is not None:
+        settings = replace(settings, workers=args.workers)
     return _run_server(settings)
 
 
