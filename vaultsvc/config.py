@@ -295,7 +295,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server.audit_stall_threshold", "VAULT_SERVER_AUDIT_STALL_THRESHOLD",
-        "audit_stall_threshold", "float", 0.25, "seconds an audit commit may be in flight "
+        "audit_stall_threshold", "float", 1.0, "seconds an audit commit may be in flight "
         "before new calls are refused at once (AUDIT_UNAVAILABLE) instead of queueing behind it",
         minimum=0.01, maximum=60,
     ),

@@ -194,7 +194,7 @@ CASES: tuple[Case, ...] = (
         bad=(("0", "61"), ("0.05", "1e9")), wrong_type=('"0.5"',), env_wrong_type=("fast",),
     ),
     Case(
-        "server.audit_stall_threshold", "0.1", 0.1, "1", 1.0,
+        "server.audit_stall_threshold", "0.1", 0.1, "2", 2.0,
         bad=(("0", "61"), ("0.001", "1e9")), wrong_type=('"0.5"',), env_wrong_type=("soon",),
     ),
     Case(
