@@ -142,10 +142,23 @@ async def tiny_tablespace(
 
 
 async def _move_all(database_url: str, source: str, target: str) -> None:
+    """Move every table and index; under a live workload an ALTER can deadlock with the
+    vault's transactions (either side may be the victim): retry ours a bounded number of
+    times."""
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
-        await conn.execute(f"ALTER TABLE ALL IN TABLESPACE {source} SET TABLESPACE {target}")
-        await conn.execute(f"ALTER INDEX ALL IN TABLESPACE {source} SET TABLESPACE {target}")
+        await conn.execute("SET lock_timeout = '2s'")
+        for what in ("TABLE", "INDEX"):
+            for attempt in range(20):
+                try:
+                    await conn.execute(
+                        f"ALTER {what} ALL IN TABLESPACE {source} SET TABLESPACE {target}"
+                    )
+                    break
+                except (asyncpg.DeadlockDetectedError, asyncpg.LockNotAvailableError):
+                    if attempt == 19:
+                        raise
+                    await asyncio.sleep(0.1)
     finally:
         await conn.close(timeout=5)
 

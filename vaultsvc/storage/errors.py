@@ -34,6 +34,8 @@ _log = logging.getLogger("vaultsvc.storage")
 DISK_FULL = "53100"
 READ_ONLY = "25006"
 QUERY_CANCELED = "57014"
+DEADLOCK = "40P01"
+SERIALIZATION_FAILURE = "40001"
 
 #: SQLSTATE classes (the first two characters), as PostgreSQL's Appendix A names them.
 SQLSTATE_CLASSES: dict[str, str] = {
@@ -144,6 +146,13 @@ def storage_error(exc: BaseException) -> VaultError | None:
         )
     if code == QUERY_CANCELED:
         return DeadlineExceeded("database statement timed out", reason=Reason.DATABASE_TIMEOUT)
+    if code in (DEADLOCK, SERIALIZATION_FAILURE):
+        # The transaction was rolled back whole (e.g. against an operator's ALTER TABLE):
+        # nothing was written, and the same call succeeds when retried.
+        return Unavailable(
+            "the database rolled the transaction back (a conflict); nothing was written; retry",
+            reason=Reason.DATABASE_UNAVAILABLE,
+        )
     if isinstance(exc, TimeoutError):
         return Unavailable("database did not answer in time", reason=Reason.DATABASE_UNAVAILABLE)
     if isinstance(exc, CONNECTION_ERRORS):
