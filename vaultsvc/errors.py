@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
-from vaultsvc.limits import MAX_LISTED_NAMES
+from vaultsvc.limits import MAX_LISTED_CHARS, MAX_LISTED_NAMES
 
 ERROR_DOMAIN = "vault.interakt"
 
@@ -99,14 +99,22 @@ class Reason(StrEnum):
 
 
 def listed(names: Sequence[str], separator: str = ", ") -> str:
-    """``names`` for a message or ErrorInfo metadata: the first 20, then ``and N more``.
+    """``names`` for a message or ErrorInfo metadata: the first ones (at most 20, and at
+    most :data:`MAX_LISTED_CHARS` characters of them; always at least one), then ``and N
+    more``.
 
-    A thousand 128-character names would otherwise overflow gRPC's 16 KiB metadata limit
-    and the client would see RESOURCE_EXHAUSTED instead of the error.
+    A thousand 128-character names would otherwise overflow gRPC's metadata limits and the
+    client would see RESOURCE_EXHAUSTED instead of the error.
     """
-    shown = list(names[:MAX_LISTED_NAMES])
-    if len(names) > MAX_LISTED_NAMES:
-        shown.append(f"and {len(names) - MAX_LISTED_NAMES} more")
+    shown: list[str] = []
+    used = 0
+    for name in names[:MAX_LISTED_NAMES]:
+        if shown and used + len(name) > MAX_LISTED_CHARS:
+            break
+        shown.append(name)
+        used += len(name)
+    if len(names) > len(shown):
+        shown.append(f"and {len(names) - len(shown)} more")
     return separator.join(shown)
 
 

@@ -70,3 +70,7 @@ MAX_REWRAP_BATCH_SIZE: Final = 10_000
 #: Missing names one audit event keeps (it keeps every name found, and ``missing_count``),
 #: and names an error message or ErrorInfo lists before ``and N more``.
 MAX_LISTED_NAMES: Final = 20
+#: ... and at most this many characters of names in one list: the message, the ErrorInfo
+#: metadata and grpc-status-details-bin (base64) all carry the list, and together they must
+#: stay under gRPC's 8 KiB metadata soft limit, past which calls fail at random.
+MAX_LISTED_CHARS: Final = 1024

@@ -121,3 +121,25 @@ def test_parser_and_validation_agree_on_the_grammar(name: str, valid: bool) -> N
         assert info.value.reason is Reason.INVALID_NAME
     template, problems = scan_template(f"{{{{secret:{name}}}}}", 1)
     assert (template is not None and not problems) is valid
+
+
+@pytest.mark.parametrize(
+    ("names", "shown", "more"),
+    [
+        ([f"n{i}" for i in range(5)], 5, 0),
+        ([f"n{i:02d}" for i in range(30)], 20, 10),
+        (["x" * 128] * 100, 1024 // 128, 100 - 1024 // 128),
+        (["y" * 2000, "z"], 1, 1),  # one name is always shown, however long
+    ],
+)
+def test_listed_names_are_capped_by_count_and_characters(
+    names: list[str], shown: int, more: int
+) -> None:
+    from vaultsvc.errors import listed
+
+    parts = listed(names, ",").split(",")
+    assert parts[:shown] == names[:shown]
+    if more:
+        assert parts[shown:] == [f"and {more} more"]
+    else:
+        assert len(parts) == shown
