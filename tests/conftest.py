@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from tests.support.vault import (
     LogCapture,
@@ -25,6 +26,11 @@ from tests.support.vault import (
     start_vault,
 )
 from vaultsvc.storage.embedded import EmbeddedPostgres
+
+# Tests never assert on wall-clock time: Hypothesis' per-example deadline (200 ms) would,
+# and fails at random on a loaded 2-core machine.
+settings.register_profile("vaultsvc", deadline=None)
+settings.load_profile("vaultsvc")
 
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
