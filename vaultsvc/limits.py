@@ -18,6 +18,9 @@ MAX_CONFIG_VALUE_BYTES: Final = 64 * 1024
 
 MAX_DESCRIPTION_CHARS: Final = 1024
 
+MAX_ALLOWED_HOSTS: Final = 100
+"""Entries of one secret's ``allowed_hosts``."""
+
 # ------------------------------------------------------------------------------ listing
 
 DEFAULT_PAGE_SIZE: Final = 50
@@ -46,6 +49,9 @@ MAX_INPUTS: Final = 1000
 
 MAX_TOOL_CHARS: Final = 256
 """The ``tool`` label of a resolve, as recorded in the audit trail."""
+
+MAX_SUGGESTIONS: Final = 3
+"""Existing names suggested for one missing secret or config in CheckTemplate."""
 
 MAX_RENDERED_CHARS: Final = 8 * 1024 * 1024
 """Cap on the characters of all resolved fields of one response (at most 32 MiB of UTF-8,

@@ -132,7 +132,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         response: Any = None
         try:
             principal = self._principal(metadata, context)
-            call.set_principal(principal.name, principal.role)
+            call.set_principal(principal.name, principal.role, principal.scopes)
             authorize(method, principal)
             remaining = context.time_remaining()
             budget = (

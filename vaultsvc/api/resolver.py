@@ -7,15 +7,20 @@ from typing import Any
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 
-from vaultsvc.audit import AuditWriter, audit_record, mark_audited
-from vaultsvc.domain import safe_label
-from vaultsvc.errors import InvalidArgument, Reason, VaultError
+from vaultsvc.audit import AuditWriter, audit_record, current_call, mark_audited
+from vaultsvc.domain import safe_label, validate_tool
+from vaultsvc.errors import VaultError
 from vaultsvc.limits import MAX_TOOL_CHARS
-from vaultsvc.vault import Field, Vault
+from vaultsvc.vault import Caller, Field, Vault
 
 
 def _fields(request: Any) -> list[Field]:
     return [Field(f.key, f.template, int(f.encoding)) for f in request.fields]
+
+
+def _caller() -> Caller:
+    call = current_call.get()
+    return Caller(role=call.role, scopes=call.scopes)
 
 
 class ResolverServicer(rgrpc.ResolverServiceServicer):
@@ -27,15 +32,20 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
         self, request: rpb.ResolveTemplateRequest, context: Any
     ) -> rpb.ResolveTemplateResponse:
         record = audit_record()
-        if len(request.tool) > MAX_TOOL_CHARS:
-            raise InvalidArgument(
-                f"tool is longer than {MAX_TOOL_CHARS} characters", reason=Reason.INVALID_TOOL
-            )
+        # Recorded (made safe to print) even when refused, so the attempt shows in the trail.
         record.tool = safe_label(request.tool, MAX_TOOL_CHARS)
+        validate_tool(request.tool)
         # Refuse before decrypting anything if this call could not be recorded.
         await self.audit.ready()
         try:
-            resolved = await self.vault.resolve(_fields(request), request.inputs, record)
+            resolved = await self.vault.resolve(
+                _fields(request),
+                request.inputs,
+                record,
+                caller=_caller(),
+                strict=request.strict,
+                destination_host=request.destination_host,
+            )
         except Exception as exc:
             record.outcome = exc.code.value if isinstance(exc, VaultError) else "INTERNAL"
             self.audit.enqueue(record)
@@ -51,7 +61,7 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
     async def CheckTemplate(
         self, request: rpb.CheckTemplateRequest, context: Any
     ) -> rpb.CheckTemplateResponse:
-        references, problems = await self.vault.check(_fields(request))
+        references, problems = await self.vault.check(_fields(request), _caller())
         audit_record().secret_names = sorted(
             {n.lower() for r in references for n in r.secret_names}
         )
@@ -73,6 +83,8 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
                     name=p.name,
                     message=p.message,
                     offset=p.offset,
+                    severity=rpb.Severity.Value("SEVERITY_" + p.severity),
+                    suggestions=p.suggestions,
                 )
                 for p in problems
             ],

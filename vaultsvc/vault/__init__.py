@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from vaultsvc.vault.configs import Configs
 from vaultsvc.vault.events import AuditEvents
-from vaultsvc.vault.resolve import Field, FieldProblem, FieldReferences, Resolution
+from vaultsvc.vault.resolve import Caller, Field, FieldProblem, FieldReferences, Resolution
 from vaultsvc.vault.secrets import Secrets
 
 
@@ -19,4 +19,4 @@ class Vault(Secrets, Configs, Resolution, AuditEvents):
     """Everything the vault does; built with a repository and an envelope."""
 
 
-__all__ = ["Field", "FieldProblem", "FieldReferences", "Vault"]
+__all__ = ["Caller", "Field", "FieldProblem", "FieldReferences", "Vault"]
