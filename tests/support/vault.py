@@ -122,6 +122,7 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, dict[s
     key_id, key = generate_master_key()
     master_keys = overrides.pop("master_keys", f"{key_id}:{key}")
     tokens = overrides.pop("tokens", None) or {r: new_token() for r in (ADMIN, VIEWER, RESOLVER)}
+    extra_tokens: tuple[TokenEntry, ...] = overrides.pop("extra_tokens", ())
     settings = Settings(
         listen="127.0.0.1:0",
         database=DatabaseSettings(
@@ -135,7 +136,8 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, dict[s
         tokens=tuple(
             TokenEntry(principal=f"test-{role}", role=role, sha256=hash_token(token))
             for role, token in tokens.items()
-        ),
+        )
+        + extra_tokens,
         log_level="DEBUG",
         grace_period=1.0,
         shutdown_delay=0.0,
