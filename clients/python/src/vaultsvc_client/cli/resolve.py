@@ -41,7 +41,7 @@ def register(groups: Any) -> None:
         "--destination-host",
         default="",
         metavar="HOST",
-        help="the host the request goes to (secrets bound to hosts need one when no field is a URL)",
+        help="the host the request goes to (bound secrets need one when no field is a URL)",
     )
 
 
