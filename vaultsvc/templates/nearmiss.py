@@ -80,6 +80,6 @@ def find_near_misses(template: str) -> tuple[NearMiss, ...]:
 def describe(miss: NearMiss) -> str:
     """The problem message: the text as written and the fix (template text, never a value)."""
     return (
-        f"{miss.raw!r} at offset {miss.offset} is not a placeholder and is left as literal"
-        f" text; did you mean {miss.suggestion}?"
+        f"{miss.raw!r} is not a placeholder and is left as literal text;"
+        f" did you mean {miss.suggestion}?"
     )

@@ -382,8 +382,8 @@ def _refuse_near_misses(fields: Sequence[Field]) -> None:
         if misses:
             first = misses[0]
             raise InvalidArgument(
-                f"{f.key}: {describe_near_miss(first)} (strict mode refuses near-miss"
-                f" placeholders; {len(misses)} in this field)",
+                f"{f.key}: at offset {first.offset}, {describe_near_miss(first)} (strict mode"
+                f" refuses near-miss placeholders; {len(misses)} in this field)",
                 reason=Reason.NEAR_MISS_PLACEHOLDER,
                 metadata={
                     "field": f.key,
