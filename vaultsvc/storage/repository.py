@@ -27,11 +27,13 @@ from vaultsvc.storage.db import Database
 from vaultsvc.storage.errors import audit_refusal, log_database_error
 
 Sealer = Callable[[SecretContext], SealedValue]
+HostsChange = Callable[[str, tuple[str, ...]], tuple[str, ...]]
+"""Given a secret's name and current ``allowed_hosts``, the new ones (or an exception)."""
 
 _log = logging.getLogger("vaultsvc.storage")
 _KEY_REGISTRATION_LOCK_ID = 0x7661756C746B  # "vaultk"
 
-_META_COLUMNS = "id, name, description, etag, create_time, update_time"
+_META_COLUMNS = "id, name, description, etag, create_time, update_time, allowed_hosts"
 _CONFIG_COLUMNS = "key, value, description, create_time, update_time"
 
 
@@ -43,6 +45,9 @@ class SealedRow:
     name: str
     value_version: int
     sealed: SealedValue
+    allowed_hosts: tuple[str, ...] = ()
+    """The destination hosts the secret is bound to (empty: unbound), checked before
+    the value is opened."""
 
     @property
     def context(self) -> SecretContext:
@@ -98,6 +103,7 @@ def _meta(row: Any) -> SecretMeta:
         etag=row["etag"],
         create_time=row["create_time"],
         update_time=row["update_time"],
+        allowed_hosts=tuple(row["allowed_hosts"]),
     )
 
 
@@ -172,6 +178,7 @@ class Repository:
         seal: Sealer,
         audit: AuditRecord,
         request_id: uuid.UUID | None = None,
+        allowed_hosts: Sequence[str] = (),
     ) -> SecretMeta:
         """Create a secret; with ``request_id``, a retry gets the first reply back."""
         secret_id = uuid.uuid4()
@@ -184,8 +191,9 @@ class Repository:
                     return earlier
             row = await conn.fetchrow(
                 f"""INSERT INTO secrets (id, name, description, value_version, kek_id,
-                                        wrapped_dek, ciphertext, etag, create_time, update_time)
-                   VALUES ($1, $2, $3, 1, $4, $5, $6, $7, now(), now())
+                                        wrapped_dek, ciphertext, etag, create_time, update_time,
+                                        allowed_hosts)
+                   VALUES ($1, $2, $3, 1, $4, $5, $6, $7, now(), now(), $8)
                    ON CONFLICT (name_key) DO NOTHING
                    RETURNING {_META_COLUMNS}""",
                 secret_id,
@@ -195,6 +203,7 @@ class Repository:
                 sealed.wrapped_dek,
                 sealed.ciphertext,
                 _new_etag(),
+                list(allowed_hosts),
             )
             if row is None:
                 # A concurrent first try with the same request id may have just committed.
@@ -287,10 +296,13 @@ class Repository:
         description: str | None,
         seal: Sealer | None,
         audit: AuditRecord,
+        allowed_hosts: HostsChange | None = None,
     ) -> SecretMeta:
+        """``allowed_hosts`` None keeps the hosts; otherwise it decides, given the current
+        hosts, the new ones (and refuses a widening without a new value)."""
         async with self.db.transaction() as conn:
             current = await conn.fetchrow(
-                "SELECT id, name, etag, value_version FROM secrets "
+                "SELECT id, name, etag, value_version, allowed_hosts FROM secrets "
                 "WHERE name_key = lower($1) FOR UPDATE",
                 name,
             )
@@ -306,6 +318,10 @@ class Repository:
             if description is not None:
                 args.append(description)
                 sets.append(f"description = ${len(args)}")
+            if allowed_hosts is not None:
+                hosts = allowed_hosts(current["name"], tuple(current["allowed_hosts"]))
+                args.append(list(hosts))
+                sets.append(f"allowed_hosts = ${len(args)}")
             wrapped_key_id = None
             if seal is not None:
                 version = current["value_version"] + 1
@@ -377,10 +393,10 @@ class Repository:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 """SELECT 's' AS kind, name_key AS k, id, name, value_version, kek_id,
-                          wrapped_dek, ciphertext, NULL::text AS value
+                          wrapped_dek, ciphertext, NULL::text AS value, allowed_hosts
                      FROM secrets WHERE name_key = ANY($1::text[])
                    UNION ALL
-                   SELECT 'c', key_lower, NULL, key, NULL, NULL, NULL, NULL, value
+                   SELECT 'c', key_lower, NULL, key, NULL, NULL, NULL, NULL, value, NULL
                      FROM config_values WHERE key_lower = ANY($2::text[])""",
                 [n.lower() for n in secret_names],
                 [k.lower() for k in config_keys],
@@ -396,6 +412,7 @@ class Repository:
                     sealed=SealedValue(
                         r["kek_id"], bytes(r["wrapped_dek"]), bytes(r["ciphertext"])
                     ),
+                    allowed_hosts=tuple(r["allowed_hosts"]),
                 )
             else:
                 found_configs[r["k"]] = r["value"]
@@ -417,6 +434,40 @@ class Repository:
             {r["k"] for r in rows if r["kind"] == "s"},
             {r["k"] for r in rows if r["kind"] == "c"},
         )
+
+    async def similar_names(
+        self, secret_names: Sequence[str], config_keys: Sequence[str], limit: int
+    ) -> dict[tuple[str, str], list[str]]:
+        """Up to ``limit`` existing names closest to each given (missing) name, in ONE
+        statement however many names: trigram similarity on the lower-cased names (the
+        indexed ``%`` operator, so ``orderskey`` finds ``orders_key`` and ``orders-key``
+        finds ``orders_key``), best first, ties by name. Keys are ``("s"|"c", lower name)``.
+        """
+        wanted = [("s", n.lower()) for n in secret_names] + [("c", k.lower()) for k in config_keys]
+        if not wanted:
+            return {}
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                """SELECT w.kind, w.q, m.name
+                     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS w(kind, q, ord)
+                     CROSS JOIN LATERAL (
+                        SELECT name, similarity(name_key, w.q) AS score, name_key AS k
+                          FROM secrets WHERE w.kind = 's' AND name_key % w.q
+                        UNION ALL
+                        SELECT key, similarity(key_lower, w.q), key_lower
+                          FROM config_values WHERE w.kind = 'c' AND key_lower % w.q
+                        ORDER BY 2 DESC, 3
+                        LIMIT $3
+                     ) AS m
+                    ORDER BY w.ord, m.score DESC, m.k""",
+                [kind for kind, _ in wanted],
+                [name for _, name in wanted],
+                limit,
+            )
+        found: dict[tuple[str, str], list[str]] = {}
+        for r in rows:
+            found.setdefault((r["kind"], r["q"]), []).append(r["name"])
+        return found
 
     # ----------------------------------------------------------------- configs
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from vaultsvc.vault.configs import Configs
 from vaultsvc.vault.events import AuditEvents
 from vaultsvc.vault.resolve import (
+    Caller,
     Field,
     FieldProblem,
     FieldReferences,
@@ -25,4 +26,4 @@ class Vault(Secrets, Configs, Resolution, AuditEvents):
     """Everything the vault does; built with a repository and an envelope."""
 
 
-__all__ = ["Field", "FieldProblem", "FieldReferences", "Vault", "record_secret_names"]
+__all__ = ["Caller", "Field", "FieldProblem", "FieldReferences", "Vault", "record_secret_names"]

@@ -4,6 +4,7 @@ never returned."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from vaultsvc.crypto import SealedValue, SecretContext
@@ -11,15 +12,17 @@ from vaultsvc.domain import (
     AuditRecord,
     SecretMeta,
     safe_label,
+    validate_allowed_hosts,
     validate_description,
     validate_filter,
     validate_name,
     validate_page_size,
     validate_value,
 )
-from vaultsvc.errors import InvalidArgument, NotFound, Reason
+from vaultsvc.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from vaultsvc.names import name_key
-from vaultsvc.storage.repository import Sealer
+from vaultsvc.storage.repository import HostsChange, Sealer
+from vaultsvc.templates.hosts import covers
 from vaultsvc.vault._base import VaultBase
 from vaultsvc.vault.cache import SECRET_KIND
 from vaultsvc.vault.paging import decode_page_token, encode_page_token
@@ -39,7 +42,13 @@ def _request_id(text: str) -> uuid.UUID | None:
 
 class Secrets(VaultBase):
     async def create_secret(
-        self, name: str, value: str, description: str, audit: AuditRecord, request_id: str = ""
+        self,
+        name: str,
+        value: str,
+        description: str,
+        audit: AuditRecord,
+        request_id: str = "",
+        allowed_hosts: Sequence[str] = (),
     ) -> SecretMeta:
         """Create a secret. ``request_id`` (a UUID, optional) makes retries idempotent: the
         same id and name give the first reply back, the same id and another name
@@ -48,11 +57,12 @@ class Secrets(VaultBase):
         plaintext = validate_value(value, required=True)
         validate_description(description)
         idempotency_key = _request_id(request_id)
+        hosts = validate_allowed_hosts(allowed_hosts)
         assert plaintext is not None
         audit.secret_names = [name_key(name)]
         try:
             return await self.repo.create_secret(
-                name, description, self._sealer(plaintext), audit, idempotency_key
+                name, description, self._sealer(plaintext), audit, idempotency_key, hosts
             )
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
@@ -90,15 +100,23 @@ class Secrets(VaultBase):
         description: str | None,
         etag: str,
         audit: AuditRecord,
+        allowed_hosts: Sequence[str] | None = None,
     ) -> SecretMeta:
+        """``allowed_hosts`` None keeps the secret's hosts, a list replaces them (empty:
+        unbound). Widening or clearing them needs a new value in the same update."""
         validate_name(name)
         plaintext = validate_value(value or "", required=False)
         if description is not None:
             validate_description(description)
+        hosts_change = None
+        if allowed_hosts is not None:
+            hosts_change = _hosts_change(
+                validate_allowed_hosts(allowed_hosts), new_value=plaintext is not None
+            )
         audit.secret_names = [name_key(name)]
         seal = self._sealer(plaintext) if plaintext is not None else None
         try:
-            return await self.repo.update_secret(name, etag, description, seal, audit)
+            return await self.repo.update_secret(name, etag, description, seal, audit, hosts_change)
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
 
@@ -112,3 +130,22 @@ class Secrets(VaultBase):
 
     async def stats(self) -> tuple[int, datetime | None]:
         return await self.repo.stats()
+
+
+def _hosts_change(new: tuple[str, ...], *, new_value: bool) -> HostsChange:
+    """Decides, inside the update's transaction, whether ``new`` may replace the current
+    hosts: narrowing always may; widening or clearing only with a new value, so an
+    existing credential can be re-pointed only by replacing it, never redirected."""
+
+    def decide(name: str, current: tuple[str, ...]) -> tuple[str, ...]:
+        widens = bool(current) and (not new or not all(covers(current, p) for p in new))
+        if widens and not new_value:
+            raise FailedPrecondition(
+                f"secret {name}: widening or clearing allowed_hosts needs a new value in the"
+                " same update (re-point a credential by replacing it)",
+                reason=Reason.HOSTS_WIDEN_NEEDS_NEW_VALUE,
+                metadata={"names": name},
+            )
+        return new
+
+    return decide

@@ -172,6 +172,8 @@ describe('protos', () => {
       fields: [{ key: 'header:Authorization', template: 'Bearer {{secret:k}}', encoding: 'ENCODING_HEADER' }],
       inputs: { id: '42' },
       tool: 't1',
+      strict: true,
+      destination_host: 'api.example.com',
     };
     assert.deepEqual(requestDeserialize(requestSerialize(req)), req);
   });

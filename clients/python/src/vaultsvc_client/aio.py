@@ -216,16 +216,19 @@ class AsyncVaultClient:
         description: str = "",
         *,
         request_id: str | None = None,
+        allowed_hosts: Sequence[str] = (),
         timeout: float | None = None,
     ) -> secret_pb.Secret:
         """Create a secret. Every try carries one ``request_id`` (a new UUID unless given),
         so a retry after an ambiguous UNAVAILABLE returns the first result, not
-        ALREADY_EXISTS."""
+        ALREADY_EXISTS. ``allowed_hosts`` binds the secret to destination hosts
+        (``api.stripe.com``, ``*.stripe.com``); empty leaves it unbound."""
         request = secret_pb.CreateSecretRequest(
             name=name,
             value=value,
             description=description,
             request_id=request_id or str(uuid.uuid4()),
+            allowed_hosts=list(allowed_hosts),
         )
         return await self._call(self._secrets.CreateSecret, request, timeout)
 
@@ -275,14 +278,19 @@ class AsyncVaultClient:
         description: str | None = None,
         etag: str = "",
         *,
+        allowed_hosts: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> secret_pb.Secret:
-        """``value`` None keeps the stored value; ``description`` None keeps it, "" clears it."""
+        """``value`` None keeps the stored value; ``description`` None keeps it, "" clears it;
+        ``allowed_hosts`` None keeps them, a list replaces them ([] unbinds; widening or
+        unbinding needs a new ``value`` in the same call)."""
         request = secret_pb.UpdateSecretRequest(name=name, etag=etag)
         if value is not None:
             request.value = value
         if description is not None:
             request.description = description
+        if allowed_hosts is not None:
+            request.allowed_hosts.CopyFrom(secret_pb.HostList(hosts=list(allowed_hosts)))
         return await self._call(self._secrets.UpdateSecret, request, timeout)
 
     async def delete_secret(
@@ -352,11 +360,21 @@ class AsyncVaultClient:
         inputs: Mapping[str, str] | None = None,
         tool: str = "",
         *,
+        strict: bool = False,
+        destination_host: str = "",
         timeout: float | None = None,
     ) -> resolver_pb.ResolveTemplateResponse:
-        """Fills every field's placeholders; fails as a whole (read-only, so retried)."""
+        """Fills every field's placeholders; fails as a whole (read-only, so retried).
+
+        ``strict`` refuses near-miss placeholders (``{{secrets:x}}``) instead of leaving
+        them literal; ``destination_host`` is the host the request goes to when no field
+        is a URL (secrets bound to hosts need one)."""
         request = resolver_pb.ResolveTemplateRequest(
-            fields=template_fields(fields), inputs=dict(inputs or {}), tool=tool
+            fields=template_fields(fields),
+            inputs=dict(inputs or {}),
+            tool=tool,
+            strict=strict,
+            destination_host=destination_host,
         )
         return await self._call(self._resolver.ResolveTemplate, request, timeout)
 

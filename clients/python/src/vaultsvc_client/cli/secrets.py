@@ -27,6 +27,14 @@ def register(groups: Any) -> Any:
     )
     create.add_argument("name", help="the secret's name (unique ignoring case)")
     create.add_argument("--description", default="", help="free text, at most 1024 characters")
+    create.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="bind the secret to a destination host: api.stripe.com or *.stripe.com (repeatable)",
+    )
     add_value_source(create, required=False)
 
     get = add_command(actions, "get", get_secret, "Show a secret's metadata (never a value).")
@@ -60,6 +68,20 @@ def register(groups: Any) -> Any:
     description.add_argument(
         "--clear-description", action="store_true", help="remove the description"
     )
+    hosts = update.add_mutually_exclusive_group()
+    hosts.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="replace the destination hosts with these (repeatable); widening needs a new value",
+    )
+    hosts.add_argument(
+        "--clear-allowed-hosts",
+        action="store_true",
+        help="unbind the secret from every host (needs a new value)",
+    )
     add_value_source(update, required=True)
     update.add_argument("--etag", default="", help="fail (exit 6) unless the secret has this etag")
 
@@ -74,7 +96,9 @@ def create_secret(args: argparse.Namespace) -> int:
     with connect(args) as client:
         value = read_secret_value(args, f"Value for secret {args.name}: ")
         try:
-            secret = client.create_secret(args.name, value, args.description)
+            secret = client.create_secret(
+                args.name, value, args.description, allowed_hosts=args.allowed_hosts
+            )
         except AlreadyExists as exc:
             _name_the_existing(client, exc, args.name)
             raise
@@ -124,16 +148,21 @@ def update_secret(args: argparse.Namespace) -> int:
     if args.clear_description:
         description = ""
     changes_value = args.value_stdin or args.prompt_value
-    if description is None and not changes_value:
+    allowed_hosts: list[str] | None = args.allowed_hosts
+    if args.clear_allowed_hosts:
+        allowed_hosts = []
+    if description is None and not changes_value and allowed_hosts is None:
         raise CliError(
-            "nothing to update: give --description, --clear-description, "
-            "--value-stdin or --prompt-value"
+            "nothing to update: give --description, --clear-description, --allowed-host, "
+            "--clear-allowed-hosts, --value-stdin or --prompt-value"
         )
     with connect(args) as client:
         value = None
         if changes_value:
             value = read_secret_value(args, f"New value for secret {args.name}: ")
-        secret = client.update_secret(args.name, value, description, args.etag)
+        secret = client.update_secret(
+            args.name, value, description, args.etag, allowed_hosts=allowed_hosts
+        )
     emit(args, secret_dict(secret), f"updated secret {secret.name} (etag {secret.etag})")
     return EXIT_OK
 

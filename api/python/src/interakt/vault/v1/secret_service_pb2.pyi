@@ -30,6 +30,7 @@ class Secret(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Immutable identifier, `^[A-Za-z][A-Za-z0-9_-]{0,127}$`, unique ignoring case."""
     description: _builtins.str
@@ -40,6 +41,14 @@ class Secret(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Destination host binding (field numbers 10+ are the host-binding group).
+        Hosts a request using this secret may go to: exact hosts and `*.suffix`
+        patterns (one or more labels below the suffix), UTS-46 normalised, lower
+        case, no trailing dot. Empty: the secret is not bound to any host.
+        """
+
     def __init__(
         self,
         *,
@@ -48,10 +57,11 @@ class Secret(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        allowed_hosts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "etag", b"etag", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "create_time", b"create_time", "description", b"description", "etag", b"etag", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -65,6 +75,7 @@ class CreateSecretRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     value: _builtins.str
     """1 byte to 64 KiB of UTF-8. Stored encrypted; never returned."""
@@ -74,6 +85,10 @@ class CreateSecretRequest(_message.Message):
     returns the first result instead of ALREADY_EXISTS (remembered for 24 hours); the same
     request_id with another name is FAILED_PRECONDITION (REQUEST_ID_REUSED).
     """
+    @_builtins.property
+    def allowed_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Binds the secret to these destination hosts (see Secret.allowed_hosts)."""
+
     def __init__(
         self,
         *,
@@ -81,10 +96,11 @@ class CreateSecretRequest(_message.Message):
         value: _builtins.str = ...,
         description: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        allowed_hosts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "request_id", b"request_id", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "description", b"description", "name", b"name", "request_id", b"request_id", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,6 +189,7 @@ class UpdateSecretRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    ALLOWED_HOSTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     value: _builtins.str
     """Unset or empty keeps the stored value."""
@@ -180,6 +197,13 @@ class UpdateSecretRequest(_message.Message):
     """Unset keeps the description; empty clears it."""
     etag: _builtins.str
     """When non-empty and different from the current etag: ABORTED."""
+    @_builtins.property
+    def allowed_hosts(self) -> Global___HostList:
+        """Unset keeps the secret's hosts; set replaces them (an empty list clears them).
+        Widening or clearing the list needs a new value in the same request
+        (FAILED_PRECONDITION HOSTS_WIDEN_NEEDS_NEW_VALUE otherwise).
+        """
+
     def __init__(
         self,
         *,
@@ -187,10 +211,11 @@ class UpdateSecretRequest(_message.Message):
         value: _builtins.str | None = ...,
         description: _builtins.str | None = ...,
         etag: _builtins.str = ...,
+        allowed_hosts: Global___HostList | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_value", b"_value", "description", b"description", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_value", b"_value", "allowed_hosts", b"allowed_hosts", "description", b"description", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_value", b"_value", "description", b"description", "etag", b"etag", "name", b"name", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_value", b"_value", "allowed_hosts", b"allowed_hosts", "description", b"description", "etag", b"etag", "name", b"name", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
     _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
@@ -202,6 +227,28 @@ class UpdateSecretRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
 
 Global___UpdateSecretRequest: _TypeAlias = UpdateSecretRequest  # noqa: Y015
+
+@_typing.final
+class HostList(_message.Message):
+    """A list of destination hosts, so that an update can tell "unset" from "empty"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        hosts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hosts", b"hosts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HostList: _TypeAlias = HostList  # noqa: Y015
 
 @_typing.final
 class DeleteSecretRequest(_message.Message):
