@@ -107,6 +107,30 @@ class SecretMeta:
     etag: str
     create_time: datetime
     update_time: datetime
+    current_version: int = 1
+    delete_time: datetime | None = None
+    """Set only while the secret is scheduled for deletion (restorable until ``purge_time``)."""
+    purge_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One version of a secret's value: metadata only, never the value."""
+
+    version: int
+    create_time: datetime
+    created_by: str
+    destroyed: bool
+    current: bool
+
+
+@dataclass(frozen=True)
+class ValueMatch:
+    """A version whose value equals an IdentifySecretValue candidate."""
+
+    name: str
+    version: int
+    current: bool
 
 
 @dataclass(frozen=True)
@@ -130,3 +154,5 @@ class AuditRecord:
     secret_names: list[str] = field(default_factory=list)
     tool: str = ""
     time: datetime | None = None
+    match_count: int | None = None
+    """IdentifySecretValue only: how many versions matched (the candidate is never kept)."""

@@ -107,11 +107,14 @@ class VaultError(Exception):
         *,
         reason: Reason | None = None,
         metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason: Reason = reason or self.default_reason
         self.metadata: dict[str, str] = dict(metadata or {})
+        self.retry_after = retry_after
+        """Seconds after which a retry may succeed; sent as ``google.rpc.RetryInfo``."""
 
     def __str__(self) -> str:
         return f"{self.code} {self.reason}: {self.message}"

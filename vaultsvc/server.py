@@ -44,7 +44,8 @@ from vaultsvc.crypto import Envelope
 from vaultsvc.limits import MAX_SEND_MESSAGE_BYTES
 from vaultsvc.storage.db import Database
 from vaultsvc.storage.repository import Repository
-from vaultsvc.vault import Vault
+from vaultsvc.vault import Lifecycle, Vault
+from vaultsvc.vault.purge import Purger
 
 _log = logging.getLogger("vaultsvc.server")
 
@@ -71,6 +72,8 @@ class Runtime:
     """The port actually bound (the one asked for, or the one the OS picked for port 0)."""
     resources: contextlib.AsyncExitStack
     """Closes the database (and stops an embedded Postgres) when the vault stops."""
+    purger: Purger
+    """Background purge of expired deleted secrets (every replica runs one)."""
 
     @property
     def address(self) -> str:
@@ -86,7 +89,8 @@ async def start_server(settings: Settings) -> Runtime:
     try:
         await prepare_database(db, keyring)
         repository = Repository(db)
-        vault = Vault(repository, Envelope(keyring))
+        vault = Vault(repository, Envelope(keyring), Lifecycle.from_settings(settings))
+        purger = Purger(vault, interval=settings.purge_interval)
         audit = AuditWriter(
             repository,
             buffer_size=settings.audit_buffer_size,
@@ -135,13 +139,14 @@ async def start_server(settings: Settings) -> Runtime:
             raise StartupError(f"cannot listen on {settings.listen}")
         audit.start()
         await server.start()
+        purger.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         _log.info(
             "vault listening", extra={"listen": f"{host}:{port}", "tls": credentials is not None}
         )
         return Runtime(
-            settings, db, repository, vault, audit, server, health_servicer, port, resources
+            settings, db, repository, vault, audit, server, health_servicer, port, resources, purger
         )
     except BaseException:
         await resources.aclose()
@@ -154,6 +159,7 @@ async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     await runtime.health.enter_graceful_shutdown()
     # Give load balancers probing health a moment to see NOT_SERVING and stop routing.
     await asyncio.sleep(min(runtime.settings.shutdown_delay, grace))
+    await runtime.purger.stop()
     await runtime.server.stop(grace)
     await runtime.audit.stop()
     await runtime.resources.aclose()

@@ -32,6 +32,7 @@ class AuditServicer(agrpc.AuditServiceServicer):
                     tool=r.tool,
                     request_id=r.request_id,
                     peer=r.peer,
+                    match_count=r.match_count,
                 )
                 for r in records
             ],

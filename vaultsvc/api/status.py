@@ -34,7 +34,8 @@ def grpc_code(code: Code) -> grpc.StatusCode:
 
 
 def status_for(err: VaultError, request_id: str) -> grpc.Status:
-    """The status a client receives for ``err``: code, message and one ErrorInfo."""
+    """The status a client receives for ``err``: code, message, one ErrorInfo, and a
+    RetryInfo when the error says when to retry."""
     info = error_details_pb2.ErrorInfo(
         reason=err.reason.value,
         domain=ERROR_DOMAIN,
@@ -42,7 +43,14 @@ def status_for(err: VaultError, request_id: str) -> grpc.Status:
     )
     detail = any_pb2.Any()
     detail.Pack(info)
+    details = [detail]
+    if err.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(max(int(err.retry_after * 1000), 1))
+        retry_detail = any_pb2.Any()
+        retry_detail.Pack(retry)
+        details.append(retry_detail)
     status = status_pb2.Status(
-        code=grpc_code(err.code).value[0], message=err.message, details=[detail]
+        code=grpc_code(err.code).value[0], message=err.message, details=details
     )
     return rpc_status.to_status(status)

@@ -9,14 +9,16 @@ and one envelope.
 
 from __future__ import annotations
 
+from vaultsvc.vault._base import Lifecycle
 from vaultsvc.vault.configs import Configs
 from vaultsvc.vault.events import AuditEvents
 from vaultsvc.vault.resolve import Field, FieldProblem, FieldReferences, Resolution
 from vaultsvc.vault.secrets import Secrets
+from vaultsvc.vault.versions import Versions
 
 
-class Vault(Secrets, Configs, Resolution, AuditEvents):
+class Vault(Secrets, Versions, Configs, Resolution, AuditEvents):
     """Everything the vault does; built with a repository and an envelope."""
 
 
-__all__ = ["Field", "FieldProblem", "FieldReferences", "Vault"]
+__all__ = ["Field", "FieldProblem", "FieldReferences", "Lifecycle", "Vault"]

@@ -1,14 +1,41 @@
-"""What every part of the vault works with: the repository and the envelope."""
+"""What every part of the vault works with: the repository, the envelope and the
+lifecycle settings (versions kept, recovery window, identify budgets)."""
 
 from __future__ import annotations
 
-from vaultsvc.crypto import Envelope
+from dataclasses import dataclass
+
+from vaultsvc.config import Settings
+from vaultsvc.crypto import Envelope, Fingerprinter
 from vaultsvc.storage.repository import Repository
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """The settings the value lifecycle follows (defaults: those of :class:`Settings`)."""
+
+    max_versions: int
+    delete_recovery_days: int
+    identify_rate_per_principal: int
+    identify_rate_vault: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Lifecycle:
+        return cls(
+            max_versions=settings.max_versions,
+            delete_recovery_days=settings.delete_recovery_days,
+            identify_rate_per_principal=settings.identify_rate_per_principal,
+            identify_rate_vault=settings.identify_rate_vault,
+        )
 
 
 class VaultBase:
     """The state shared by the aggregates :class:`~vaultsvc.vault.Vault` is made of."""
 
-    def __init__(self, repository: Repository, envelope: Envelope) -> None:
+    def __init__(
+        self, repository: Repository, envelope: Envelope, lifecycle: Lifecycle | None = None
+    ) -> None:
         self.repo = repository
         self.envelope = envelope
+        self.fingerprinter = Fingerprinter(envelope.keyring)
+        self.lifecycle = lifecycle or Lifecycle.from_settings(Settings())

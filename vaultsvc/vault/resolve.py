@@ -116,13 +116,12 @@ class Resolution(VaultBase):
             sealed, configs = await self.repo.fetch_for_resolve(
                 list(secret_names), list(config_keys)
             )
-        absent = sorted({secret_names[k] for k in secret_names if k not in sealed}, key=str.lower)
+        absent = sorted(
+            {secret_names[k] for k in secret_names if k not in sealed or sealed[k].deleted},
+            key=str.lower,
+        )
         if absent:
-            raise NotFound(
-                f"secret not found: {', '.join(absent)}",
-                reason=Reason.SECRET_NOT_FOUND,
-                metadata={"names": ",".join(absent)},
-            )
+            raise _missing_secrets(absent, sealed)
         absent_configs = sorted(config_keys[k] for k in config_keys if k not in configs)
         if absent_configs:
             raise NotFound(
@@ -213,6 +212,22 @@ class Resolution(VaultBase):
                 )
         found.sort(key=lambda item: (item[0], item[1].offset))
         return references, [problem for _, problem in found]
+
+
+def _missing_secrets(absent: list[str], sealed: Mapping[str, SealedRow]) -> NotFound:
+    """One NOT_FOUND for every missing secret: ``SECRET_DELETED`` only when every one of
+    them is scheduled for deletion (restorable), else ``SECRET_NOT_FOUND``."""
+    if all(name.lower() in sealed for name in absent):
+        return NotFound(
+            f"secret scheduled for deletion (restorable until purged): {', '.join(absent)}",
+            reason=Reason.SECRET_DELETED,
+            metadata={"names": ",".join(absent)},
+        )
+    return NotFound(
+        f"secret not found: {', '.join(absent)}",
+        reason=Reason.SECRET_NOT_FOUND,
+        metadata={"names": ",".join(absent)},
+    )
 
 
 def _refuse_too_many_fields(fields: Sequence[Field]) -> None:

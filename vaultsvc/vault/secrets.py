@@ -1,5 +1,5 @@
-"""Secrets: create, read metadata, list, update and delete. Values are sealed here and
-never returned."""
+"""Secrets: create, read metadata, list, update, delete (recoverably) and restore. Values
+are sealed here and never returned."""
 
 from __future__ import annotations
 
@@ -31,7 +31,13 @@ class Secrets(VaultBase):
         validate_description(description)
         assert plaintext is not None
         audit.secret_names = [name_key(name)]
-        return await self.repo.create_secret(name, description, self._sealer(plaintext), audit)
+        return await self.repo.create_secret(
+            name,
+            description,
+            self._sealer(plaintext),
+            self.fingerprinter.fingerprint(plaintext),
+            audit,
+        )
 
     def _sealer(self, plaintext: bytes) -> Sealer:
         """Seals ``plaintext`` for the identity the repository picks inside its transaction."""
@@ -43,6 +49,7 @@ class Secrets(VaultBase):
         return seal
 
     async def get_secret(self, name: str) -> SecretMeta:
+        """Metadata, also of a secret scheduled for deletion (``delete_time`` set)."""
         validate_name(name)
         meta = await self.repo.get_secret(name)
         if meta is None:
@@ -50,13 +57,16 @@ class Secrets(VaultBase):
         return meta
 
     async def list_secrets(
-        self, page_size: int, page_token: str, name_contains: str
+        self, page_size: int, page_token: str, name_contains: str, *, show_deleted: bool = False
     ) -> tuple[list[SecretMeta], str, int]:
         limit = validate_page_size(page_size)
         contains = validate_filter(name_contains, "name_contains")
-        after = decode_page_token(page_token, contains.lower())
-        rows, total, more = await self.repo.list_secrets(contains, after, limit)
-        next_token = encode_page_token(name_key(rows[-1].name), contains.lower()) if more else ""
+        filter_key = contains.lower() + ("\x1fdeleted" if show_deleted else "")
+        after = decode_page_token(page_token, filter_key)
+        rows, total, more = await self.repo.list_secrets(
+            contains, after, limit, show_deleted=show_deleted
+        )
+        next_token = encode_page_token(name_key(rows[-1].name), filter_key) if more else ""
         return rows, next_token, total
 
     async def update_secret(
@@ -67,18 +77,42 @@ class Secrets(VaultBase):
         etag: str,
         audit: AuditRecord,
     ) -> SecretMeta:
+        """A value (even an identical one) becomes a new current version."""
         validate_name(name)
         plaintext = validate_value(value or "", required=False)
         if description is not None:
             validate_description(description)
         audit.secret_names = [name_key(name)]
         seal = self._sealer(plaintext) if plaintext is not None else None
-        return await self.repo.update_secret(name, etag, description, seal, audit)
+        fingerprint = self.fingerprinter.fingerprint(plaintext) if plaintext is not None else None
+        return await self.repo.update_secret(
+            name,
+            etag,
+            description,
+            seal,
+            fingerprint,
+            audit,
+            max_versions=self.lifecycle.max_versions,
+        )
 
-    async def delete_secret(self, name: str, etag: str, audit: AuditRecord) -> None:
+    async def delete_secret(
+        self, name: str, etag: str, audit: AuditRecord, *, purge: bool = False
+    ) -> None:
+        """Schedule deletion for ``delete_recovery_days`` (0 or ``purge``: delete now)."""
         validate_name(name)
         audit.secret_names = [name_key(name)]
-        await self.repo.delete_secret(name, etag, audit)
+        await self.repo.delete_secret(
+            name,
+            etag,
+            audit,
+            recovery_days=self.lifecycle.delete_recovery_days,
+            purge=purge,
+        )
+
+    async def restore_secret(self, name: str, audit: AuditRecord) -> SecretMeta:
+        validate_name(name)
+        audit.secret_names = [name_key(name)]
+        return await self.repo.restore_secret(name, audit)
 
     async def stats(self) -> tuple[int, datetime | None]:
         return await self.repo.stats()

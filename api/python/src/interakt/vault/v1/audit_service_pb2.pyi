@@ -31,6 +31,7 @@ class AuditEvent(_message.Message):
     TOOL_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
+    MATCH_COUNT_FIELD_NUMBER: _builtins.int
     principal: _builtins.str
     method: _builtins.str
     """Full gRPC method, e.g. "/interakt.vault.v1.SecretService/CreateSecret"."""
@@ -39,6 +40,8 @@ class AuditEvent(_message.Message):
     tool: _builtins.str
     request_id: _builtins.str
     peer: _builtins.str
+    match_count: _builtins.int
+    """IdentifySecretValue only: how many versions matched (the candidate is never recorded)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -54,12 +57,15 @@ class AuditEvent(_message.Message):
         tool: _builtins.str = ...,
         request_id: _builtins.str = ...,
         peer: _builtins.str = ...,
+        match_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_match_count", b"_match_count", "match_count", b"match_count", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "outcome", b"outcome", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "secret_names", b"secret_names", "time", b"time", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_match_count", b"_match_count", "match_count", b"match_count", "method", b"method", "outcome", b"outcome", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "secret_names", b"secret_names", "time", b"time", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__match_count: _TypeAlias = _typing.Literal["match_count"]  # noqa: Y015
+    _WhichOneofArgType__match_count: _TypeAlias = _typing.Literal["_match_count", b"_match_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__match_count) -> _WhichOneofReturnType__match_count | None: ...
 
 Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 

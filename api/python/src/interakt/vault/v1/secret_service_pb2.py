@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interakt/vault/v1/secret_service.proto\x12\x11interakt.vault.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x01\n\x06Secret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\"G\n\x13\x43reateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\" \n\x10GetSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"R\n\x12ListSecretsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rname_contains\x18\x03 \x01(\t\"n\n\x13ListSecretsResponse\x12*\n\x07secrets\x18\x01 \x03(\x0b\x32\x19.interakt.vault.v1.Secret\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"y\n\x13UpdateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x0c\n\x04\x65tag\x18\x04 \x01(\tB\x08\n\x06_valueB\x0e\n\x0c_description\"1\n\x13\x44\x65leteSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x16\n\x14GetVaultStatsRequest\"Y\n\nVaultStats\x12\x15\n\rtotal_secrets\x18\x01 \x01(\x03\x12\x34\n\x10last_update_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\x89\x04\n\rSecretService\x12Q\n\x0c\x43reateSecret\x12&.interakt.vault.v1.CreateSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12K\n\tGetSecret\x12#.interakt.vault.v1.GetSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12\\\n\x0bListSecrets\x12%.interakt.vault.v1.ListSecretsRequest\x1a&.interakt.vault.v1.ListSecretsResponse\x12Q\n\x0cUpdateSecret\x12&.interakt.vault.v1.UpdateSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12N\n\x0c\x44\x65leteSecret\x12&.interakt.vault.v1.DeleteSecretRequest\x1a\x16.google.protobuf.Empty\x12W\n\rGetVaultStats\x12\'.interakt.vault.v1.GetVaultStatsRequest\x1a\x1d.interakt.vault.v1.VaultStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interakt/vault/v1/secret_service.proto\x12\x11interakt.vault.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x95\x02\n\x06Secret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x14 \x01(\x03\x12/\n\x0b\x64\x65lete_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\npurge_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x13\x43reateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\" \n\x10GetSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"h\n\x12ListSecretsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rname_contains\x18\x03 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x14 \x01(\x08\"n\n\x13ListSecretsResponse\x12*\n\x07secrets\x18\x01 \x03(\x0b\x32\x19.interakt.vault.v1.Secret\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"y\n\x13UpdateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x0c\n\x04\x65tag\x18\x04 \x01(\tB\x08\n\x06_valueB\x0e\n\x0c_description\"@\n\x13\x44\x65leteSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\r\n\x05purge\x18\x14 \x01(\x08\"\x16\n\x14GetVaultStatsRequest\"Y\n\nVaultStats\x12\x15\n\rtotal_secrets\x18\x01 \x01(\x03\x12\x34\n\x10last_update_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x19ListSecretVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x1aListSecretVersionsResponse\x12\x32\n\x08versions\x18\x01 \x03(\x0b\x32 .interakt.vault.v1.SecretVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf5\x01\n\rSecretVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\x35\n\x05state\x18\x04 \x01(\x0e\x32&.interakt.vault.v1.SecretVersion.State\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\"F\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_ENABLED\x10\x01\x12\x13\n\x0fSTATE_DESTROYED\x10\x02\"D\n\x15RollbackSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"<\n\x1b\x44\x65stroySecretVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"$\n\x14RestoreSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"+\n\x1aIdentifySecretValueRequest\x12\r\n\x05value\x18\x01 \x01(\t\"M\n\x1bIdentifySecretValueResponse\x12.\n\x07matches\x18\x01 \x03(\x0b\x32\x1d.interakt.vault.v1.ValueMatch\"<\n\nValueMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x08\x32\xfe\x07\n\rSecretService\x12Q\n\x0c\x43reateSecret\x12&.interakt.vault.v1.CreateSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12K\n\tGetSecret\x12#.interakt.vault.v1.GetSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12\\\n\x0bListSecrets\x12%.interakt.vault.v1.ListSecretsRequest\x1a&.interakt.vault.v1.ListSecretsResponse\x12Q\n\x0cUpdateSecret\x12&.interakt.vault.v1.UpdateSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12N\n\x0c\x44\x65leteSecret\x12&.interakt.vault.v1.DeleteSecretRequest\x1a\x16.google.protobuf.Empty\x12W\n\rGetVaultStats\x12\'.interakt.vault.v1.GetVaultStatsRequest\x1a\x1d.interakt.vault.v1.VaultStats\x12q\n\x12ListSecretVersions\x12,.interakt.vault.v1.ListSecretVersionsRequest\x1a-.interakt.vault.v1.ListSecretVersionsResponse\x12U\n\x0eRollbackSecret\x12(.interakt.vault.v1.RollbackSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12^\n\x14\x44\x65stroySecretVersion\x12..interakt.vault.v1.DestroySecretVersionRequest\x1a\x16.google.protobuf.Empty\x12S\n\rRestoreSecret\x12\'.interakt.vault.v1.RestoreSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12t\n\x13IdentifySecretValue\x12-.interakt.vault.v1.IdentifySecretValueRequest\x1a..interakt.vault.v1.IdentifySecretValueResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,43 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interakt.vault.v1.secret_se
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SECRET']._serialized_start=124
-  _globals['_SECRET']._serialized_end=279
-  _globals['_CREATESECRETREQUEST']._serialized_start=281
-  _globals['_CREATESECRETREQUEST']._serialized_end=352
-  _globals['_GETSECRETREQUEST']._serialized_start=354
-  _globals['_GETSECRETREQUEST']._serialized_end=386
-  _globals['_LISTSECRETSREQUEST']._serialized_start=388
-  _globals['_LISTSECRETSREQUEST']._serialized_end=470
-  _globals['_LISTSECRETSRESPONSE']._serialized_start=472
-  _globals['_LISTSECRETSRESPONSE']._serialized_end=582
-  _globals['_UPDATESECRETREQUEST']._serialized_start=584
-  _globals['_UPDATESECRETREQUEST']._serialized_end=705
-  _globals['_DELETESECRETREQUEST']._serialized_start=707
-  _globals['_DELETESECRETREQUEST']._serialized_end=756
-  _globals['_GETVAULTSTATSREQUEST']._serialized_start=758
-  _globals['_GETVAULTSTATSREQUEST']._serialized_end=780
-  _globals['_VAULTSTATS']._serialized_start=782
-  _globals['_VAULTSTATS']._serialized_end=871
-  _globals['_SECRETSERVICE']._serialized_start=874
-  _globals['_SECRETSERVICE']._serialized_end=1395
+  _globals['_SECRET']._serialized_end=401
+  _globals['_CREATESECRETREQUEST']._serialized_start=403
+  _globals['_CREATESECRETREQUEST']._serialized_end=474
+  _globals['_GETSECRETREQUEST']._serialized_start=476
+  _globals['_GETSECRETREQUEST']._serialized_end=508
+  _globals['_LISTSECRETSREQUEST']._serialized_start=510
+  _globals['_LISTSECRETSREQUEST']._serialized_end=614
+  _globals['_LISTSECRETSRESPONSE']._serialized_start=616
+  _globals['_LISTSECRETSRESPONSE']._serialized_end=726
+  _globals['_UPDATESECRETREQUEST']._serialized_start=728
+  _globals['_UPDATESECRETREQUEST']._serialized_end=849
+  _globals['_DELETESECRETREQUEST']._serialized_start=851
+  _globals['_DELETESECRETREQUEST']._serialized_end=915
+  _globals['_GETVAULTSTATSREQUEST']._serialized_start=917
+  _globals['_GETVAULTSTATSREQUEST']._serialized_end=939
+  _globals['_VAULTSTATS']._serialized_start=941
+  _globals['_VAULTSTATS']._serialized_end=1030
+  _globals['_LISTSECRETVERSIONSREQUEST']._serialized_start=1032
+  _globals['_LISTSECRETVERSIONSREQUEST']._serialized_end=1112
+  _globals['_LISTSECRETVERSIONSRESPONSE']._serialized_start=1114
+  _globals['_LISTSECRETVERSIONSRESPONSE']._serialized_end=1219
+  _globals['_SECRETVERSION']._serialized_start=1222
+  _globals['_SECRETVERSION']._serialized_end=1467
+  _globals['_SECRETVERSION_STATE']._serialized_start=1397
+  _globals['_SECRETVERSION_STATE']._serialized_end=1467
+  _globals['_ROLLBACKSECRETREQUEST']._serialized_start=1469
+  _globals['_ROLLBACKSECRETREQUEST']._serialized_end=1537
+  _globals['_DESTROYSECRETVERSIONREQUEST']._serialized_start=1539
+  _globals['_DESTROYSECRETVERSIONREQUEST']._serialized_end=1599
+  _globals['_RESTORESECRETREQUEST']._serialized_start=1601
+  _globals['_RESTORESECRETREQUEST']._serialized_end=1637
+  _globals['_IDENTIFYSECRETVALUEREQUEST']._serialized_start=1639
+  _globals['_IDENTIFYSECRETVALUEREQUEST']._serialized_end=1682
+  _globals['_IDENTIFYSECRETVALUERESPONSE']._serialized_start=1684
+  _globals['_IDENTIFYSECRETVALUERESPONSE']._serialized_end=1761
+  _globals['_VALUEMATCH']._serialized_start=1763
+  _globals['_VALUEMATCH']._serialized_end=1823
+  _globals['_SECRETSERVICE']._serialized_start=1826
+  _globals['_SECRETSERVICE']._serialized_end=2848
 # @@protoc_insertion_point(module_scope)
