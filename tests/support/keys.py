@@ -130,7 +130,12 @@ async def expect_unreadable(
 
 
 async def kek_counts(url: str) -> dict[str, int]:
-    rows = await sql(url, "SELECT kek_id, count(*) AS n FROM secrets GROUP BY kek_id")
+    """Data keys per wrapping master key, over every retained version."""
+    rows = await sql(
+        url,
+        "SELECT kek_id, count(*) AS n FROM secret_versions WHERE kek_id IS NOT NULL "
+        "GROUP BY kek_id",
+    )
     return {r["kek_id"]: int(r["n"]) for r in rows}
 
 
