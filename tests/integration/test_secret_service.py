@@ -214,8 +214,9 @@ async def test_etags(vault: VaultHandle) -> None:
     # The failed calls lost nothing.
     assert (await s.GetSecret(pb.GetSecretRequest(name="e"))).description == "x"
     await s.DeleteSecret(pb.DeleteSecretRequest(name="e", etag=updated.etag))
+    # Scheduled for deletion (restorable): NOT_FOUND with its own reason.
     await expect_error(
-        s.GetSecret(pb.GetSecretRequest(name="e")), grpc.StatusCode.NOT_FOUND, "SECRET_NOT_FOUND"
+        s.GetSecret(pb.GetSecretRequest(name="e")), grpc.StatusCode.NOT_FOUND, "SECRET_DELETED"
     )
 
 

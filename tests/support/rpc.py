@@ -43,11 +43,28 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     """The single ErrorInfo every vault error carries (asserted, with its domain)."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     assert status is not None, "every error carries a google.rpc.Status"
-    assert len(status.details) == 1
+    infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    assert len(infos) == 1
+    # The only other detail the vault sends is a RetryInfo (RATE_LIMITED, OVERLOADED).
+    assert len(status.details) == 1 or (
+        len(status.details) == 2
+        and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+    )
     info = error_details_pb2.ErrorInfo()
-    assert status.details[0].Unpack(info)
+    assert infos[0].Unpack(info)
     assert info.domain == ERROR_DOMAIN
     return info
+
+
+def retry_info(err: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
+    """The RetryInfo detail of a failed call, if it carries one."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return retry
+    return None
 
 
 async def expect_error(

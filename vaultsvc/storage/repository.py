@@ -157,7 +157,7 @@ def _not_found(name: str) -> NotFound:
     return NotFound(f"secret not found: {name}", reason=Reason.SECRET_NOT_FOUND)
 
 
-def _scheduled(name: str) -> NotFound:
+def scheduled_for_deletion(name: str) -> NotFound:
     return NotFound(
         f"secret {name} is scheduled for deletion; restore it with RestoreSecret "
         "(vaultctl secrets restore) before its purge time",
@@ -323,7 +323,7 @@ class Repository:
         if current is None:
             raise _not_found(name)
         if current["delete_time"] is not None:
-            raise _scheduled(current["name"])
+            raise scheduled_for_deletion(current["name"])
         _check_etag(current, etag)
         return current
 
@@ -586,7 +586,7 @@ class Repository:
                 raise _not_found(name)
             scheduled = current["delete_time"] is not None
             if scheduled and not purge:
-                raise _scheduled(current["name"])
+                raise scheduled_for_deletion(current["name"])
             _check_etag(current, etag)
             live_delta = 0 if scheduled else -1
             if purge or recovery_days == 0:

@@ -17,7 +17,7 @@ from vaultsvc.domain import (
 )
 from vaultsvc.errors import NotFound, Reason
 from vaultsvc.names import name_key
-from vaultsvc.storage.repository import Sealer
+from vaultsvc.storage.repository import Sealer, scheduled_for_deletion
 from vaultsvc.vault._base import VaultBase
 from vaultsvc.vault.paging import decode_page_token, encode_page_token
 
@@ -49,11 +49,14 @@ class Secrets(VaultBase):
         return seal
 
     async def get_secret(self, name: str) -> SecretMeta:
-        """Metadata, also of a secret scheduled for deletion (``delete_time`` set)."""
+        """Metadata of a live secret. One scheduled for deletion is NOT_FOUND
+        ``SECRET_DELETED`` (``ListSecrets`` with ``show_deleted`` lists it, with its times)."""
         validate_name(name)
         meta = await self.repo.get_secret(name)
         if meta is None:
             raise NotFound(f"secret not found: {name}", reason=Reason.SECRET_NOT_FOUND)
+        if meta.delete_time is not None:
+            raise scheduled_for_deletion(meta.name)
         return meta
 
     async def list_secrets(

@@ -6,7 +6,7 @@
 -- every value already binds (secret id, name, version), so existing rows open unchanged.
 
 CREATE TABLE secret_versions (
-    secret_id          uuid        NOT NULL REFERENCES secrets (id) ON DELETE CASCADE,
+    secret_id          uuid        NOT NULL REFERENCES secrets (id) ON DELETE CASCADE ON UPDATE CASCADE,
     version            bigint      NOT NULL CHECK (version >= 1),
     create_time        timestamptz NOT NULL,
     created_by         text        NOT NULL DEFAULT '',
