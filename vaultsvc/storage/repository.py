@@ -870,15 +870,26 @@ class Repository:
 
     async def key_usage(self) -> list[KeyUsage]:
         """Every key id the database knows: registered check values and data keys wrapped
-        (every retained version counts)."""
+        (every retained version counts).
+
+        Runs before migrations at start-up, so it also reads a schema from before versions
+        existed (sealed values then lived in ``secrets``).
+        """
         async with self.db.connection() as conn:
+            versioned = await conn.fetchval(
+                "SELECT to_regclass('public.secret_versions') IS NOT NULL"
+            )
+            wrapped = (
+                "SELECT kek_id, count(*) AS n FROM secret_versions "
+                "WHERE kek_id IS NOT NULL GROUP BY kek_id"
+                if versioned
+                else "SELECT kek_id, count(*) AS n FROM secrets GROUP BY kek_id"
+            )
             rows = await conn.fetch(
-                """SELECT COALESCE(m.key_id, s.kek_id) AS key_id, m.check_value,
+                f"""SELECT COALESCE(m.key_id, s.kek_id) AS key_id, m.check_value,
                           COALESCE(m.wrap_count, 0) AS wrap_count, COALESCE(s.n, 0) AS data_keys
                      FROM master_keys m
-                     FULL OUTER JOIN (SELECT kek_id, count(*) AS n FROM secret_versions
-                                       WHERE kek_id IS NOT NULL GROUP BY kek_id) s
-                       ON s.kek_id = m.key_id
+                     FULL OUTER JOIN ({wrapped}) s ON s.kek_id = m.key_id
                     ORDER BY 1"""
             )
         return [
