@@ -107,6 +107,9 @@ def secret_dict(secret: Any) -> dict[str, Any]:
         "create_time": timestamp(secret, "create_time"),
         "update_time": timestamp(secret, "update_time"),
         "etag": secret.etag,
+        "current_version": int(secret.current_version),
+        "delete_time": timestamp(secret, "delete_time"),
+        "purge_time": timestamp(secret, "purge_time"),
     }
 
 
