@@ -12,7 +12,7 @@ from . import versions
 from .exits import EXIT_OK, CliError
 from .listing import show_listing
 from .options import add_command, add_group, connect, non_negative_int, positive_int
-from .output import emit, secret_dict, vertical
+from .output import emit, note, secret_dict, vertical, wants_json
 from .stdio import add_value_source, confirm_delete, read_secret_value
 
 
@@ -158,14 +158,12 @@ def update_secret(args: argparse.Namespace) -> int:
 
 def delete_secret(args: argparse.Namespace) -> int:
     with connect(args) as client:
-        if args.purge:
-            confirm_delete(args, "secret", args.name)
+        confirm_delete(args, "secret", args.name)
         client.delete_secret(args.name, args.etag, purge=args.purge)
-    human = (
-        f"deleted secret {args.name}"
-        if args.purge
-        else f"scheduled secret {args.name} for deletion "
-        f"(`vaultctl secrets restore {args.name}` brings it back until it is purged)"
-    )
-    emit(args, {"deleted": args.name, "purged": args.purge}, human)
+    emit(args, {"deleted": args.name, "purged": args.purge}, f"deleted secret {args.name}")
+    if not args.purge and not wants_json(args):
+        note(
+            f"restorable with `vaultctl secrets restore {args.name}` until the vault's "
+            "recovery window ends (unless the vault deletes at once)"
+        )
     return EXIT_OK
