@@ -378,7 +378,7 @@ async def test_no_value_field_in_any_secret_service_message() -> None:
 async def test_value_is_encrypted_at_rest(vault: VaultHandle) -> None:
     s = stub(vault)
     await s.CreateSecret(pb.CreateSecretRequest(name="enc", value="plain-text-canary-123"))
-    rows = await vault.sql("SELECT * FROM secrets")
+    rows = await vault.sql("SELECT * FROM secrets s JOIN secret_versions v ON v.secret_id = s.id")
     blob = repr([dict(r) for r in rows])
     assert "plain-text-canary-123" not in blob
     assert b"plain-text-canary-123" not in bytes(rows[0]["ciphertext"])
