@@ -129,6 +129,14 @@ async def expect_unreadable(
 # ------------------------------------------------------------------ database
 
 
+CURRENT_SEALED = (
+    "(SELECT s.id, s.name, v.version, v.kek_id, v.wrapped_dek, v.ciphertext "
+    "FROM secrets s JOIN secret_versions v "
+    "ON v.secret_id = s.id AND v.version = s.current_version) AS sealed"
+)
+"""SQL ``FROM`` item: each secret's current version, with its sealed columns."""
+
+
 async def kek_counts(url: str) -> dict[str, int]:
     """Data keys per wrapping master key, over every retained version."""
     rows = await sql(
