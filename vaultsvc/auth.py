@@ -26,6 +26,12 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     _PKG + "SecretService/UpdateSecret": frozenset({ADMIN}),
     _PKG + "SecretService/DeleteSecret": frozenset({ADMIN}),
     _PKG + "SecretService/GetVaultStats": frozenset({ADMIN, VIEWER}),
+    _PKG + "SecretService/ListSecretVersions": frozenset({ADMIN, VIEWER}),
+    _PKG + "SecretService/RollbackSecret": frozenset({ADMIN}),
+    _PKG + "SecretService/DestroySecretVersion": frozenset({ADMIN}),
+    _PKG + "SecretService/RestoreSecret": frozenset({ADMIN}),
+    # An equality oracle over values: admin only, and rate-limited (vault.versions).
+    _PKG + "SecretService/IdentifySecretValue": frozenset({ADMIN}),
     _PKG + "ConfigService/PutConfigValue": frozenset({ADMIN}),
     _PKG + "ConfigService/GetConfigValue": frozenset({ADMIN, VIEWER}),
     _PKG + "ConfigService/ListConfigValues": frozenset({ADMIN, VIEWER}),

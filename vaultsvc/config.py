@@ -338,6 +338,32 @@ SETTINGS: tuple[Setting, ...] = (
         1.0, "seconds between checks of the change sequence (backs up lost notifications)",
         minimum=0.05, maximum=60,
     ),
+    Setting(
+        "max_versions", "VAULT_MAX_VERSIONS", "max_versions", "int", 10,
+        "sealed versions kept per secret; older ones are destroyed (value gone, metadata kept)",
+        minimum=1, maximum=1000,
+    ),
+    Setting(
+        "delete_recovery_days", "VAULT_DELETE_RECOVERY_DAYS", "delete_recovery_days", "int", 7,
+        "days a deleted secret stays restorable (its name stays reserved); 0 = delete at once",
+        minimum=0, maximum=3650,
+    ),
+    Setting(
+        "purge_interval", "VAULT_PURGE_INTERVAL", "purge_interval", "float", 60.0,
+        "seconds between runs of the background purge of expired deleted secrets",
+        minimum=0.05, maximum=86400,
+    ),
+    Setting(
+        "identify_rate_per_principal", "VAULT_IDENTIFY_RATE_PER_PRINCIPAL",
+        "identify_rate_per_principal", "int", 30,
+        "IdentifySecretValue calls per minute per principal (counted in Postgres)",
+        minimum=1,
+    ),
+    Setting(
+        "identify_rate_vault", "VAULT_IDENTIFY_RATE_VAULT", "identify_rate_vault", "int", 30,
+        "IdentifySecretValue calls per minute for the whole vault, all principals and replicas",
+        minimum=1,
+    ),
 )  # fmt: skip
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
@@ -439,6 +465,11 @@ class Settings:
     cache_max_bytes: int = _D["cache.max_bytes"]
     cache_negative_max_entries: int = _D["cache.negative_max_entries"]
     cache_check_interval: float = _D["cache.check_interval"]
+    max_versions: int = _D["max_versions"]
+    delete_recovery_days: int = _D["delete_recovery_days"]
+    purge_interval: float = _D["purge_interval"]
+    identify_rate_per_principal: int = _D["identify_rate_per_principal"]
+    identify_rate_vault: int = _D["identify_rate_vault"]
 
     def require_keyring(self) -> Keyring:
         if self.keyring is None:

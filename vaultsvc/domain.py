@@ -155,6 +155,30 @@ class SecretMeta:
     create_time: datetime
     update_time: datetime
     allowed_hosts: tuple[str, ...] = ()
+    current_version: int = 1
+    delete_time: datetime | None = None
+    """Set only while the secret is scheduled for deletion (restorable until ``purge_time``)."""
+    purge_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One version of a secret's value: metadata only, never the value."""
+
+    version: int
+    create_time: datetime
+    created_by: str
+    destroyed: bool
+    current: bool
+
+
+@dataclass(frozen=True)
+class ValueMatch:
+    """A version whose value equals an IdentifySecretValue candidate."""
+
+    name: str
+    version: int
+    current: bool
 
 
 @dataclass(frozen=True)
@@ -184,3 +208,5 @@ class AuditRecord:
     """Secret names asked for that do not exist (``secret_names`` keeps 20 of them)."""
     count: int = 1
     """Calls this event stands for (> 1 only for aggregated unauthenticated refusals)."""
+    match_count: int | None = None
+    """IdentifySecretValue only: how many versions matched (the candidate is never kept)."""

@@ -264,6 +264,59 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
     )
     await ex.ok("delete", admin.DeleteSecret(spb.DeleteSecretRequest(name="doomed")))
 
+    # ------------------------------------------- versions, recovery and identify
+    await ex.ok(
+        "versions", viewer.ListSecretVersions(spb.ListSecretVersionsRequest(name="canary_key"))
+    )
+    await ex.ok(
+        "versions page",
+        admin.ListSecretVersions(spb.ListSecretVersionsRequest(name="canary_key", page_size=1)),
+    )
+    await ex.ok("list deleted", admin.ListSecrets(spb.ListSecretsRequest(show_deleted=True)))
+    await ex.fails(
+        "create reserved",
+        admin.CreateSecret(spb.CreateSecretRequest(name="doomed", value=value)),
+        Code.ALREADY_EXISTS,
+    )
+    await ex.ok("restore", admin.RestoreSecret(spb.RestoreSecretRequest(name="doomed")))
+    await ex.fails(
+        "restore live",
+        admin.RestoreSecret(spb.RestoreSecretRequest(name="doomed")),
+        Code.FAILED_PRECONDITION,
+    )
+    await ex.ok("identify", admin.IdentifySecretValue(spb.IdentifySecretValueRequest(value=value)))
+    await ex.ok(
+        "identify near miss",
+        admin.IdentifySecretValue(spb.IdentifySecretValueRequest(value=value + "x")),
+    )
+    await ex.fails(
+        "viewer identify",
+        viewer.IdentifySecretValue(spb.IdentifySecretValueRequest(value=value)),
+        Code.PERMISSION_DENIED,
+    )
+    await ex.ok(
+        "rollback",
+        admin.RollbackSecret(spb.RollbackSecretRequest(name="canary_key", version=1)),
+    )
+    await ex.fails(
+        "destroy current",
+        admin.DestroySecretVersion(spb.DestroySecretVersionRequest(name="canary_key", version=3)),
+        Code.FAILED_PRECONDITION,
+    )
+    await ex.ok(
+        "destroy",
+        admin.DestroySecretVersion(spb.DestroySecretVersionRequest(name="canary_key", version=2)),
+    )
+    await ex.fails(
+        "rollback destroyed",
+        admin.RollbackSecret(spb.RollbackSecretRequest(name="canary_key", version=2)),
+        Code.FAILED_PRECONDITION,
+    )
+    await ex.ok(
+        "delete for good",
+        admin.DeleteSecret(spb.DeleteSecretRequest(name="doomed", purge=True)),
+    )
+
     # ------------------------------------------------------------ ConfigService
     await ex.ok(
         "put config",
@@ -420,8 +473,11 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
 
     # A row whose ciphertext was moved from another secret must not decrypt (or leak).
     await vault.sql(
-        "UPDATE secrets SET wrapped_dek = s.wrapped_dek, ciphertext = s.ciphertext "
-        "FROM secrets s WHERE secrets.name = 'canary_moved' AND s.name = 'canary_key'"
+        "UPDATE secret_versions v SET wrapped_dek = o.wrapped_dek, ciphertext = o.ciphertext "
+        "FROM secrets t, secrets s, secret_versions o "
+        "WHERE t.name = 'canary_moved' AND v.secret_id = t.id "
+        "AND v.version = t.current_version AND s.name = 'canary_key' "
+        "AND o.secret_id = s.id AND o.version = s.current_version"
     )
     await ex.fails(
         "moved ciphertext",

@@ -117,6 +117,9 @@ async def test_create_from_stdin_then_get_shows_metadata_only(
         "update_time",
         "etag",
         "allowed_hosts",
+        "current_version",
+        "delete_time",
+        "purge_time",
     }
 
     table = await vaultctl("secrets", "get", "stripe_key")

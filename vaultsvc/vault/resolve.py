@@ -179,14 +179,12 @@ class Resolution(VaultBase):
             )
 
         sealed, configs = await self._sealed_rows(list(secret_names), list(config_keys))
-        record_secret_names(audit, secret_names, (k for k in secret_names if k not in sealed))
-        absent = sorted({secret_names[k] for k in secret_names if k not in sealed}, key=str.lower)
+        # A secret scheduled for deletion is missing to a resolve: never opened.
+        unusable = [k for k in secret_names if k not in sealed or sealed[k].deleted]
+        record_secret_names(audit, secret_names, unusable)
+        absent = sorted({secret_names[k] for k in unusable}, key=str.lower)
         if absent:
-            raise NotFound(
-                f"secret not found: {listed(absent)}",
-                reason=Reason.SECRET_NOT_FOUND,
-                metadata={"names": listed(absent, ",")},
-            )
+            raise _missing_secrets(absent, sealed)
         absent_configs = sorted(config_keys[k] for k in config_keys if k not in configs)
         if absent_configs:
             raise NotFound(
@@ -363,6 +361,22 @@ class Resolution(VaultBase):
                 )
         found.sort(key=lambda item: (item[0], item[1].offset))
         return references, [problem for _, problem in found]
+
+
+def _missing_secrets(absent: list[str], sealed: Mapping[str, SealedRow]) -> NotFound:
+    """One NOT_FOUND for every missing secret: ``SECRET_DELETED`` only when every one of
+    them is scheduled for deletion (restorable), else ``SECRET_NOT_FOUND``."""
+    if all(name.lower() in sealed for name in absent):
+        return NotFound(
+            f"secret scheduled for deletion (restorable until purged): {listed(absent)}",
+            reason=Reason.SECRET_DELETED,
+            metadata={"names": listed(absent, ",")},
+        )
+    return NotFound(
+        f"secret not found: {listed(absent)}",
+        reason=Reason.SECRET_NOT_FOUND,
+        metadata={"names": listed(absent, ",")},
+    )
 
 
 def _refuse_too_many_fields(fields: Sequence[Field]) -> None:

@@ -1,5 +1,5 @@
-"""Secrets: create, read metadata, list, update and delete. Values are sealed here and
-never returned."""
+"""Secrets: create, read metadata, list, update, delete (recoverably) and restore. Values
+are sealed here and never returned."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from vaultsvc.domain import (
 )
 from vaultsvc.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from vaultsvc.names import name_key
-from vaultsvc.storage.repository import HostsChange, Sealer
+from vaultsvc.storage.repository import HostsChange, Sealer, scheduled_for_deletion
 from vaultsvc.templates.hosts import covers
 from vaultsvc.vault._base import VaultBase
 from vaultsvc.vault.cache import SECRET_KIND
@@ -62,7 +62,13 @@ class Secrets(VaultBase):
         audit.secret_names = [name_key(name)]
         try:
             return await self.repo.create_secret(
-                name, description, self._sealer(plaintext), audit, idempotency_key, hosts
+                name,
+                description,
+                self._sealer(plaintext),
+                self.fingerprinter.fingerprint(plaintext),
+                audit,
+                idempotency_key,
+                hosts,
             )
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
@@ -77,20 +83,27 @@ class Secrets(VaultBase):
         return seal
 
     async def get_secret(self, name: str) -> SecretMeta:
+        """Metadata of a live secret. One scheduled for deletion is NOT_FOUND
+        ``SECRET_DELETED`` (``ListSecrets`` with ``show_deleted`` lists it, with its times)."""
         validate_name(name)
         meta = await self.repo.get_secret(name)
         if meta is None:
             raise NotFound(f"secret not found: {name}", reason=Reason.SECRET_NOT_FOUND)
+        if meta.delete_time is not None:
+            raise scheduled_for_deletion(meta.name)
         return meta
 
     async def list_secrets(
-        self, page_size: int, page_token: str, name_contains: str
+        self, page_size: int, page_token: str, name_contains: str, *, show_deleted: bool = False
     ) -> tuple[list[SecretMeta], str, int]:
         limit = validate_page_size(page_size)
         contains = validate_filter(name_contains, "name_contains")
-        after = decode_page_token(page_token, contains.lower())
-        rows, total, more = await self.repo.list_secrets(contains, after, limit)
-        next_token = encode_page_token(name_key(rows[-1].name), contains.lower()) if more else ""
+        filter_key = contains.lower() + ("\x1fdeleted" if show_deleted else "")
+        after = decode_page_token(page_token, filter_key)
+        rows, total, more = await self.repo.list_secrets(
+            contains, after, limit, show_deleted=show_deleted
+        )
+        next_token = encode_page_token(name_key(rows[-1].name), filter_key) if more else ""
         return rows, next_token, total
 
     async def update_secret(
@@ -102,7 +115,9 @@ class Secrets(VaultBase):
         audit: AuditRecord,
         allowed_hosts: Sequence[str] | None = None,
     ) -> SecretMeta:
-        """``allowed_hosts`` None keeps the secret's hosts, a list replaces them (empty:
+        """A value (even an identical one) becomes a new current version.
+
+        ``allowed_hosts`` None keeps the secret's hosts, a list replaces them (empty:
         unbound). Widening or clearing them needs a new value in the same update."""
         validate_name(name)
         plaintext = validate_value(value or "", required=False)
@@ -115,16 +130,43 @@ class Secrets(VaultBase):
             )
         audit.secret_names = [name_key(name)]
         seal = self._sealer(plaintext) if plaintext is not None else None
+        fingerprint = self.fingerprinter.fingerprint(plaintext) if plaintext is not None else None
         try:
-            return await self.repo.update_secret(name, etag, description, seal, audit, hosts_change)
+            return await self.repo.update_secret(
+                name,
+                etag,
+                description,
+                seal,
+                fingerprint,
+                audit,
+                hosts_change,
+                max_versions=self.lifecycle.max_versions,
+            )
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
 
-    async def delete_secret(self, name: str, etag: str, audit: AuditRecord) -> None:
+    async def delete_secret(
+        self, name: str, etag: str, audit: AuditRecord, *, purge: bool = False
+    ) -> None:
+        """Schedule deletion for ``delete_recovery_days`` (0 or ``purge``: delete now)."""
         validate_name(name)
         audit.secret_names = [name_key(name)]
         try:
-            await self.repo.delete_secret(name, etag, audit)
+            await self.repo.delete_secret(
+                name,
+                etag,
+                audit,
+                recovery_days=self.lifecycle.delete_recovery_days,
+                purge=purge,
+            )
+        finally:
+            self.cache.invalidate(SECRET_KIND, name_key(name))
+
+    async def restore_secret(self, name: str, audit: AuditRecord) -> SecretMeta:
+        validate_name(name)
+        audit.secret_names = [name_key(name)]
+        try:
+            return await self.repo.restore_secret(name, audit)
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
 

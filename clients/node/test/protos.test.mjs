@@ -27,6 +27,11 @@ const CONTRACT = {
     UpdateSecret: ['UpdateSecretRequest', 'Secret'],
     DeleteSecret: ['DeleteSecretRequest', 'google.protobuf.Empty'],
     GetVaultStats: ['GetVaultStatsRequest', 'VaultStats'],
+    ListSecretVersions: ['ListSecretVersionsRequest', 'ListSecretVersionsResponse'],
+    RollbackSecret: ['RollbackSecretRequest', 'Secret'],
+    DestroySecretVersion: ['DestroySecretVersionRequest', 'google.protobuf.Empty'],
+    RestoreSecret: ['RestoreSecretRequest', 'Secret'],
+    IdentifySecretValue: ['IdentifySecretValueRequest', 'IdentifySecretValueResponse'],
   },
   ConfigService: {
     PutConfigValue: ['PutConfigValueRequest', 'ConfigValue'],

@@ -110,6 +110,9 @@ def secret_dict(secret: Any) -> dict[str, Any]:
         "update_time": timestamp(secret, "update_time"),
         "etag": secret.etag,
         "allowed_hosts": list(secret.allowed_hosts),
+        "current_version": int(secret.current_version),
+        "delete_time": timestamp(secret, "delete_time"),
+        "purge_time": timestamp(secret, "purge_time"),
     }
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 from ..client import VaultClient
 from ..errors import AlreadyExists, VaultError
+from . import versions
 from .exits import EXIT_OK, CliError
 from .listing import show_listing
 from .options import add_command, add_group, connect, non_negative_int, positive_int
-from .output import emit, secret_dict, vertical
+from .output import emit, note, secret_dict, vertical, wants_json
 from .stdio import add_value_source, confirm_delete, read_secret_value
 
 
@@ -55,6 +56,11 @@ def register(groups: Any) -> Any:
     listing.add_argument(
         "--page-size", type=positive_int, default=100, help="secrets per request (default 100)"
     )
+    listing.add_argument(
+        "--show-deleted",
+        action="store_true",
+        help="also list secrets scheduled for deletion (restorable until their purge time)",
+    )
 
     update = add_command(
         actions,
@@ -85,10 +91,19 @@ def register(groups: Any) -> Any:
     add_value_source(update, required=True)
     update.add_argument("--etag", default="", help="fail (exit 6) unless the secret has this etag")
 
-    delete = add_command(actions, "delete", delete_secret, "Delete a secret (hard delete).")
+    delete = add_command(
+        actions,
+        "delete",
+        delete_secret,
+        "Delete a secret: restorable during the vault's recovery window, unless --purge.",
+    )
     delete.add_argument("name", help="the secret's name (any case)")
     delete.add_argument("--etag", default="", help="fail (exit 6) unless the secret has this etag")
+    delete.add_argument(
+        "--purge", action="store_true", help="delete at once, with no recovery window"
+    )
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    versions.register(actions)
     return actions
 
 
@@ -130,7 +145,9 @@ def list_secrets(args: argparse.Namespace) -> int:
     with connect(args) as client:
         return show_listing(
             args,
-            client.list_secrets(args.contains, page_size=args.page_size),
+            client.list_secrets(
+                args.contains, page_size=args.page_size, show_deleted=args.show_deleted
+            ),
             secret_dict,
             key="secrets",
             columns={
@@ -138,6 +155,7 @@ def list_secrets(args: argparse.Namespace) -> int:
                 "DESCRIPTION": "description",
                 "UPDATED": "update_time",
                 "ETAG": "etag",
+                **({"PURGE": "purge_time"} if args.show_deleted else {}),
             },
             noun="secret",
         )
@@ -170,6 +188,11 @@ def update_secret(args: argparse.Namespace) -> int:
 def delete_secret(args: argparse.Namespace) -> int:
     with connect(args) as client:
         confirm_delete(args, "secret", args.name)
-        client.delete_secret(args.name, args.etag)
-    emit(args, {"deleted": args.name}, f"deleted secret {args.name}")
+        client.delete_secret(args.name, args.etag, purge=args.purge)
+    emit(args, {"deleted": args.name, "purged": args.purge}, f"deleted secret {args.name}")
+    if not args.purge and not wants_json(args):
+        note(
+            f"restorable with `vaultctl secrets restore {args.name}` until the vault's "
+            "recovery window ends (unless the vault deletes at once)"
+        )
     return EXIT_OK
