@@ -435,24 +435,35 @@ async def test_refusals_follow_the_contracts_precedence(make_vault: VaultFactory
             name="payments_key", value=STRIPE, allowed_hosts=spb.HostList(hosts=["api.stripe.com"])
         )
     )
+    # A secret scheduled for deletion is missing to a resolve (never opened).
+    await secrets_admin(vault).CreateSecret(
+        spb.CreateSecretRequest(name="payments_old", value="OLD-1")
+    )
+    await secrets_admin(vault).DeleteSecret(spb.DeleteSecretRequest(name="payments_old"))
     # Tamper with every stored value: any decryption would now fail with DATA_LOSS.
-    await vault.sql("UPDATE secrets SET ciphertext = ciphertext || '\\x00'::bytea")
+    await vault.sql("UPDATE secret_versions SET ciphertext = ciphertext || '\\x00'::bytea")
     stub = _stub(vault, token)
     out_of_scope = ("o", "{{secret:orders_key}}", RAW)
     wrong_host = ("u", "https://evil.example/?k={{secret:payments_key}}", URL)
     missing_secret = ("m", "{{secret:nope}}", RAW)
     missing_config = ("c", "{{config:nope}}", RAW)
     malformed = ("x", "{{secret:}}", RAW)
+    deleted = ("d", "{{secret:payments_old}}", RAW)
     steps = [
         (
-            [malformed, missing_secret, missing_config, out_of_scope, wrong_host],
+            [malformed, deleted, missing_secret, missing_config, out_of_scope, wrong_host],
             "INVALID_ARGUMENT",
             "MALFORMED_PLACEHOLDER",
         ),
         (
-            [missing_secret, missing_config, out_of_scope, wrong_host],
+            [deleted, missing_secret, missing_config, out_of_scope, wrong_host],
             "NOT_FOUND",
             "SECRET_NOT_FOUND",
+        ),
+        (
+            [deleted, missing_config, out_of_scope, wrong_host],
+            "NOT_FOUND",
+            "SECRET_DELETED",
         ),
         ([missing_config, out_of_scope, wrong_host], "NOT_FOUND", "CONFIG_NOT_FOUND"),
         ([out_of_scope, wrong_host], "PERMISSION_DENIED", "SECRET_NOT_ALLOWED"),
