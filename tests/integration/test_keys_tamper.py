@@ -47,6 +47,12 @@ class _Tamperer:
     async def fetchrow(self, query: str, *args: Any) -> Any:
         return await self.connection.fetchrow(query, *args)
 
+    async def fetch(self, query: str, *args: Any) -> Any:
+        return await self.connection.fetch(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self.connection.fetchval(query, *args)
+
     async def execute(self, query: str, *args: Any) -> Any:
         result = await self.connection.execute(query, *args)
         await self.vault.caught_up()
