@@ -53,6 +53,7 @@ def entry_size(value: SealedRow | str) -> int:
         + sys.getsizeof(sealed.key_id)
         + sys.getsizeof(value.allowed_hosts)
         + sum(sys.getsizeof(host) for host in value.allowed_hosts)
+        + (sys.getsizeof(value.delete_time) if value.delete_time is not None else 0)
     )
 
 
