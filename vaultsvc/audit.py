@@ -43,6 +43,7 @@ class CallContext:
     peer: str
     principal: str = ""
     role: str = ""
+    scopes: tuple[str, ...] = ()
     record: AuditRecord = field(init=False)
     audited: bool = False
 
@@ -54,9 +55,10 @@ class CallContext:
             peer=self.peer,
         )
 
-    def set_principal(self, principal: str, role: str) -> None:
+    def set_principal(self, principal: str, role: str, scopes: tuple[str, ...] = ()) -> None:
         self.principal = principal
         self.role = role
+        self.scopes = scopes
         self.record.principal = principal
 
 

@@ -26,6 +26,12 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     _PKG + "SecretService/UpdateSecret": frozenset({ADMIN}),
     _PKG + "SecretService/DeleteSecret": frozenset({ADMIN}),
     _PKG + "SecretService/GetVaultStats": frozenset({ADMIN, VIEWER}),
+    _PKG + "SecretService/ListSecretVersions": frozenset({ADMIN, VIEWER}),
+    _PKG + "SecretService/RollbackSecret": frozenset({ADMIN}),
+    _PKG + "SecretService/DestroySecretVersion": frozenset({ADMIN}),
+    _PKG + "SecretService/RestoreSecret": frozenset({ADMIN}),
+    # An equality oracle over values: admin only, and rate-limited (vault.versions).
+    _PKG + "SecretService/IdentifySecretValue": frozenset({ADMIN}),
     _PKG + "ConfigService/PutConfigValue": frozenset({ADMIN}),
     _PKG + "ConfigService/GetConfigValue": frozenset({ADMIN, VIEWER}),
     _PKG + "ConfigService/ListConfigValues": frozenset({ADMIN, VIEWER}),
@@ -52,15 +58,21 @@ class TokenEntry:
     principal: str
     role: str
     sha256: bytes
+    scopes: tuple[str, ...] = ()
+    """Resolver tokens only: secret-name patterns (``payments_*``) it may resolve; empty = all."""
 
     def __repr__(self) -> str:
-        return f"TokenEntry(principal={self.principal!r}, role={self.role!r})"
+        return (
+            f"TokenEntry(principal={self.principal!r}, role={self.role!r}, scopes={self.scopes!r})"
+        )
 
 
 @dataclass(frozen=True)
 class Principal:
     name: str
     role: str
+    scopes: tuple[str, ...] = ()
+    """For a resolver: the secret-name patterns it may use (empty: every secret)."""
 
 
 def hash_token(token: str) -> bytes:
@@ -93,7 +105,7 @@ class TokenAuthenticator:
                 found = entry
         if found is None:
             raise Unauthenticated("unknown token")
-        return Principal(found.principal, found.role)
+        return Principal(found.principal, found.role, found.scopes)
 
 
 def authorize(method: str, principal: Principal) -> None:

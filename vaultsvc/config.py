@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vaultsvc.auth import ROLES, TokenEntry
+from vaultsvc.auth import RESOLVER, ROLES, TokenEntry
 from vaultsvc.crypto import Keyring, KeyringError, load_key_file, parse_master_keys
+from vaultsvc.names import SCOPE_PATTERN
 
 _log = logging.getLogger(__name__)
 
@@ -123,8 +124,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "tokens", "VAULT_TOKENS", "tokens", "tokens", (),
         "bearer tokens by SHA-256 (hashes only, never tokens; "
-        "`python -m vaultsvc token create` prints both forms); in the file `[[tokens]]` tables",
-        fields=("principal", "role", "sha256"), default_doc="none",
+        "`python -m vaultsvc token create` prints both forms); a resolver token may end in "
+        "`:scope1\\|scope2` (secret-name patterns such as `payments_*`); in the file "
+        "`[[tokens]]` tables (`scopes` a list)",
+        fields=("principal", "role", "sha256", "scopes"), default_doc="none",
     ),
     Setting(
         "database.url", "VAULT_DATABASE_URL", "database.url", "str", None,
@@ -335,6 +338,32 @@ SETTINGS: tuple[Setting, ...] = (
         1.0, "seconds between checks of the change sequence (backs up lost notifications)",
         minimum=0.05, maximum=60,
     ),
+    Setting(
+        "max_versions", "VAULT_MAX_VERSIONS", "max_versions", "int", 10,
+        "sealed versions kept per secret; older ones are destroyed (value gone, metadata kept)",
+        minimum=1, maximum=1000,
+    ),
+    Setting(
+        "delete_recovery_days", "VAULT_DELETE_RECOVERY_DAYS", "delete_recovery_days", "int", 7,
+        "days a deleted secret stays restorable (its name stays reserved); 0 = delete at once",
+        minimum=0, maximum=3650,
+    ),
+    Setting(
+        "purge_interval", "VAULT_PURGE_INTERVAL", "purge_interval", "float", 60.0,
+        "seconds between runs of the background purge of expired deleted secrets",
+        minimum=0.05, maximum=86400,
+    ),
+    Setting(
+        "identify_rate_per_principal", "VAULT_IDENTIFY_RATE_PER_PRINCIPAL",
+        "identify_rate_per_principal", "int", 30,
+        "IdentifySecretValue calls per minute per principal (counted in Postgres)",
+        minimum=1,
+    ),
+    Setting(
+        "identify_rate_vault", "VAULT_IDENTIFY_RATE_VAULT", "identify_rate_vault", "int", 30,
+        "IdentifySecretValue calls per minute for the whole vault, all principals and replicas",
+        minimum=1,
+    ),
 )  # fmt: skip
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
@@ -436,6 +465,11 @@ class Settings:
     cache_max_bytes: int = _D["cache.max_bytes"]
     cache_negative_max_entries: int = _D["cache.negative_max_entries"]
     cache_check_interval: float = _D["cache.check_interval"]
+    max_versions: int = _D["max_versions"]
+    delete_recovery_days: int = _D["delete_recovery_days"]
+    purge_interval: float = _D["purge_interval"]
+    identify_rate_per_principal: int = _D["identify_rate_per_principal"]
+    identify_rate_vault: int = _D["identify_rate_vault"]
 
     def require_keyring(self) -> Keyring:
         if self.keyring is None:
@@ -650,6 +684,7 @@ def _from_file(setting: Setting, raw: Any, base: Path) -> Any:
                     str(entry.get("role", "")),
                     str(entry.get("sha256", "")),
                     f"[[tokens]] entry {position}",
+                    _scopes_from_file(entry.get("scopes", []), f"[[tokens]] entry {position}"),
                 )
                 for position, entry in enumerate(raw, start=1)
             )
@@ -732,7 +767,7 @@ def describe(setting: Setting) -> str:
         "bool": "true or false (environment: 1/0, true/false, yes/no, on/off)",
         "choice": " or ".join(setting.choices),
         "keys": "id:base64key[,id:base64key...]",
-        "tokens": "principal:role:sha256hex[,...]",
+        "tokens": "principal:role:sha256hex[:scopes][,...]",
         "principals": "subject_cn:principal:role[,...]",
     }[setting.kind]
 
@@ -751,14 +786,51 @@ def _split_entries(spec: str, source: str, shape: str) -> list[tuple[int, list[s
 
 
 def _parse_tokens(spec: str, source: str) -> tuple[TokenEntry, ...]:
-    return tuple(
-        validate_token_entry(parts[0], parts[1], parts[2], f"{source} entry {position}")
-        for position, parts in _split_entries(
-            spec,
-            source,
-            "principal:role:sha256hex (only the SHA-256 hash of a token belongs in config)",
+    """``principal:role:sha256hex`` entries; a resolver's may add ``:scope1|scope2``
+    (principal names hold no ``:``, so the fields split on it)."""
+    entries: list[TokenEntry] = []
+    for position, raw in enumerate(spec.split(","), start=1):
+        item = raw.strip()
+        if not item:
+            continue
+        parts = item.split(":")
+        where = f"{source} entry {position}"
+        if len(parts) not in (3, 4):
+            raise ConfigError(
+                f"{source}: entry {position} must be principal:role:sha256hex[:scope|scope]"
+                " (only the SHA-256 hash of a token belongs in config)"
+            )
+        if len(parts) == 4 and _TOKEN_HASH.match(parts[3].strip().lower()):
+            raise ConfigError(f"{where}: invalid principal name (it may not hold ':')")
+        scopes = tuple(parts[3].split("|")) if len(parts) == 4 else ()
+        if len(parts) == 4 and not parts[3].strip():
+            raise ConfigError(f"{where}: empty scope list after the hash (omit the ':')")
+        entries.append(validate_token_entry(parts[0], parts[1], parts[2], where, scopes))
+    return tuple(entries)
+
+
+def _scopes_from_file(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+        raise ConfigError(f"{where}: scopes must be a list of strings")
+    return tuple(raw)
+
+
+def validate_scopes(
+    scopes: Sequence[str], role: str, principal: str, where: str
+) -> tuple[str, ...]:
+    """Resolver scopes: secret names or name prefixes ending in ``*``; other roles have none."""
+    cleaned = tuple(scope.strip() for scope in scopes)
+    if cleaned and role != RESOLVER:
+        raise ConfigError(
+            f"{where}: principal {principal} has role {role}; only resolver tokens take scopes"
         )
-    )
+    for scope in cleaned:
+        if not scope or not SCOPE_PATTERN.fullmatch(scope):
+            raise ConfigError(
+                f"{where}: principal {principal}: scope {scope[:64]!r} must be a secret name or"
+                " a name prefix ending in '*' (payments_*)"
+            )
+    return cleaned
 
 
 def _parse_principals(spec: str, source: str) -> tuple[ClientPrincipal, ...]:
@@ -785,7 +857,9 @@ def _client_principal(entry: Mapping[str, Any], where: str) -> ClientPrincipal:
     return ClientPrincipal(cn.strip(), principal.strip(), role.strip())
 
 
-def validate_token_entry(principal: str, role: str, digest: str, where: str) -> TokenEntry:
+def validate_token_entry(
+    principal: str, role: str, digest: str, where: str, scopes: Sequence[str] = ()
+) -> TokenEntry:
     principal, role, digest = principal.strip(), role.strip(), digest.strip().lower()
     if not _PRINCIPAL.match(principal):
         raise ConfigError(f"{where}: invalid principal name")
@@ -799,7 +873,12 @@ def validate_token_entry(principal: str, role: str, digest: str, where: str) -> 
             f"{where}: principal {principal} needs the token's SHA-256 as 64 hex characters "
             "(`python -m vaultsvc token create` prints it)"
         )
-    return TokenEntry(principal=principal, role=role, sha256=bytes.fromhex(digest))
+    return TokenEntry(
+        principal=principal,
+        role=role,
+        sha256=bytes.fromhex(digest),
+        scopes=validate_scopes(scopes, role, principal, where),
+    )
 
 
 def _keyring_from_file(entries: Sequence[Mapping[str, Any]], base: Path) -> Keyring:

@@ -8,12 +8,14 @@ them), and storage must not import the behaviour layer that uses it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from vaultsvc.errors import InvalidArgument, Reason
 from vaultsvc.limits import (
     DEFAULT_PAGE_SIZE,
+    MAX_ALLOWED_HOSTS,
     MAX_CONFIG_VALUE_BYTES,
     MAX_DESCRIPTION_CHARS,
     MAX_FILTER_CHARS,
@@ -21,7 +23,8 @@ from vaultsvc.limits import (
     MAX_PAGE_SIZE,
     MAX_VALUE_BYTES,
 )
-from vaultsvc.names import NAME_PATTERN, NAME_RULE
+from vaultsvc.names import NAME_PATTERN, NAME_RULE, TOOL_PATTERN, TOOL_REGEX
+from vaultsvc.templates.hosts import HostError, normalise_host, normalise_patterns
 
 
 def safe_label(text: str, limit: int = MAX_LABEL_CHARS) -> str:
@@ -81,6 +84,50 @@ def validate_description(description: str) -> str:
     return description
 
 
+def validate_allowed_hosts(hosts: Sequence[str]) -> tuple[str, ...]:
+    """``allowed_hosts`` entries in their stored form (normalised, unique, sorted)."""
+    if len(hosts) > MAX_ALLOWED_HOSTS:
+        raise InvalidArgument(
+            f"allowed_hosts has {len(hosts)} entries; the limit is {MAX_ALLOWED_HOSTS}",
+            reason=Reason.INVALID_ARGUMENT,
+            metadata={"field": "allowed_hosts"},
+        )
+    try:
+        return normalise_patterns(hosts)
+    except HostError as exc:
+        raise InvalidArgument(
+            f"{exc} (an exact host such as api.stripe.com or a pattern such as *.stripe.com)",
+            reason=Reason.INVALID_ARGUMENT,
+            metadata={"field": "allowed_hosts"},
+        ) from None
+
+
+def validate_destination_host(host: str) -> str | None:
+    """``ResolveTemplateRequest.destination_host`` normalised (None when unset)."""
+    if not host:
+        return None
+    try:
+        if "*" in host:
+            raise HostError("a destination host may not hold '*'")
+        return normalise_host(host, allow_port=True)
+    except HostError as exc:
+        raise InvalidArgument(
+            f"destination_host {safe_label(host)!r} is invalid: {exc}",
+            reason=Reason.INVALID_ARGUMENT,
+            metadata={"field": "destination_host"},
+        ) from None
+
+
+def validate_tool(tool: str) -> str:
+    """``ResolveTemplateRequest.tool``: empty, or a tool id of :data:`TOOL_REGEX`."""
+    if tool and not TOOL_PATTERN.fullmatch(tool):
+        raise InvalidArgument(
+            f"tool {safe_label(tool)!r} is invalid: it must match ^{TOOL_REGEX}$",
+            reason=Reason.INVALID_TOOL,
+        )
+    return tool
+
+
 def validate_page_size(page_size: int) -> int:
     if page_size < 0:
         raise InvalidArgument("page_size must not be negative", reason=Reason.INVALID_PAGE_SIZE)
@@ -107,6 +154,31 @@ class SecretMeta:
     etag: str
     create_time: datetime
     update_time: datetime
+    allowed_hosts: tuple[str, ...] = ()
+    current_version: int = 1
+    delete_time: datetime | None = None
+    """Set only while the secret is scheduled for deletion (restorable until ``purge_time``)."""
+    purge_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One version of a secret's value: metadata only, never the value."""
+
+    version: int
+    create_time: datetime
+    created_by: str
+    destroyed: bool
+    current: bool
+
+
+@dataclass(frozen=True)
+class ValueMatch:
+    """A version whose value equals an IdentifySecretValue candidate."""
+
+    name: str
+    version: int
+    current: bool
 
 
 @dataclass(frozen=True)
@@ -136,3 +208,5 @@ class AuditRecord:
     """Secret names asked for that do not exist (``secret_names`` keeps 20 of them)."""
     count: int = 1
     """Calls this event stands for (> 1 only for aggregated unauthenticated refusals)."""
+    match_count: int | None = None
+    """IdentifySecretValue only: how many versions matched (the candidate is never kept)."""

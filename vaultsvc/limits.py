@@ -18,6 +18,9 @@ MAX_CONFIG_VALUE_BYTES: Final = 64 * 1024
 
 MAX_DESCRIPTION_CHARS: Final = 1024
 
+MAX_ALLOWED_HOSTS: Final = 100
+"""Entries of one secret's ``allowed_hosts``."""
+
 # ------------------------------------------------------------------------------ listing
 
 DEFAULT_PAGE_SIZE: Final = 50
@@ -51,6 +54,10 @@ MAX_REPLY_BYTES: Final = 4 * 1024 * 1024
 """Cap on a ResolveTemplate reply: the UTF-8 bytes of every resolved field's key and value
 (shared/API.md "Errors added": RESPONSE_TOO_LARGE). A tool call's HTTP request has no use
 for more, and a bigger reply only costs memory while a slow client reads it."""
+
+MAX_SUGGESTIONS: Final = 3
+"""Existing names suggested for one missing secret or config in CheckTemplate."""
+
 
 # ----------------------------------------------------------------------------- transport
 

@@ -31,3 +31,31 @@ NAME_RULE: Final = f"^{NAME_REGEX}$ (a letter, then letters, digits, '_' or '-')
 def name_key(name: str) -> str:
     """The case-insensitive identity of a name (the ``name_key`` column)."""
     return name.lower()
+
+
+TOOL_REGEX: Final = r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,255}"
+"""A tool id (``ResolveTemplateRequest.tool``), as recorded for audit and shown by the console."""
+
+TOOL_PATTERN: Final = re.compile(TOOL_REGEX)
+
+SCOPE_REGEX: Final = f"(?:{NAME_REGEX})?\\*?"
+"""A resolver scope: a secret name, or a name prefix followed by ``*`` (``payments_*``; ``*``
+alone is every secret)."""
+
+SCOPE_PATTERN: Final = re.compile(SCOPE_REGEX)
+
+
+def scope_allows(scopes: tuple[str, ...], name: str) -> bool:
+    """Does a resolver with ``scopes`` (empty: every secret) may use secret ``name``?
+    Compared ignoring case, as names are."""
+    if not scopes:
+        return True
+    key = name_key(name)
+    for scope in scopes:
+        pattern = name_key(scope)
+        if pattern.endswith("*"):
+            if key.startswith(pattern[:-1]):
+                return True
+        elif key == pattern:
+            return True
+    return False

@@ -51,8 +51,9 @@ from vaultsvc.storage.audit_store import AuditStore
 from vaultsvc.storage.db import Database
 from vaultsvc.storage.notify import ChangeListener
 from vaultsvc.storage.repository import Repository
-from vaultsvc.vault import Vault
+from vaultsvc.vault import Lifecycle, Vault
 from vaultsvc.vault.cache import SealedRowCache
+from vaultsvc.vault.purge import Purger
 
 _log = logging.getLogger("vaultsvc.server")
 
@@ -88,6 +89,8 @@ class Runtime:
     """Closes the database (and stops an embedded Postgres) when the vault stops."""
     frontdoor: FrontDoor
     """Budgets, admission queue and refusal counters (:mod:`vaultsvc.api.frontdoor`)."""
+    purger: Purger
+    """Background purge of expired deleted secrets (every replica runs one)."""
     changes: ChangeListener | None = None
     """Keeps ``vault.cache`` coherent (None when the cache is off)."""
     drain: DrainGate = field(default_factory=DrainGate)
@@ -122,7 +125,8 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             negative_max_entries=settings.cache_negative_max_entries,
             enabled=settings.cache_enabled,
         )
-        vault = Vault(repository, Envelope(keyring), cache)
+        vault = Vault(repository, Envelope(keyring), cache, Lifecycle.from_settings(settings))
+        purger = Purger(vault, interval=settings.purge_interval)
         changes = None
         if settings.cache_enabled and db.url is not None:
             changes = ChangeListener(
@@ -198,6 +202,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         audit.start()
         await server.start()
         await health_servicer.start(SERVICE_NAMES)
+        purger.start()
         _log.info(
             "worker listening" if shared_port else "vault listening",
             extra={"listen": f"{host}:{port}", "tls": credentials is not None},
@@ -213,6 +218,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             port,
             resources,
             frontdoor,
+            purger,
             changes,
             drain,
         )
@@ -229,6 +235,7 @@ async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     # Give load balancers probing health a moment to see NOT_SERVING and stop routing;
     # calls still arriving meanwhile are served as usual.
     await asyncio.sleep(min(runtime.settings.shutdown_delay, grace))
+    await runtime.purger.stop()
     # Then refuse new calls with UNAVAILABLE (retryable) and let grpc hand over what it has
     # queued, so that its shutdown finds (almost) nothing to drop as CANCELLED.
     runtime.drain.close()

@@ -314,7 +314,7 @@ REPAIR_AUDIT = ["DROP TRIGGER audit_broken ON audit_events", "DROP FUNCTION audi
 
 async def state(vault: VaultHandle) -> list[Any]:
     secrets = await vault.sql(
-        "SELECT name, etag, value_version, description FROM secrets ORDER BY name"
+        "SELECT name, etag, current_version, description FROM secrets ORDER BY name"
     )
     configs = await vault.sql("SELECT key, value FROM config_values ORDER BY key")
     stats = await vault.sql("SELECT total_secrets, last_update_time FROM vault_state")

@@ -53,6 +53,11 @@ API_ROLES: dict[str, set[str]] = {
         PKG + "SecretService/UpdateSecret",
         PKG + "SecretService/DeleteSecret",
         PKG + "SecretService/GetVaultStats",
+        PKG + "SecretService/ListSecretVersions",
+        PKG + "SecretService/RollbackSecret",
+        PKG + "SecretService/DestroySecretVersion",
+        PKG + "SecretService/RestoreSecret",
+        PKG + "SecretService/IdentifySecretValue",
         PKG + "ConfigService/PutConfigValue",
         PKG + "ConfigService/GetConfigValue",
         PKG + "ConfigService/ListConfigValues",
@@ -64,6 +69,7 @@ API_ROLES: dict[str, set[str]] = {
         PKG + "SecretService/GetSecret",
         PKG + "SecretService/ListSecrets",
         PKG + "SecretService/GetVaultStats",
+        PKG + "SecretService/ListSecretVersions",
         PKG + "ConfigService/GetConfigValue",
         PKG + "ConfigService/ListConfigValues",
         PKG + "ResolverService/CheckTemplate",
@@ -209,6 +215,14 @@ REQUESTS: dict[str, Message] = {
     PKG + "SecretService/UpdateSecret": spb.UpdateSecretRequest(name=SECRET, description="new"),
     PKG + "SecretService/DeleteSecret": spb.DeleteSecretRequest(name="matrix_new"),
     PKG + "SecretService/GetVaultStats": spb.GetVaultStatsRequest(),
+    PKG + "SecretService/ListSecretVersions": spb.ListSecretVersionsRequest(name=SECRET),
+    PKG + "SecretService/RollbackSecret": spb.RollbackSecretRequest(name=SECRET, version=1),
+    PKG + "SecretService/DestroySecretVersion": spb.DestroySecretVersionRequest(
+        name=SECRET, version=1
+    ),
+    # DeleteSecret (above, in proto order) only scheduled matrix_new for deletion.
+    PKG + "SecretService/RestoreSecret": spb.RestoreSecretRequest(name="matrix_new"),
+    PKG + "SecretService/IdentifySecretValue": spb.IdentifySecretValueRequest(value="v"),
     PKG + "ConfigService/PutConfigValue": cpb.PutConfigValueRequest(key=CONFIG, value="changed"),
     PKG + "ConfigService/GetConfigValue": cpb.GetConfigValueRequest(key=CONFIG),
     PKG + "ConfigService/ListConfigValues": cpb.ListConfigValuesRequest(),
@@ -264,7 +278,10 @@ async def test_every_role_against_every_rpc(vault: VaultHandle, role: str) -> No
     rows = await vault.sql("SELECT name, etag, description FROM secrets ORDER BY name")
     configs = await vault.sql("SELECT key, value FROM config_values")
     if role == ADMIN:
-        assert [(r["name"], r["description"]) for r in rows] == [(SECRET, "new")]
+        assert [(r["name"], r["description"]) for r in rows] == [
+            ("matrix_new", ""),
+            (SECRET, "new"),
+        ]
         assert configs == []
     else:
         # Denied mutations changed nothing.

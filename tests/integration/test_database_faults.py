@@ -130,7 +130,8 @@ async def test_frozen_postgres_is_bounded_then_refused_fast_then_recovers(
 
 async def _state(vault: VaultHandle) -> tuple[Any, ...]:
     secrets = await vault.sql(
-        "SELECT name, etag, value_version, ciphertext FROM secrets ORDER BY 1"
+        "SELECT s.name, s.etag, s.current_version, s.delete_time, v.version, v.ciphertext "
+        "FROM secrets s LEFT JOIN secret_versions v ON v.secret_id = s.id ORDER BY 1, 5"
     )
     configs = await vault.sql("SELECT key, value FROM config_values ORDER BY 1")
     total = await vault.sql("SELECT total_secrets FROM vault_state")

@@ -18,6 +18,7 @@ from interakt.vault.v1 import secret_service_pb2 as spb
 
 from tests.support.cli import cli_env, finish, run_cli, start_cli
 from tests.support.keys import (
+    CURRENT_SEALED,
     assert_no_key_material,
     create_secrets,
     db_fingerprint,
@@ -73,7 +74,7 @@ async def test_rotation_under_load_then_old_key_removed(pg: EmbeddedPostgres) ->
         await create_secrets(vault, expected)
     before = {
         r["name"]: (bytes(r["wrapped_dek"]), bytes(r["ciphertext"]))
-        for r in await sql(url, "SELECT name, wrapped_dek, ciphertext FROM secrets")
+        for r in await sql(url, f"SELECT name, wrapped_dek, ciphertext FROM {CURRENT_SEALED}")
     }
     assert await kek_counts(url) == {"old": 300}
 
@@ -131,7 +132,7 @@ async def test_rotation_under_load_then_old_key_removed(pg: EmbeddedPostgres) ->
             try:
                 while not stop.is_set():
                     moved = await conn.fetchval(
-                        "SELECT count(*) FROM secrets WHERE kek_id = 'new' "
+                        f"SELECT count(*) FROM {CURRENT_SEALED} WHERE kek_id = 'new' "
                         "AND NOT (name = ANY($1::text[]))",
                         hot,
                     )
@@ -167,7 +168,9 @@ async def test_rotation_under_load_then_old_key_removed(pg: EmbeddedPostgres) ->
         # Only kek_id and wrapped_dek changed; the value ciphertext is byte for byte the same.
         after = {
             r["name"]: (r["kek_id"], bytes(r["wrapped_dek"]), bytes(r["ciphertext"]))
-            for r in await sql(url, "SELECT name, kek_id, wrapped_dek, ciphertext FROM secrets")
+            for r in await sql(
+                url, f"SELECT name, kek_id, wrapped_dek, ciphertext FROM {CURRENT_SEALED}"
+            )
         }
         assert {kek for kek, _, _ in after.values()} == {"new"}
         for name in cold:
@@ -177,7 +180,13 @@ async def test_rotation_under_load_then_old_key_removed(pg: EmbeddedPostgres) ->
         assert await wrap_counts(url) == {"old": 300, "new": moved_by_cli + counters["updates"]}
         status = await status_json(url, keyring_spec(new, old))
         assert status["old"]["data_keys"] == 0 and status["old"]["configured"] is True
-        assert status["new"]["data_keys"] == 300 and status["new"]["primary"] is True
+        # Every retained version holds a data key: 300 secrets plus the older versions
+        # the updates under load left (at most max_versions per secret).
+        retained = await sql(
+            url, "SELECT count(*) AS n FROM secret_versions WHERE kek_id IS NOT NULL"
+        )
+        assert status["new"]["data_keys"] == retained[0]["n"] > 300
+        assert status["new"]["primary"] is True
         assert status["new"]["wrap_count"] == moved_by_cli + counters["updates"]
         text = await run_cli(["keys", "status"], cli_env(url, keyring_spec(new, old)))
         assert "Every data key is wrapped under the primary key 'new'" in text.stdout
@@ -198,8 +207,8 @@ async def _consistent_counts(url: str) -> tuple[int, int, int]:
     """(rows under new, rows under old, wrap_count of new) read in ONE snapshot."""
     rows = await sql(
         url,
-        """SELECT (SELECT count(*) FROM secrets WHERE kek_id = 'new') AS under_new,
-                  (SELECT count(*) FROM secrets WHERE kek_id = 'old') AS under_old,
+        """SELECT (SELECT count(*) FROM secret_versions WHERE kek_id = 'new') AS under_new,
+                  (SELECT count(*) FROM secret_versions WHERE kek_id = 'old') AS under_old,
                   (SELECT wrap_count FROM master_keys WHERE key_id = 'new') AS wraps""",
     )
     return int(rows[0]["under_new"]), int(rows[0]["under_old"]), int(rows[0]["wraps"])
@@ -273,11 +282,12 @@ async def test_rewrap_reports_damaged_rows_and_leaves_them_untouched(
         await create_secrets(vault, expected)
     await sql(
         url,
-        "UPDATE secrets SET ciphertext = set_byte(ciphertext, 15, get_byte(ciphertext, 15) # 1) "
-        "WHERE name = $1",
+        "UPDATE secret_versions v SET ciphertext = "
+        "set_byte(ciphertext, 15, get_byte(ciphertext, 15) # 1) "
+        "FROM secrets s WHERE s.id = v.secret_id AND s.name = $1",
         damaged,
     )
-    row_before = await sql(url, "SELECT * FROM secrets WHERE name = $1", damaged)
+    row_before = await sql(url, f"SELECT * FROM {CURRENT_SEALED} WHERE name = $1", damaged)
     env = cli_env(url, keyring_spec(new, old))
 
     async with vault_server(url, keyring_spec(new, old)) as vault:
@@ -290,7 +300,9 @@ async def test_rewrap_reports_damaged_rows_and_leaves_them_untouched(
             assert not any(name in done.output for name in expected if name != damaged)
             assert not any(value in done.output for value in expected.values())
         assert await kek_counts(url) == {"new": 11, "old": 1}
-        assert await sql(url, "SELECT * FROM secrets WHERE name = $1", damaged) == row_before
+        assert (
+            await sql(url, f"SELECT * FROM {CURRENT_SEALED} WHERE name = $1", damaged) == row_before
+        )
         await expect_unreadable(resolver(vault), [damaged], damaged)
         healthy = {n: v for n, v in expected.items() if n != damaged}
         await resolve_all(vault, healthy)

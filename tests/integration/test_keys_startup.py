@@ -360,6 +360,8 @@ async def test_wrap_count_follows_every_wrap(pg: EmbeddedPostgres) -> None:
             None, {"VAULT_MASTER_KEYS": keyring_spec(new, old), "VAULT_DATABASE_URL": url}
         )
         outcome = await rewrap_all(settings, batch_size=2, progress_stream=io.StringIO())
-        assert (outcome.rewrapped, outcome.remaining, outcome.unreadable) == (3, 0, ())
-        assert await wrap_counts(url) == {"old": 6, "new": 4}
+        # Every retained version moves: s0 v1 and v2, s1, s2, s3 v1 and the restorable
+        # (scheduled for deletion) s4.
+        assert (outcome.rewrapped, outcome.remaining, outcome.unreadable) == (6, 0, ())
+        assert await wrap_counts(url) == {"old": 6, "new": 7}
         await resolve_all(vault, {"s0": "v0b", "s1": "v1", "s2": "v2", "s3": "v3b"})

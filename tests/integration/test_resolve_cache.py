@@ -111,7 +111,7 @@ async def test_every_change_on_one_replica_is_seen_by_the_others(
         assert await reason_of(replica, "{{secret:later}}") == "SECRET_NOT_FOUND"
         assert cache_of(replica).is_negative(SECRET_KIND, "later")
 
-    updated = await admin.UpdateSecret(spb.UpdateSecretRequest(name="tok", value="two"))
+    await admin.UpdateSecret(spb.UpdateSecretRequest(name="tok", value="two"))
     await on_others("h1/two")
     await configs.PutConfigValue(cpb.PutConfigValueRequest(key="host", value="h2"))
     await on_others("h2/two")
@@ -121,7 +121,18 @@ async def test_every_change_on_one_replica_is_seen_by_the_others(
         await replica.caught_up()
         assert await value(replica, "{{secret:later}}") == "now"
 
-    await admin.DeleteSecret(spb.DeleteSecretRequest(name="tok", etag=updated.etag))
+    # Versions: a rollback is a new current version.
+    rolled = await admin.RollbackSecret(spb.RollbackSecretRequest(name="tok", version=1))
+    await on_others("h2/one")
+
+    # Recoverable deletion: scheduled, restored, then deleted for good.
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="tok", etag=rolled.etag))
+    for replica in (b, c):
+        await replica.caught_up()
+        assert await reason_of(replica, template) == "SECRET_DELETED"
+    await admin.RestoreSecret(spb.RestoreSecretRequest(name="tok"))
+    await on_others("h2/one")
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="tok", purge=True))
     for replica in (b, c):
         await replica.caught_up()
         assert await reason_of(replica, template) == "SECRET_NOT_FOUND"
@@ -174,6 +185,16 @@ async def test_the_replica_that_wrote_reads_its_write_without_waiting_for_notify
     assert await value(vault, "{{config:k}}") == "1"
     await configs_admin(vault).PutConfigValue(cpb.PutConfigValueRequest(key="k", value="2"))
     assert await value(vault, "{{config:k}}") == "2"
+
+    # Versions and recoverable deletion evict at once too.
+    await admin.RollbackSecret(spb.RollbackSecretRequest(name="mine", version=1))
+    assert await value(vault, "{{secret:mine}}") == "v1"
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="mine"))
+    assert await reason_of(vault, "{{secret:mine}}") == "SECRET_DELETED"
+    await admin.RestoreSecret(spb.RestoreSecretRequest(name="mine"))
+    assert await value(vault, "{{secret:mine}}") == "v1"
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="mine", purge=True))
+    assert await reason_of(vault, "{{secret:mine}}") == "SECRET_NOT_FOUND"
 
 
 async def test_a_read_that_raced_a_change_is_served_once_and_not_cached(

@@ -10,10 +10,10 @@ from tests.support.vault import VaultHandle
 
 async def test_search_and_paging_use_indexes(vault: VaultHandle) -> None:
     await vault.sql(
-        """INSERT INTO secrets (id, name, description, value_version, kek_id, wrapped_dek,
-                                ciphertext, etag, create_time, update_time)
-           SELECT gen_random_uuid(), 'svc_' || lpad(i::text, 6, '0') || '_key', '', 1, 'x',
-                  '\\x00', '\\x00', md5(i::text), now(), now()
+        """INSERT INTO secrets (id, name, description, current_version, etag, create_time,
+                                update_time)
+           SELECT gen_random_uuid(), 'svc_' || lpad(i::text, 6, '0') || '_key', '', 1,
+                  md5(i::text), now(), now()
              FROM generate_series(1, 30000) AS i"""
     )
     await vault.sql("UPDATE vault_state SET total_secrets = 30000")

@@ -144,7 +144,11 @@ async def test_update_semantics(vault: VaultHandle) -> None:
     created = await s.CreateSecret(
         pb.CreateSecretRequest(name="tok", value="first", description="keep me")
     )
-    rows = await vault.sql("SELECT ciphertext, value_version FROM secrets")
+    rows = await vault.sql(
+        "SELECT v.ciphertext, s.current_version AS value_version "
+        "FROM secrets s JOIN secret_versions v "
+        "ON v.secret_id = s.id AND v.version = s.current_version"
+    )
     original_ciphertext = rows[0]["ciphertext"]
 
     # value unset and description unset: nothing but etag/update_time changes
@@ -156,18 +160,30 @@ async def test_update_semantics(vault: VaultHandle) -> None:
         created.update_time.nanos,
     )
     assert u1.create_time == created.create_time
-    rows = await vault.sql("SELECT ciphertext, value_version FROM secrets")
+    rows = await vault.sql(
+        "SELECT v.ciphertext, s.current_version AS value_version "
+        "FROM secrets s JOIN secret_versions v "
+        "ON v.secret_id = s.id AND v.version = s.current_version"
+    )
     assert rows[0]["ciphertext"] == original_ciphertext and rows[0]["value_version"] == 1
 
     # value "" keeps the stored value too
     u2 = await s.UpdateSecret(pb.UpdateSecretRequest(name="tok", value=""))
     assert u2.etag != u1.etag
-    rows = await vault.sql("SELECT ciphertext, value_version FROM secrets")
+    rows = await vault.sql(
+        "SELECT v.ciphertext, s.current_version AS value_version "
+        "FROM secrets s JOIN secret_versions v "
+        "ON v.secret_id = s.id AND v.version = s.current_version"
+    )
     assert rows[0]["ciphertext"] == original_ciphertext
 
     # a new value replaces it (new ciphertext, next version)
     u3 = await s.UpdateSecret(pb.UpdateSecretRequest(name="tok", value="second"))
-    rows = await vault.sql("SELECT ciphertext, value_version FROM secrets")
+    rows = await vault.sql(
+        "SELECT v.ciphertext, s.current_version AS value_version "
+        "FROM secrets s JOIN secret_versions v "
+        "ON v.secret_id = s.id AND v.version = s.current_version"
+    )
     assert rows[0]["ciphertext"] != original_ciphertext and rows[0]["value_version"] == 2
     assert u3.description == "keep me"
 
@@ -198,8 +214,9 @@ async def test_etags(vault: VaultHandle) -> None:
     # The failed calls lost nothing.
     assert (await s.GetSecret(pb.GetSecretRequest(name="e"))).description == "x"
     await s.DeleteSecret(pb.DeleteSecretRequest(name="e", etag=updated.etag))
+    # Scheduled for deletion (restorable): NOT_FOUND with its own reason.
     await expect_error(
-        s.GetSecret(pb.GetSecretRequest(name="e")), grpc.StatusCode.NOT_FOUND, "SECRET_NOT_FOUND"
+        s.GetSecret(pb.GetSecretRequest(name="e")), grpc.StatusCode.NOT_FOUND, "SECRET_DELETED"
     )
 
 
@@ -361,7 +378,7 @@ async def test_no_value_field_in_any_secret_service_message() -> None:
 async def test_value_is_encrypted_at_rest(vault: VaultHandle) -> None:
     s = stub(vault)
     await s.CreateSecret(pb.CreateSecretRequest(name="enc", value="plain-text-canary-123"))
-    rows = await vault.sql("SELECT * FROM secrets")
+    rows = await vault.sql("SELECT * FROM secrets s JOIN secret_versions v ON v.secret_id = s.id")
     blob = repr([dict(r) for r in rows])
     assert "plain-text-canary-123" not in blob
     assert b"plain-text-canary-123" not in bytes(rows[0]["ciphertext"])

@@ -110,7 +110,17 @@ async def test_create_from_stdin_then_get_shows_metadata_only(
     assert document["description"] == "Stripe live key"
     assert document["etag"]
     assert document["create_time"].endswith("Z")
-    assert set(document) == {"name", "description", "create_time", "update_time", "etag"}
+    assert set(document) == {
+        "name",
+        "description",
+        "create_time",
+        "update_time",
+        "etag",
+        "allowed_hosts",
+        "current_version",
+        "delete_time",
+        "purge_time",
+    }
 
     table = await vaultctl("secrets", "get", "stripe_key")
     assert table.code == 0 and "Stripe live key" in table.out

@@ -129,8 +129,21 @@ async def expect_unreadable(
 # ------------------------------------------------------------------ database
 
 
+CURRENT_SEALED = (
+    "(SELECT s.id, s.name, v.version, v.kek_id, v.wrapped_dek, v.ciphertext "
+    "FROM secrets s JOIN secret_versions v "
+    "ON v.secret_id = s.id AND v.version = s.current_version) AS sealed"
+)
+"""SQL ``FROM`` item: each secret's current version, with its sealed columns."""
+
+
 async def kek_counts(url: str) -> dict[str, int]:
-    rows = await sql(url, "SELECT kek_id, count(*) AS n FROM secrets GROUP BY kek_id")
+    """Data keys per wrapping master key, over every retained version."""
+    rows = await sql(
+        url,
+        "SELECT kek_id, count(*) AS n FROM secret_versions WHERE kek_id IS NOT NULL "
+        "GROUP BY kek_id",
+    )
     return {r["kek_id"]: int(r["n"]) for r in rows}
 
 

@@ -54,6 +54,17 @@ def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     return info
 
 
+def retry_info(err: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo | None:
+    """The RetryInfo detail of a failed call, if it carries one."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(retry):
+            return retry
+    return None
+
+
 async def expect_error(
     call: Any, code: grpc.StatusCode, reason: str | None = None
 ) -> tuple[str, error_details_pb2.ErrorInfo]:

@@ -146,8 +146,9 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, dict[s
     key_id, key = generate_master_key()
     master_keys = overrides.pop("master_keys", f"{key_id}:{key}")
     tokens = overrides.pop("tokens", None) or {r: new_token() for r in (ADMIN, VIEWER, RESOLVER)}
-    # More principals: (principal, role, token) triples besides the one per role.
-    extra: tuple[tuple[str, str, str], ...] = overrides.pop("extra_tokens", ())
+    # More principals besides the one per role: TokenEntry rows, or (principal, role, token)
+    # triples.
+    extra: tuple[TokenEntry | tuple[str, str, str], ...] = overrides.pop("extra_tokens", ())
     settings = Settings(
         listen="127.0.0.1:0",
         database=DatabaseSettings(
@@ -162,7 +163,10 @@ def make_settings(database_url: str, **overrides: Any) -> tuple[Settings, dict[s
             TokenEntry(principal=f"test-{role}", role=role, sha256=hash_token(token))
             for role, token in tokens.items()
         )
-        + tuple(TokenEntry(p, role, hash_token(token)) for p, role, token in extra),
+        + tuple(
+            e if isinstance(e, TokenEntry) else TokenEntry(e[0], e[1], hash_token(e[2]))
+            for e in extra
+        ),
         log_level="DEBUG",
         grace_period=1.0,
         shutdown_delay=0.0,

@@ -157,6 +157,11 @@ IDEMPOTENT = [
         resolver_pb.ResolveTemplateResponse(),
     ),
     Rpc("ListAuditEvents", lambda c: c.list_audit_events(), audit_pb.ListAuditEventsResponse()),
+    Rpc(
+        "ListSecretVersions",
+        lambda c: c.list_secret_versions("a"),
+        secret_pb.ListSecretVersionsResponse(),
+    ),
 ]
 
 NOT_IDEMPOTENT = [
@@ -164,6 +169,14 @@ NOT_IDEMPOTENT = [
     Rpc("DeleteSecret", lambda c: c.delete_secret("a"), empty_pb2.Empty()),
     Rpc("PutConfigValue", lambda c: c.put_config_value("k", "v"), config_pb.ConfigValue()),
     Rpc("DeleteConfigValue", lambda c: c.delete_config_value("k"), empty_pb2.Empty()),
+    Rpc("RollbackSecret", lambda c: c.rollback_secret("a", 1), secret_pb.Secret()),
+    Rpc("DestroySecretVersion", lambda c: c.destroy_secret_version("a", 1), empty_pb2.Empty()),
+    Rpc("RestoreSecret", lambda c: c.restore_secret("a"), secret_pb.Secret()),
+    Rpc(
+        "IdentifySecretValue",
+        lambda c: c.identify_secret_value("v"),
+        secret_pb.IdentifySecretValueResponse(),
+    ),
 ]
 
 

@@ -502,7 +502,7 @@ async def test_delete_confirms_by_typing_the_name(run: Run, fake: FakeVault) -> 
     assert "Type its name" in err
     assert out == "deleted secret stripe_key\n"
     code, out, _ = await run(*at(fake, "--json", "secrets", "delete", "other", "--yes"))
-    assert code == 0 and json.loads(out) == {"deleted": "other"}
+    assert code == 0 and json.loads(out) == {"deleted": "other", "purged": False}
     assert [c.request.name for c in fake.calls] == ["stripe_key", "other"]
 
 
@@ -526,6 +526,10 @@ async def test_get_and_list_output(run: Run, fake: FakeVault) -> None:
         "create_time": "2023-11-14T22:13:20Z",
         "update_time": "2023-11-14T22:15:00Z",
         "etag": "e1",
+        "allowed_hosts": [],
+        "current_version": 0,
+        "delete_time": None,
+        "purge_time": None,
     }
     code, out, err = await run(*at(fake, "secrets", "list", "--contains", "A"))
     assert code == 0
@@ -679,10 +683,44 @@ async def test_check_reports_problems_and_exits_9(
         "name": "orderskey",
         "message": "secret not found: orderskey",
         "offset": 12,
+        "severity": "ERROR",
+        "suggestions": [],
     }
     fake.reply("CheckTemplate", check_response(with_problem=False))
     code, out, _ = await run(*at(fake, "check", "-"), stdin=b'{"url": "x"}')
     assert code == 0 and "no problems" in out
+
+
+async def test_check_warnings_fail_only_with_strict(
+    run: Run, fake: FakeVault, tmp_path: Path
+) -> None:
+    template = tmp_path / "tool.json"
+    template.write_text('{"body": "{{secrets:orders_key}}"}')
+    response = resolver_pb.CheckTemplateResponse(
+        references=[resolver_pb.FieldReferences(key="body")],
+        problems=[
+            resolver_pb.TemplateProblem(
+                field_key="body",
+                kind=resolver_pb.PROBLEM_KIND_NEAR_MISS_PLACEHOLDER,
+                placeholder="{{secrets:orders_key}}",
+                name="orders_key",
+                message="body: not a placeholder; did you mean {{secret:orders_key}}?",
+                severity=resolver_pb.SEVERITY_WARNING,
+                suggestions=["{{secret:orders_key}}"],
+            )
+        ],
+    )
+    fake.reply("CheckTemplate", response)
+    code, out, _ = await run(*at(fake, "check", str(template)))
+    assert code == cli.EXIT_OK
+    assert "  NEAR_MISS_PLACEHOLDER (warning) at 0: not a placeholder" in out
+    assert out.rstrip().endswith("0 error(s), 1 warning(s)")
+    fake.reply("CheckTemplate", response)
+    code, out, _ = await run(*at(fake, "check", "--strict", str(template), "--json"))
+    document = json.loads(out)
+    assert code == cli.EXIT_PROBLEMS and document["ok"] is False
+    assert (document["errors"], document["warnings"]) == (0, 1)
+    assert document["fields"][0]["problems"][0]["suggestions"] == ["{{secret:orders_key}}"]
 
 
 async def test_check_unreadable_or_invalid_file(run: Run, fake: FakeVault, tmp_path: Path) -> None:
@@ -767,3 +805,57 @@ async def test_audit_filters_and_output(run: Run, fake: FakeVault) -> None:
     events = json.loads(out)["events"]
     assert events[0]["method"] == "/interakt.vault.v1.SecretService/CreateSecret"
     assert events[0]["time"] == "2023-11-14T22:13:20Z"
+
+
+async def test_identify_reads_the_candidate_from_stdin_and_never_prints_it(
+    run: Run, fake: FakeVault
+) -> None:
+    fake.reply(
+        "IdentifySecretValue",
+        secret_pb.IdentifySecretValueResponse(
+            matches=[secret_pb.ValueMatch(name="orders_key", version=2, current=False)]
+        ),
+    )
+    code, out, err = await run(
+        *at(fake, "identify", "--trim-newline"), stdin=SECRET.encode() + b"\n"
+    )
+    assert code == 0
+    assert fake.calls[-1].request.value == SECRET
+    assert out.splitlines()[0].split() == ["NAME", "VERSION", "CURRENT"]
+    assert "orders_key" in out and SECRET not in out + err
+    fake.reply("IdentifySecretValue", secret_pb.IdentifySecretValueResponse())
+    code, out, _ = await run(*at(fake, "--json", "identify"), stdin=b"near-miss")
+    assert code == 0 and json.loads(out) == {"matches": []}
+    code, _, err = await run(*at(fake, "identify"), stdin=b"")
+    assert code == 2 and "empty candidate" in err
+
+
+async def test_versions_rollback_restore_and_destroy_commands(run: Run, fake: FakeVault) -> None:
+    older = secret_pb.SecretVersion(
+        version=1, state=secret_pb.SecretVersion.STATE_DESTROYED, created_by="ops"
+    )
+    newer = secret_pb.SecretVersion(
+        version=2, state=secret_pb.SecretVersion.STATE_ENABLED, current=True, created_by="ops"
+    )
+    fake.reply("ListSecretVersions", secret_pb.ListSecretVersionsResponse(versions=[newer, older]))
+    code, out, _ = await run(*at(fake, "--json", "secrets", "versions", "k"))
+    assert code == 0
+    rows = json.loads(out)["versions"]
+    assert [(r["version"], r["state"], r["current"]) for r in rows] == [
+        (2, "enabled", True),
+        (1, "destroyed", False),
+    ]
+    fake.reply("RollbackSecret", secret("k", current_version=3))
+    code, out, _ = await run(*at(fake, "secrets", "rollback", "k", "1", "--etag", "e9"))
+    assert code == 0 and "as version 3" in out
+    request = fake.calls[-1].request
+    assert (request.name, request.version, request.etag) == ("k", 1, "e9")
+    fake.reply("RestoreSecret", secret("k"))
+    code, out, _ = await run(*at(fake, "secrets", "restore", "k"))
+    assert code == 0 and "restored secret k" in out
+    fake.reply("DestroySecretVersion", empty_pb2.Empty())
+    code, out, _ = await run(*at(fake, "secrets", "destroy-version", "k", "1", "--yes"))
+    assert code == 0 and fake.calls[-1].request.version == 1
+    fake.reply("DeleteSecret", empty_pb2.Empty())
+    code, out, _ = await run(*at(fake, "secrets", "delete", "k", "--purge", "--yes"))
+    assert code == 0 and fake.calls[-1].request.purge

@@ -265,6 +265,26 @@ CASES: tuple[Case, ...] = (
         "cache.check_interval", "0.25", 0.25, "5", 5.0,
         bad=(("0.01", "61"), ("0", "-1")), wrong_type=('"1"',), env_wrong_type=("often",),
     ),
+    Case(
+        "max_versions", "3", 3, "25", 25,
+        bad=(("0", "0"), ("1001", "5000")), wrong_type=("2.0", '"3"'), env_wrong_type=("all",),
+    ),
+    Case(
+        "delete_recovery_days", "0", 0, "30", 30,
+        bad=(("-1", "-1"), ("3651", "9999")), wrong_type=("7.5",), env_wrong_type=("week",),
+    ),
+    Case(
+        "purge_interval", "5", 5.0, "0.5", 0.5,
+        bad=(("0", "0.01"), ("86401", "1e6")), wrong_type=('"5"',), env_wrong_type=("hourly",),
+    ),
+    Case(
+        "identify_rate_per_principal", "5", 5, "100", 100,
+        bad=(("0", "-1"),), wrong_type=("5.0",), env_wrong_type=("lots",),
+    ),
+    Case(
+        "identify_rate_vault", "50", 50, "12", 12,
+        bad=(("0", "0"),), wrong_type=('"50"',), env_wrong_type=("x",),
+    ),
 )  # fmt: skip
 
 BY_KEY = {case.key: case for case in CASES}
@@ -483,7 +503,7 @@ def test_unknown_environment_variables_only_warn(
         settings = load(
             tmp_path,
             VAULT_DATABSE_URL=canary,
-            VAULT_SOMETHING=canary,
+            VAULT_QQQ=canary,
             VAULT_ADDR="127.0.0.1:50051",
             VAULT_TOKEN=canary,
             VAULT_CACERT="ca.pem",
@@ -493,7 +513,7 @@ def test_unknown_environment_variables_only_warn(
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
         "ignoring unknown environment variable VAULT_DATABSE_URL; did you mean VAULT_DATABASE_URL?",
-        "ignoring unknown environment variable VAULT_SOMETHING",
+        "ignoring unknown environment variable VAULT_QQQ",
     ]
     assert canary not in caplog.text
 

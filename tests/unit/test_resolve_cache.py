@@ -3,8 +3,10 @@ change listener's sequence bookkeeping (no connection needed for either)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -77,6 +79,15 @@ def test_byte_bound_evicts_and_an_oversized_entry_is_not_kept() -> None:
     assert cache.peek(SECRET_KIND, "big") is None
     assert len(cache) == 2
     assert entry_size("x" * 100) >= ENTRY_OVERHEAD_BYTES + 100
+
+
+def test_the_size_estimate_counts_host_bindings_and_deletion_state() -> None:
+    plain = row("a")
+    hosts = tuple(f"h{n}.{'x' * 200}.example" for n in range(50))
+    bound = dataclasses.replace(plain, allowed_hosts=hosts)
+    assert entry_size(bound) >= entry_size(plain) + sum(len(h) for h in hosts)
+    deleted = dataclasses.replace(plain, delete_time=datetime.now(UTC))
+    assert entry_size(deleted) > entry_size(plain)
 
 
 def test_made_up_names_cannot_evict_real_entries() -> None:

@@ -35,6 +35,7 @@ class AuditServicer(agrpc.AuditServiceServicer):
                     client_request_id=r.client_request_id,
                     missing_count=r.missing_count,
                     count=r.count,
+                    match_count=r.match_count,
                 )
                 for r in records
             ],

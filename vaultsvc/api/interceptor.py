@@ -165,7 +165,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         response: Any = None
         try:
             principal = self._principal(metadata, context)
-            call.set_principal(principal.name, principal.role)
+            call.set_principal(principal.name, principal.role, principal.scopes)
             authorize(method, principal)
             # Fail fast, before any work, when this call's event could not be committed.
             self.audit.ensure_accepting()

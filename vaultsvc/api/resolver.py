@@ -9,15 +9,20 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 
 from vaultsvc.api.frontdoor import ReplyBudget, Reservation
 from vaultsvc.audit import audit_record, current_call
-from vaultsvc.domain import safe_label
-from vaultsvc.errors import InvalidArgument, NotFound, Reason
+from vaultsvc.domain import safe_label, validate_tool
+from vaultsvc.errors import NotFound
 from vaultsvc.limits import MAX_TOOL_CHARS
 from vaultsvc.ratelimit import MissingNamesLimiter
-from vaultsvc.vault import Field, Vault, record_secret_names
+from vaultsvc.vault import Caller, Field, Vault, record_secret_names
 
 
 def _fields(request: Any) -> list[Field]:
     return [Field(f.key, f.template, int(f.encoding)) for f in request.fields]
+
+
+def _caller() -> Caller:
+    call = current_call.get()
+    return Caller(role=call.role, scopes=call.scopes)
 
 
 class ResolverServicer(rgrpc.ResolverServiceServicer):
@@ -34,11 +39,9 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
         """The interceptor refused this call up front if its event could not be committed,
         and commits the event (group commit) before the reply leaves."""
         record = audit_record()
-        if len(request.tool) > MAX_TOOL_CHARS:
-            raise InvalidArgument(
-                f"tool is longer than {MAX_TOOL_CHARS} characters", reason=Reason.INVALID_TOOL
-            )
+        # Recorded (made safe to print) even when refused, so the attempt shows in the trail.
         record.tool = safe_label(request.tool, MAX_TOOL_CHARS)
+        validate_tool(request.tool)
         reservation: list[Reservation] = []
 
         def before_render(size: int) -> None:
@@ -47,7 +50,13 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
 
         try:
             resolved = await self.vault.resolve(
-                _fields(request), request.inputs, record, before_render
+                _fields(request),
+                request.inputs,
+                record,
+                before_render,
+                caller=_caller(),
+                strict=request.strict,
+                destination_host=request.destination_host,
             )
         except NotFound:
             # Asking for secrets that do not exist is the expensive pattern: limited per
@@ -65,7 +74,7 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
     async def CheckTemplate(
         self, request: rpb.CheckTemplateRequest, context: Any
     ) -> rpb.CheckTemplateResponse:
-        references, problems = await self.vault.check(_fields(request))
+        references, problems = await self.vault.check(_fields(request), _caller())
         record_secret_names(
             audit_record(),
             {n.lower() for r in references for n in r.secret_names},
@@ -89,6 +98,8 @@ class ResolverServicer(rgrpc.ResolverServiceServicer):
                     name=p.name,
                     message=p.message,
                     offset=p.offset,
+                    severity=rpb.Severity.Value("SEVERITY_" + p.severity),
+                    suggestions=p.suggestions,
                 )
                 for p in problems
             ],

@@ -5,11 +5,12 @@
 master key with the same start-up checks as the server (before anything is written), then
 talk to the database directly.
 
-``keys rewrap`` moves every data key under the primary master key while the vault keeps
-serving: small transactions, rows locked with ``FOR UPDATE SKIP LOCKED``, only
-``kek_id`` and ``wrapped_dek`` change (never the value ciphertext). It can be stopped at
-any moment (Ctrl-C, SIGTERM, even SIGKILL) and simply continues with the rows that are
-not yet under the primary when run again.
+``keys rewrap`` moves every data key of every retained version under the primary master
+key while the vault keeps serving, and recomputes each version's value fingerprint under
+the primary: small transactions, rows locked with ``FOR UPDATE SKIP LOCKED``, only
+``kek_id``, ``wrapped_dek`` and the fingerprint change (never the value ciphertext). It
+can be stopped at any moment (Ctrl-C, SIGTERM, even SIGKILL) and simply continues with the
+rows that are not yet under the primary when run again.
 
 Nothing here prints key material or values; secret names are printed only for rows that
 cannot be rewrapped.
@@ -44,16 +45,16 @@ from vaultsvc.crypto import (
     NONCE_WARN_THRESHOLD,
     DecryptionFailed,
     Envelope,
+    Fingerprinter,
     Keyring,
     KeyringError,
-    SealedValue,
     generate_master_key,
 )
 from vaultsvc.errors import VaultError
 from vaultsvc.limits import MAX_REWRAP_BATCH_SIZE
 from vaultsvc.logs import configure_logging
 from vaultsvc.storage.db import Database, schema_exists
-from vaultsvc.storage.repository import Repository, SealedRow
+from vaultsvc.storage.repository import Repository, Rewrapped, SealedRow
 
 _IDLE_PASSES = 5
 """Passes in a row that move nothing (every remaining row locked) before rewrap gives up."""
@@ -349,12 +350,19 @@ async def rewrap_all(
                 "registers it)"
             )
         envelope = Envelope(keyring)
+        fingerprinter = Fingerprinter(keyring)
 
-        def rewrap_row(row: SealedRow) -> SealedValue | None:
+        def rewrap_row(row: SealedRow) -> Rewrapped | None:
             try:
-                return envelope.rewrap(row.sealed, row.context)
+                plaintext = envelope.open(row.sealed, row.context)
+                sealed = (
+                    envelope.rewrap(row.sealed, row.context)
+                    if envelope.needs_rewrap(row.sealed)
+                    else row.sealed
+                )
             except DecryptionFailed:
                 return None
+            return Rewrapped(sealed, fingerprinter.fingerprint(plaintext))
 
         await _rewrap_passes(
             repo, rewrap_row, outcome, batch_size, max_batches, pause, progress_stream, stop
@@ -365,7 +373,7 @@ async def rewrap_all(
 
 async def _rewrap_passes(
     repo: Repository,
-    rewrap_row: Callable[[SealedRow], SealedValue | None],
+    rewrap_row: Callable[[SealedRow], Rewrapped | None],
     outcome: RewrapOutcome,
     batch_size: int,
     max_batches: int | None,

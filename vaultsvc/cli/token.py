@@ -15,6 +15,14 @@ def register(sub: Subparsers) -> None:
     create = token_sub.add_parser("create", help="print a fresh token and its config line")
     create.add_argument("--principal", required=True)
     create.add_argument("--role", required=True, choices=sorted(ROLES))
+    create.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="resolver tokens: a secret name or prefix* it may resolve (repeatable; none: all)",
+    )
     create.set_defaults(func=cmd_token_create)
 
 
@@ -22,7 +30,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     if args.role not in ROLES:
         return fail(f"role must be one of {', '.join(sorted(ROLES))}")
     try:
-        validate_token_entry(args.principal, args.role, "0" * 64, "--principal")
+        validate_token_entry(args.principal, args.role, "0" * 64, "--principal", args.scopes)
     except ConfigError as exc:
         return fail(str(exc))
     token = new_token()
@@ -30,9 +38,13 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     print(f"token (shown once; give it to {args.principal} and store it in a secret manager):")
     print(f"  {token}")
     print("config line (only the hash goes into server config):")
-    print(f"  VAULT_TOKENS entry : {args.principal}:{args.role}:{digest}")
+    scopes = ":" + "|".join(args.scopes) if args.scopes else ""
+    print(f"  VAULT_TOKENS entry : {args.principal}:{args.role}:{digest}{scopes}")
     print("  TOML               : [[tokens]]")
     print(f'                       principal = "{args.principal}"')
     print(f'                       role = "{args.role}"')
     print(f'                       sha256 = "{digest}"')
+    if args.scopes:
+        listed = ", ".join(f'"{scope}"' for scope in args.scopes)
+        print(f"                       scopes = [{listed}]")
     return 0

@@ -40,6 +40,10 @@ Nonce budget: each seal and each rewrap spends one random nonce of the primary
 KEK; NIST SP 800-38D caps random 96-bit nonces at ``NONCE_HARD_LIMIT`` = 2^32
 per key. The server counts wraps and warns at ``NONCE_WARN_THRESHOLD`` = 2^31.
 
+Fingerprints (``Fingerprinter``, for IdentifySecretValue): HMAC-SHA256 of the value under
+HKDF-SHA256(master key, info=b"vaultsvc/value-fingerprint v1"); stored with the master key
+id it was derived from. See ``_fingerprint``.
+
 Start-up check: ``key_check_value(key)`` = HMAC-SHA256(material,
 b"vaultsvc key check value v1"), stored next to the data so a wrong key is
 detected before anything is written; compare with ``verify_key_check_value``.
@@ -56,6 +60,7 @@ from vaultsvc.crypto._envelope import (
     SealedValue,
     SecretContext,
 )
+from vaultsvc.crypto._fingerprint import Fingerprinter
 from vaultsvc.crypto._keyring import (
     MASTER_KEY_SIZE,
     Keyring,
@@ -77,6 +82,7 @@ __all__ = [
     "WRAPPED_DEK_SIZE",
     "DecryptionFailed",
     "Envelope",
+    "Fingerprinter",
     "Keyring",
     "KeyringError",
     "MasterKey",

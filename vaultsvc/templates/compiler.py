@@ -24,8 +24,10 @@ from vaultsvc.templates.encodings import (
     check_resolved_origin,
     encode_value,
     encoded_length,
+    origin_error,
     origin_of_value,
 )
+from vaultsvc.templates.hosts import HostError, normalise_host
 from vaultsvc.templates.model import (
     INVALID_ENCODING,
     INVALID_URL_VALUE,
@@ -115,6 +117,29 @@ class CompiledTemplate:
         ``lookup`` raises propagates unchanged.
         """
         return self._render(_Session(lookup), field)
+
+    def destination_host(self, config: Callable[[str], str], *, field: str = "") -> str | None:
+        """The host a URL template sends to, normalised as hosts are compared
+        (:mod:`vaultsvc.templates.hosts`), with a config standing for the origin or host
+        read through ``config``; None for any other encoding. Needs no secret or input
+        (none may stand in a URL's origin), so it is known before anything is decrypted.
+        A config value of the wrong shape raises what rendering would (INVALID_URL_ORIGIN).
+        """
+        origin = self._origin
+        if origin is None:
+            return None
+        planned = origin.planned
+        if origin.config is not None:
+            placeholder = self.placeholders[origin.config]
+            mode = self._modes[origin.config]
+            planned = origin_of_value(mode, config(placeholder.name), origin.prefix)
+            if planned is None:
+                raise origin_error(mode, placeholder, field)
+        assert planned is not None
+        try:
+            return normalise_host(planned[1], allow_port=True)
+        except HostError:
+            return planned[1]
 
     def _size(self, session: _Session, field: str) -> int:
         """The exact length of the rendered result, without building it."""

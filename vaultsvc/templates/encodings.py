@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Final, NoReturn
 from urllib.parse import quote, quote_plus
 
-from ada_url import URL as WhatwgUrl
-
 from vaultsvc.errors import InvalidArgument
+from vaultsvc.templates.hosts import whatwg_origin
 from vaultsvc.templates.model import (
     INVALID_HEADER_VALUE,
     INVALID_TEMPLATE,
@@ -215,18 +214,6 @@ _IN_ORIGIN: Final = (
     " the whole origin ('{{config:base}}/path') or the whole host"
     " ('https://{{config:host}}/path') is allowed"
 )
-
-
-def whatwg_origin(url: str) -> tuple[str, str] | None:
-    """The protocol and host (with any port) a WHATWG parser reads in ``url``, or None."""
-    try:
-        parsed = WhatwgUrl(url)
-    except ValueError:
-        return None
-    host = parsed.host
-    if not host:
-        return None
-    return parsed.protocol, host
 
 
 def _plan_origin(
@@ -558,7 +545,7 @@ def _header_error(placeholder: Placeholder, field: str) -> InvalidArgument:
     )
 
 
-def _origin_error(mode: ValueMode, placeholder: Placeholder, field: str) -> InvalidArgument:
+def origin_error(mode: ValueMode, placeholder: Placeholder, field: str) -> InvalidArgument:
     if mode is ValueMode.ORIGIN_BASE:
         shape = (
             "a whole origin 'scheme://host[:port]', optionally with a path (no user info,"
@@ -644,7 +631,7 @@ def encode_value(
         return value
     if mode is ValueMode.ORIGIN_BASE or mode is ValueMode.ORIGIN_HOST:
         if origin_of_value(mode, value, prefix) is None:
-            raise _origin_error(mode, placeholder, field)
+            raise origin_error(mode, placeholder, field)
         return value
     if mode is ValueMode.JSON_STRING:
         return _json_string_body(value)

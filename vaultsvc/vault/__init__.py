@@ -9,9 +9,11 @@ and one envelope.
 
 from __future__ import annotations
 
+from vaultsvc.vault._base import Lifecycle
 from vaultsvc.vault.configs import Configs
 from vaultsvc.vault.events import AuditEvents
 from vaultsvc.vault.resolve import (
+    Caller,
     Field,
     FieldProblem,
     FieldReferences,
@@ -19,10 +21,19 @@ from vaultsvc.vault.resolve import (
     record_secret_names,
 )
 from vaultsvc.vault.secrets import Secrets
+from vaultsvc.vault.versions import Versions
 
 
-class Vault(Secrets, Configs, Resolution, AuditEvents):
+class Vault(Secrets, Versions, Configs, Resolution, AuditEvents):
     """Everything the vault does; built with a repository and an envelope."""
 
 
-__all__ = ["Field", "FieldProblem", "FieldReferences", "Vault", "record_secret_names"]
+__all__ = [
+    "Caller",
+    "Field",
+    "FieldProblem",
+    "FieldReferences",
+    "Lifecycle",
+    "Vault",
+    "record_secret_names",
+]

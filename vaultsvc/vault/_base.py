@@ -1,10 +1,33 @@
-"""What every part of the vault works with: the repository, the envelope and the cache."""
+"""What every part of the vault works with: the repository, the envelope, the cache and the
+lifecycle settings (versions kept, recovery window, identify budgets)."""
 
 from __future__ import annotations
 
-from vaultsvc.crypto import Envelope
+from dataclasses import dataclass
+
+from vaultsvc.config import Settings
+from vaultsvc.crypto import Envelope, Fingerprinter
 from vaultsvc.storage.repository import Repository
 from vaultsvc.vault.cache import SealedRowCache
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """The settings the value lifecycle follows (defaults: those of :class:`Settings`)."""
+
+    max_versions: int
+    delete_recovery_days: int
+    identify_rate_per_principal: int
+    identify_rate_vault: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Lifecycle:
+        return cls(
+            max_versions=settings.max_versions,
+            delete_recovery_days=settings.delete_recovery_days,
+            identify_rate_per_principal=settings.identify_rate_per_principal,
+            identify_rate_vault=settings.identify_rate_vault,
+        )
 
 
 class VaultBase:
@@ -15,9 +38,12 @@ class VaultBase:
         repository: Repository,
         envelope: Envelope,
         cache: SealedRowCache | None = None,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         self.repo = repository
         self.envelope = envelope
         self.cache = cache if cache is not None else SealedRowCache.disabled()
         """Sealed rows for resolve; a write evicts its key here when it commits (or fails
         not knowing whether it committed), so this replica reads its own writes."""
+        self.fingerprinter = Fingerprinter(envelope.keyring)
+        self.lifecycle = lifecycle or Lifecycle.from_settings(Settings())

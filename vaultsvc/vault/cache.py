@@ -51,6 +51,9 @@ def entry_size(value: SealedRow | str) -> int:
         + sys.getsizeof(sealed.ciphertext)
         + sys.getsizeof(value.name)
         + sys.getsizeof(sealed.key_id)
+        + sys.getsizeof(value.allowed_hosts)
+        + sum(sys.getsizeof(host) for host in value.allowed_hosts)
+        + (sys.getsizeof(value.delete_time) if value.delete_time is not None else 0)
     )
 
 

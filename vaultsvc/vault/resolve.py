@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from vaultsvc.crypto import DecryptionFailed
-from vaultsvc.domain import AuditRecord
+from vaultsvc.domain import AuditRecord, validate_destination_host
 from vaultsvc.errors import (
     DataLoss,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Reason,
     ResourceExhausted,
     listed,
@@ -23,8 +24,10 @@ from vaultsvc.limits import (
     MAX_LISTED_NAMES,
     MAX_PLACEHOLDERS,
     MAX_REPLY_BYTES,
+    MAX_SUGGESTIONS,
     MAX_TEMPLATE_BYTES,
 )
+from vaultsvc.names import scope_allows
 from vaultsvc.storage.repository import SealedRow
 from vaultsvc.templates import (
     CompiledTemplate,
@@ -36,6 +39,9 @@ from vaultsvc.templates import (
     render_fields,
     scan_template,
 )
+from vaultsvc.templates.hosts import host_allowed
+from vaultsvc.templates.nearmiss import NearMiss, find_near_misses
+from vaultsvc.templates.nearmiss import describe as describe_near_miss
 from vaultsvc.vault._base import VaultBase
 
 _log = logging.getLogger("vaultsvc.core")
@@ -56,14 +62,36 @@ class FieldReferences:
     input_names: tuple[str, ...]
 
 
+ERROR = "ERROR"
+WARNING = "WARNING"
+
+
 @dataclass(frozen=True)
 class FieldProblem:
     field_key: str
-    kind: str  # MALFORMED_PLACEHOLDER | SECRET_NOT_FOUND | CONFIG_NOT_FOUND | INVALID_FOR_ENCODING
+    # MALFORMED_PLACEHOLDER | SECRET_NOT_FOUND | CONFIG_NOT_FOUND | INVALID_FOR_ENCODING
+    # | NEAR_MISS_PLACEHOLDER | SECRET_NOT_ALLOWED
+    kind: str
     placeholder: str
     name: str
     message: str
     offset: int
+    severity: str = ERROR  # ERROR: a resolve would fail; WARNING: it resolves, probably wrongly
+    suggestions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks, as far as resolve and check care: the role decides whether CheckTemplate
+    suggests existing names (admin and viewer only: a resolver must not enumerate them);
+    a resolver's scopes limit the secrets it may use (empty: all)."""
+
+    role: str = ""
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def may_see_names(self) -> bool:
+        return self.role in ("admin", "viewer")
 
 
 def record_secret_names(audit: AuditRecord, wanted: Iterable[str], missing: Iterable[str]) -> None:
@@ -106,14 +134,28 @@ class Resolution(VaultBase):
         inputs: Mapping[str, str],
         audit: AuditRecord,
         before_render: Callable[[int], None] | None = None,
+        *,
+        caller: Caller = Caller(),
+        strict: bool = False,
+        destination_host: str = "",
     ) -> list[tuple[str, str]]:
         """Render every field, or fail as a whole. One database round trip at most.
 
         ``before_render`` gets a lower bound of the reply's size before anything is
-        rendered (the front door's reply budget may refuse there)."""
+        rendered (the front door's reply budget may refuse there).
+
+        Refusals come in the contract's order, all before any value is opened:
+        INVALID_ARGUMENT (syntax, limits, encodings, near misses when ``strict``,
+        ``destination_host``, missing inputs), NOT_FOUND (secrets, then configs),
+        PERMISSION_DENIED (``SECRET_NOT_ALLOWED`` for the caller's scopes, then
+        ``SECRET_HOST_NOT_ALLOWED`` for secrets bound to destination hosts).
+        """
         if len(inputs) > MAX_INPUTS:
             raise ResourceExhausted(f"more than {MAX_INPUTS} inputs", reason=Reason.TOO_MANY_INPUTS)
         compiled = self._compile_all(fields)
+        if strict:
+            _refuse_near_misses(fields)
+        destination = validate_destination_host(destination_host)
 
         secret_names: dict[str, str] = {}
         config_keys: dict[str, str] = {}
@@ -137,14 +179,12 @@ class Resolution(VaultBase):
             )
 
         sealed, configs = await self._sealed_rows(list(secret_names), list(config_keys))
-        record_secret_names(audit, secret_names, (k for k in secret_names if k not in sealed))
-        absent = sorted({secret_names[k] for k in secret_names if k not in sealed}, key=str.lower)
+        # A secret scheduled for deletion is missing to a resolve: never opened.
+        unusable = [k for k in secret_names if k not in sealed or sealed[k].deleted]
+        record_secret_names(audit, secret_names, unusable)
+        absent = sorted({secret_names[k] for k in unusable}, key=str.lower)
         if absent:
-            raise NotFound(
-                f"secret not found: {listed(absent)}",
-                reason=Reason.SECRET_NOT_FOUND,
-                metadata={"names": listed(absent, ",")},
-            )
+            raise _missing_secrets(absent, sealed)
         absent_configs = sorted(config_keys[k] for k in config_keys if k not in configs)
         if absent_configs:
             raise NotFound(
@@ -152,6 +192,18 @@ class Resolution(VaultBase):
                 reason=Reason.CONFIG_NOT_FOUND,
                 metadata={"names": listed(absent_configs, ",")},
             )
+        # Where the request goes: each URL field's host with its configs substituted (a
+        # config of the wrong shape is refused here, as rendering would), then the
+        # executor's own destination.
+        destinations: list[str] = []
+        for f, template in zip(fields, compiled, strict=True):
+            host = template.destination_host(lambda key: configs[key.lower()], field=f.key)
+            if host is not None:
+                destinations.append(host)
+        if destination is not None:
+            destinations.append(destination)
+        _refuse_out_of_scope(sealed.values(), caller, audit.principal)
+        _refuse_unbound_destinations(sealed.values(), dict.fromkeys(destinations))
 
         values: dict[str, str] = {}
         for key, row in sealed.items():
@@ -213,13 +265,16 @@ class Resolution(VaultBase):
         return found.secrets, found.configs
 
     async def check(
-        self, fields: Sequence[Field]
+        self, fields: Sequence[Field], caller: Caller = Caller()
     ) -> tuple[list[FieldReferences], list[FieldProblem]]:
         """What each field references and what is wrong, without reading any value.
 
         References and missing names are reported for every valid placeholder, also in
         a field that has other problems (a malformed placeholder, a secret in a URL host).
-        Problems come in field order, then by offset. One query checks every name.
+        Near-miss placeholders are warnings (with the corrected text); a secret outside a
+        scoped resolver's scopes is an error. Missing names carry up to 3 existing names
+        close to them, for admin and viewer callers only. Problems come in field order,
+        then by offset. One query checks every name, one more finds every suggestion.
         """
         _refuse_too_many_fields(fields)
         references: list[FieldReferences] = []
@@ -232,6 +287,9 @@ class Resolution(VaultBase):
                 f.template, f.encoding, field=f.key, max_placeholders=budget
             )
             found.extend((index, _field_problem(f.key, p)) for p in scanned)
+            found.extend(
+                (index, _near_miss_problem(f.key, miss)) for miss in find_near_misses(f.template)
+            )
             placeholders = (
                 template.placeholders
                 if template is not None
@@ -247,25 +305,78 @@ class Resolution(VaultBase):
             inputs = _unique(p.name for p in placeholders if p.kind is PlaceholderKind.INPUT)
             references.append(FieldReferences(f.key, secrets, configs, inputs))
             uses.extend((index, f.key, p) for p in placeholders)
+        for index, field_key, p in uses:
+            if p.kind is PlaceholderKind.SECRET and not scope_allows(caller.scopes, p.name):
+                message = f"{field_key}: secret {p.name} is outside this resolver's scopes"
+                found.append(
+                    (
+                        index,
+                        FieldProblem(
+                            field_key, "SECRET_NOT_ALLOWED", p.raw, p.name, message, p.start
+                        ),
+                    )
+                )
         wanted_secrets = {p.name.lower() for _, _, p in uses if p.kind is PlaceholderKind.SECRET}
         wanted_configs = {p.name.lower() for _, _, p in uses if p.kind is PlaceholderKind.CONFIG}
         if wanted_secrets or wanted_configs:
             have_secrets, have_configs = await self.repo.existing_names(
                 sorted(wanted_secrets), sorted(wanted_configs)
             )
+            missing: list[tuple[int, str, Placeholder, str]] = []
             for index, field_key, p in uses:
                 if p.kind is PlaceholderKind.SECRET and p.name.lower() not in have_secrets:
-                    kind, what = "SECRET_NOT_FOUND", "secret"
+                    missing.append((index, field_key, p, "s"))
                 elif p.kind is PlaceholderKind.CONFIG and p.name.lower() not in have_configs:
-                    kind, what = "CONFIG_NOT_FOUND", "config"
-                else:
-                    continue
+                    missing.append((index, field_key, p, "c"))
+            similar: dict[tuple[str, str], list[str]] = {}
+            if missing and caller.may_see_names:
+                similar = await self.repo.similar_names(
+                    sorted({p.name.lower() for _, _, p, kind in missing if kind == "s"}),
+                    sorted({p.name.lower() for _, _, p, kind in missing if kind == "c"}),
+                    MAX_SUGGESTIONS,
+                )
+            for index, field_key, p, kind in missing:
+                kind_name, what = (
+                    ("SECRET_NOT_FOUND", "secret")
+                    if kind == "s"
+                    else ("CONFIG_NOT_FOUND", "config")
+                )
+                suggestions = tuple(similar.get((kind, p.name.lower()), ()))
                 message = f"{field_key}: {what} not found: {p.name}"
+                if suggestions:
+                    message += f" (did you mean {', '.join(suggestions)}?)"
                 found.append(
-                    (index, FieldProblem(field_key, kind, p.raw, p.name, message, p.start))
+                    (
+                        index,
+                        FieldProblem(
+                            field_key,
+                            kind_name,
+                            p.raw,
+                            p.name,
+                            message,
+                            p.start,
+                            suggestions=suggestions,
+                        ),
+                    )
                 )
         found.sort(key=lambda item: (item[0], item[1].offset))
         return references, [problem for _, problem in found]
+
+
+def _missing_secrets(absent: list[str], sealed: Mapping[str, SealedRow]) -> NotFound:
+    """One NOT_FOUND for every missing secret: ``SECRET_DELETED`` only when every one of
+    them is scheduled for deletion (restorable), else ``SECRET_NOT_FOUND``."""
+    if all(name.lower() in sealed for name in absent):
+        return NotFound(
+            f"secret scheduled for deletion (restorable until purged): {listed(absent)}",
+            reason=Reason.SECRET_DELETED,
+            metadata={"names": listed(absent, ",")},
+        )
+    return NotFound(
+        f"secret not found: {listed(absent)}",
+        reason=Reason.SECRET_NOT_FOUND,
+        metadata={"names": listed(absent, ",")},
+    )
 
 
 def _refuse_too_many_fields(fields: Sequence[Field]) -> None:
@@ -305,3 +416,74 @@ def _field_problem(field_key: str, problem: Problem) -> FieldProblem:
     return FieldProblem(
         field_key, kind, problem.placeholder, problem.name, problem.message, problem.offset
     )
+
+
+def _near_miss_problem(field_key: str, miss: NearMiss) -> FieldProblem:
+    return FieldProblem(
+        field_key,
+        "NEAR_MISS_PLACEHOLDER",
+        miss.raw,
+        miss.name,
+        f"{field_key}: {describe_near_miss(miss)}",
+        miss.offset,
+        severity=WARNING,
+        suggestions=(miss.suggestion,),
+    )
+
+
+def _refuse_near_misses(fields: Sequence[Field]) -> None:
+    """``strict``: text that looks like a mistyped placeholder is refused, not left literal."""
+    for f in fields:
+        misses = find_near_misses(f.template)
+        if misses:
+            first = misses[0]
+            raise InvalidArgument(
+                f"{f.key}: at offset {first.offset}, {describe_near_miss(first)} (strict mode"
+                f" refuses near-miss placeholders; {len(misses)} in this field)",
+                reason=Reason.NEAR_MISS_PLACEHOLDER,
+                metadata={
+                    "field": f.key,
+                    "offset": str(first.offset),
+                    "placeholder": first.raw,
+                    "suggestion": first.suggestion,
+                },
+            )
+
+
+def _refuse_out_of_scope(rows: Iterable[SealedRow], caller: Caller, principal: str) -> None:
+    """PERMISSION_DENIED ``SECRET_NOT_ALLOWED`` naming every secret outside the caller's scopes."""
+    if not caller.scopes:
+        return
+    refused = sorted(
+        (r.name for r in rows if not scope_allows(caller.scopes, r.name)), key=str.lower
+    )
+    if refused:
+        raise PermissionDenied(
+            f"secret not allowed for principal {principal} (outside its scopes): {listed(refused)}",
+            reason=Reason.SECRET_NOT_ALLOWED,
+            metadata={"names": listed(refused, ",")},
+        )
+
+
+def _refuse_unbound_destinations(rows: Iterable[SealedRow], destinations: Iterable[str]) -> None:
+    """PERMISSION_DENIED ``SECRET_HOST_NOT_ALLOWED`` unless every destination of the request
+    matches the ``allowed_hosts`` of every bound secret it uses (names the secret and the
+    host, never a value). A bound secret in a request without any destination is refused."""
+    hosts = list(destinations)
+    for row in sorted(rows, key=lambda r: r.name.lower()):
+        if not row.allowed_hosts:
+            continue
+        if not hosts:
+            raise PermissionDenied(
+                f"secret {row.name} is bound to destination hosts, and this request names"
+                " none (no ENCODING_URL field and no destination_host)",
+                reason=Reason.SECRET_HOST_NOT_ALLOWED,
+                metadata={"names": row.name, "host": ""},
+            )
+        for host in hosts:
+            if not host_allowed(host, row.allowed_hosts):
+                raise PermissionDenied(
+                    f"secret {row.name} may not be sent to host {host} (not in its allowed_hosts)",
+                    reason=Reason.SECRET_HOST_NOT_ALLOWED,
+                    metadata={"names": row.name, "host": host},
+                )

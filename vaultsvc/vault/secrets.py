@@ -1,9 +1,10 @@
-"""Secrets: create, read metadata, list, update and delete. Values are sealed here and
-never returned."""
+"""Secrets: create, read metadata, list, update, delete (recoverably) and restore. Values
+are sealed here and never returned."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from vaultsvc.crypto import SealedValue, SecretContext
@@ -11,15 +12,17 @@ from vaultsvc.domain import (
     AuditRecord,
     SecretMeta,
     safe_label,
+    validate_allowed_hosts,
     validate_description,
     validate_filter,
     validate_name,
     validate_page_size,
     validate_value,
 )
-from vaultsvc.errors import InvalidArgument, NotFound, Reason
+from vaultsvc.errors import FailedPrecondition, InvalidArgument, NotFound, Reason
 from vaultsvc.names import name_key
-from vaultsvc.storage.repository import Sealer
+from vaultsvc.storage.repository import HostsChange, Sealer, scheduled_for_deletion
+from vaultsvc.templates.hosts import covers
 from vaultsvc.vault._base import VaultBase
 from vaultsvc.vault.cache import SECRET_KIND
 from vaultsvc.vault.paging import decode_page_token, encode_page_token
@@ -39,7 +42,13 @@ def _request_id(text: str) -> uuid.UUID | None:
 
 class Secrets(VaultBase):
     async def create_secret(
-        self, name: str, value: str, description: str, audit: AuditRecord, request_id: str = ""
+        self,
+        name: str,
+        value: str,
+        description: str,
+        audit: AuditRecord,
+        request_id: str = "",
+        allowed_hosts: Sequence[str] = (),
     ) -> SecretMeta:
         """Create a secret. ``request_id`` (a UUID, optional) makes retries idempotent: the
         same id and name give the first reply back, the same id and another name
@@ -48,11 +57,18 @@ class Secrets(VaultBase):
         plaintext = validate_value(value, required=True)
         validate_description(description)
         idempotency_key = _request_id(request_id)
+        hosts = validate_allowed_hosts(allowed_hosts)
         assert plaintext is not None
         audit.secret_names = [name_key(name)]
         try:
             return await self.repo.create_secret(
-                name, description, self._sealer(plaintext), audit, idempotency_key
+                name,
+                description,
+                self._sealer(plaintext),
+                self.fingerprinter.fingerprint(plaintext),
+                audit,
+                idempotency_key,
+                hosts,
             )
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
@@ -67,20 +83,27 @@ class Secrets(VaultBase):
         return seal
 
     async def get_secret(self, name: str) -> SecretMeta:
+        """Metadata of a live secret. One scheduled for deletion is NOT_FOUND
+        ``SECRET_DELETED`` (``ListSecrets`` with ``show_deleted`` lists it, with its times)."""
         validate_name(name)
         meta = await self.repo.get_secret(name)
         if meta is None:
             raise NotFound(f"secret not found: {name}", reason=Reason.SECRET_NOT_FOUND)
+        if meta.delete_time is not None:
+            raise scheduled_for_deletion(meta.name)
         return meta
 
     async def list_secrets(
-        self, page_size: int, page_token: str, name_contains: str
+        self, page_size: int, page_token: str, name_contains: str, *, show_deleted: bool = False
     ) -> tuple[list[SecretMeta], str, int]:
         limit = validate_page_size(page_size)
         contains = validate_filter(name_contains, "name_contains")
-        after = decode_page_token(page_token, contains.lower())
-        rows, total, more = await self.repo.list_secrets(contains, after, limit)
-        next_token = encode_page_token(name_key(rows[-1].name), contains.lower()) if more else ""
+        filter_key = contains.lower() + ("\x1fdeleted" if show_deleted else "")
+        after = decode_page_token(page_token, filter_key)
+        rows, total, more = await self.repo.list_secrets(
+            contains, after, limit, show_deleted=show_deleted
+        )
+        next_token = encode_page_token(name_key(rows[-1].name), filter_key) if more else ""
         return rows, next_token, total
 
     async def update_secret(
@@ -90,25 +113,81 @@ class Secrets(VaultBase):
         description: str | None,
         etag: str,
         audit: AuditRecord,
+        allowed_hosts: Sequence[str] | None = None,
     ) -> SecretMeta:
+        """A value (even an identical one) becomes a new current version.
+
+        ``allowed_hosts`` None keeps the secret's hosts, a list replaces them (empty:
+        unbound). Widening or clearing them needs a new value in the same update."""
         validate_name(name)
         plaintext = validate_value(value or "", required=False)
         if description is not None:
             validate_description(description)
+        hosts_change = None
+        if allowed_hosts is not None:
+            hosts_change = _hosts_change(
+                validate_allowed_hosts(allowed_hosts), new_value=plaintext is not None
+            )
         audit.secret_names = [name_key(name)]
         seal = self._sealer(plaintext) if plaintext is not None else None
+        fingerprint = self.fingerprinter.fingerprint(plaintext) if plaintext is not None else None
         try:
-            return await self.repo.update_secret(name, etag, description, seal, audit)
+            return await self.repo.update_secret(
+                name,
+                etag,
+                description,
+                seal,
+                fingerprint,
+                audit,
+                hosts_change,
+                max_versions=self.lifecycle.max_versions,
+            )
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
 
-    async def delete_secret(self, name: str, etag: str, audit: AuditRecord) -> None:
+    async def delete_secret(
+        self, name: str, etag: str, audit: AuditRecord, *, purge: bool = False
+    ) -> None:
+        """Schedule deletion for ``delete_recovery_days`` (0 or ``purge``: delete now)."""
         validate_name(name)
         audit.secret_names = [name_key(name)]
         try:
-            await self.repo.delete_secret(name, etag, audit)
+            await self.repo.delete_secret(
+                name,
+                etag,
+                audit,
+                recovery_days=self.lifecycle.delete_recovery_days,
+                purge=purge,
+            )
+        finally:
+            self.cache.invalidate(SECRET_KIND, name_key(name))
+
+    async def restore_secret(self, name: str, audit: AuditRecord) -> SecretMeta:
+        validate_name(name)
+        audit.secret_names = [name_key(name)]
+        try:
+            return await self.repo.restore_secret(name, audit)
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
 
     async def stats(self) -> tuple[int, datetime | None]:
         return await self.repo.stats()
+
+
+def _hosts_change(new: tuple[str, ...], *, new_value: bool) -> HostsChange:
+    """Decides, inside the update's transaction, whether ``new`` may replace the current
+    hosts: narrowing always may; widening or clearing only with a new value, so an
+    existing credential can be re-pointed only by replacing it, never redirected."""
+
+    def decide(name: str, current: tuple[str, ...]) -> tuple[str, ...]:
+        widens = bool(current) and (not new or not all(covers(current, p) for p in new))
+        if widens and not new_value:
+            raise FailedPrecondition(
+                f"secret {name}: widening or clearing allowed_hosts needs a new value in the"
+                " same update (re-point a credential by replacing it)",
+                reason=Reason.HOSTS_WIDEN_NEEDS_NEW_VALUE,
+                metadata={"names": name},
+            )
+        return new
+
+    return decide

@@ -27,6 +27,11 @@ const CONTRACT = {
     UpdateSecret: ['UpdateSecretRequest', 'Secret'],
     DeleteSecret: ['DeleteSecretRequest', 'google.protobuf.Empty'],
     GetVaultStats: ['GetVaultStatsRequest', 'VaultStats'],
+    ListSecretVersions: ['ListSecretVersionsRequest', 'ListSecretVersionsResponse'],
+    RollbackSecret: ['RollbackSecretRequest', 'Secret'],
+    DestroySecretVersion: ['DestroySecretVersionRequest', 'google.protobuf.Empty'],
+    RestoreSecret: ['RestoreSecretRequest', 'Secret'],
+    IdentifySecretValue: ['IdentifySecretValueRequest', 'IdentifySecretValueResponse'],
   },
   ConfigService: {
     PutConfigValue: ['PutConfigValueRequest', 'ConfigValue'],
@@ -172,6 +177,8 @@ describe('protos', () => {
       fields: [{ key: 'header:Authorization', template: 'Bearer {{secret:k}}', encoding: 'ENCODING_HEADER' }],
       inputs: { id: '42' },
       tool: 't1',
+      strict: true,
+      destination_host: 'api.example.com',
     };
     assert.deepEqual(requestDeserialize(requestSerialize(req)), req);
   });

@@ -223,8 +223,21 @@ describe('vault smoke', { skip }, () => {
     await assert.rejects(admin.getConfigValue({ key: CONFIG_KEY }), expectError('NOT_FOUND'));
   });
 
+  it('lists versions, deletes recoverably, restores, then purges', async () => {
+    const v = await admin.listSecretVersions({ name: NAME });
+    assert.ok(v.versions.length >= 1);
+    assert.equal(v.versions.filter((x) => x.current).length, 1);
+    assert.equal(v.versions[0].state, 'STATE_ENABLED');
+    const current = await admin.getSecret({ name: NAME });
+    await admin.deleteSecret({ name: NAME, etag: current.etag });
+    await assert.rejects(admin.getSecret({ name: NAME }), expectError('NOT_FOUND'));
+    const restored = await admin.restoreSecret({ name: NAME });
+    assert.equal(restored.name, NAME);
+    created = restored;
+  });
+
   it('deletes the secret (with its etag); it is gone afterwards', async () => {
-    const e = await admin.deleteSecret({ name: NAME, etag: created.etag });
+    const e = await admin.deleteSecret({ name: NAME, etag: created.etag, purge: true });
     assert.deepEqual(e, {});
     await assert.rejects(admin.getSecret({ name: NAME }), expectError('NOT_FOUND'));
     await assert.rejects(admin.deleteSecret({ name: NAME }), expectError('NOT_FOUND'));

@@ -147,6 +147,13 @@ RPC_POLICIES: Mapping[str, RpcPolicy] = {
     "SecretService.UpdateSecret": WRITE,
     "SecretService.DeleteSecret": WRITE,
     "SecretService.GetVaultStats": READ,
+    "SecretService.ListSecretVersions": READ,
+    # A retried rollback could add two versions: written once, like every other write.
+    "SecretService.RollbackSecret": WRITE,
+    "SecretService.DestroySecretVersion": WRITE,
+    "SecretService.RestoreSecret": WRITE,
+    # Not retried: every attempt spends rate budget and is audited.
+    "SecretService.IdentifySecretValue": WRITE,
     "ConfigService.PutConfigValue": WRITE,
     "ConfigService.GetConfigValue": READ,
     "ConfigService.ListConfigValues": READ,

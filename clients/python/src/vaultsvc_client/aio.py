@@ -50,6 +50,7 @@ __all__ = [
     "AsyncAuditEventsPager",
     "AsyncConfigValuesPager",
     "AsyncPager",
+    "AsyncSecretVersionsPager",
     "AsyncSecretsPager",
     "AsyncVaultClient",
 ]
@@ -124,6 +125,7 @@ class AsyncPager(Generic[_Page, _Item]):
 
 
 AsyncSecretsPager = AsyncPager[secret_pb.ListSecretsResponse, secret_pb.Secret]
+AsyncSecretVersionsPager = AsyncPager[secret_pb.ListSecretVersionsResponse, secret_pb.SecretVersion]
 AsyncConfigValuesPager = AsyncPager[config_pb.ListConfigValuesResponse, config_pb.ConfigValue]
 AsyncAuditEventsPager = AsyncPager[audit_pb.ListAuditEventsResponse, audit_pb.AuditEvent]
 
@@ -216,16 +218,19 @@ class AsyncVaultClient:
         description: str = "",
         *,
         request_id: str | None = None,
+        allowed_hosts: Sequence[str] = (),
         timeout: float | None = None,
     ) -> secret_pb.Secret:
         """Create a secret. Every try carries one ``request_id`` (a new UUID unless given),
         so a retry after an ambiguous UNAVAILABLE returns the first result, not
-        ALREADY_EXISTS."""
+        ALREADY_EXISTS. ``allowed_hosts`` binds the secret to destination hosts
+        (``api.stripe.com``, ``*.stripe.com``); empty leaves it unbound."""
         request = secret_pb.CreateSecretRequest(
             name=name,
             value=value,
             description=description,
             request_id=request_id or str(uuid.uuid4()),
+            allowed_hosts=list(allowed_hosts),
         )
         return await self._call(self._secrets.CreateSecret, request, timeout)
 
@@ -239,14 +244,19 @@ class AsyncVaultClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str = "",
         *,
+        show_deleted: bool = False,
         timeout: float | None = None,
     ) -> AsyncSecretsPager:
         """Secrets sorted by name: the first page is fetched now, the rest as iterated.
 
         ``timeout`` applies to each page. ``.secrets`` and ``.next_page_token`` are
         those of the latest page fetched; ``.total_size`` counts every match.
+        ``show_deleted`` also lists secrets scheduled for deletion (with their
+        ``delete_time`` and ``purge_time``).
         """
-        pager = self.iter_secrets(name_contains, page_size, page_token, timeout=timeout)
+        pager = self.iter_secrets(
+            name_contains, page_size, page_token, show_deleted=show_deleted, timeout=timeout
+        )
         await pager._first_page()
         return pager
 
@@ -256,13 +266,17 @@ class AsyncVaultClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str = "",
         *,
+        show_deleted: bool = False,
         timeout: float | None = None,
     ) -> AsyncSecretsPager:
         """Like :meth:`list_secrets`, but nothing is fetched until iterated."""
 
         async def fetch(token: str) -> secret_pb.ListSecretsResponse:
             request = secret_pb.ListSecretsRequest(
-                name_contains=name_contains, page_size=page_size, page_token=token
+                name_contains=name_contains,
+                page_size=page_size,
+                page_token=token,
+                show_deleted=show_deleted,
             )
             return await self._call(self._secrets.ListSecrets, request, timeout)
 
@@ -275,21 +289,85 @@ class AsyncVaultClient:
         description: str | None = None,
         etag: str = "",
         *,
+        allowed_hosts: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> secret_pb.Secret:
-        """``value`` None keeps the stored value; ``description`` None keeps it, "" clears it."""
+        """``value`` None keeps the stored value; ``description`` None keeps it, "" clears it;
+        ``allowed_hosts`` None keeps them, a list replaces them ([] unbinds; widening or
+        unbinding needs a new ``value`` in the same call)."""
         request = secret_pb.UpdateSecretRequest(name=name, etag=etag)
         if value is not None:
             request.value = value
         if description is not None:
             request.description = description
+        if allowed_hosts is not None:
+            request.allowed_hosts.CopyFrom(secret_pb.HostList(hosts=list(allowed_hosts)))
         return await self._call(self._secrets.UpdateSecret, request, timeout)
 
     async def delete_secret(
-        self, name: str, etag: str = "", *, timeout: float | None = None
+        self, name: str, etag: str = "", *, purge: bool = False, timeout: float | None = None
     ) -> None:
-        request = secret_pb.DeleteSecretRequest(name=name, etag=etag)
+        """Schedules deletion for the vault's recovery window; ``purge`` deletes at once."""
+        request = secret_pb.DeleteSecretRequest(name=name, etag=etag, purge=purge)
         await self._call(self._secrets.DeleteSecret, request, timeout)
+
+    async def restore_secret(self, name: str, *, timeout: float | None = None) -> secret_pb.Secret:
+        """Brings back a secret scheduled for deletion, with its versions."""
+        request = secret_pb.RestoreSecretRequest(name=name)
+        return await self._call(self._secrets.RestoreSecret, request, timeout)
+
+    async def list_secret_versions(
+        self,
+        name: str,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> AsyncSecretVersionsPager:
+        """A secret's versions, newest first (metadata only): first page fetched now."""
+        pager = self.iter_secret_versions(name, page_size, page_token, timeout=timeout)
+        await pager._first_page()
+        return pager
+
+    def iter_secret_versions(
+        self,
+        name: str,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> AsyncSecretVersionsPager:
+        """Like :meth:`list_secret_versions`, but nothing is fetched until iterated."""
+
+        async def fetch(token: str) -> secret_pb.ListSecretVersionsResponse:
+            request = secret_pb.ListSecretVersionsRequest(
+                name=name, page_size=page_size, page_token=token
+            )
+            return await self._call(self._secrets.ListSecretVersions, request, timeout)
+
+        return AsyncPager(fetch, _versions_of, page_token=page_token)
+
+    async def rollback_secret(
+        self, name: str, version: int, etag: str = "", *, timeout: float | None = None
+    ) -> secret_pb.Secret:
+        """A new current version holding ``version``'s value."""
+        request = secret_pb.RollbackSecretRequest(name=name, version=version, etag=etag)
+        return await self._call(self._secrets.RollbackSecret, request, timeout)
+
+    async def destroy_secret_version(
+        self, name: str, version: int, *, timeout: float | None = None
+    ) -> None:
+        """Removes one old version's sealed value and fingerprint (not the current one)."""
+        request = secret_pb.DestroySecretVersionRequest(name=name, version=version)
+        await self._call(self._secrets.DestroySecretVersion, request, timeout)
+
+    async def identify_secret_value(
+        self, value: str, *, timeout: float | None = None
+    ) -> Sequence[secret_pb.ValueMatch]:
+        """Versions whose value equals ``value`` (admin only; rate-limited by the vault)."""
+        request = secret_pb.IdentifySecretValueRequest(value=value)
+        reply = await self._call(self._secrets.IdentifySecretValue, request, timeout)
+        return list(reply.matches)
 
     async def get_vault_stats(self, *, timeout: float | None = None) -> secret_pb.VaultStats:
         request = secret_pb.GetVaultStatsRequest()
@@ -352,11 +430,21 @@ class AsyncVaultClient:
         inputs: Mapping[str, str] | None = None,
         tool: str = "",
         *,
+        strict: bool = False,
+        destination_host: str = "",
         timeout: float | None = None,
     ) -> resolver_pb.ResolveTemplateResponse:
-        """Fills every field's placeholders; fails as a whole (read-only, so retried)."""
+        """Fills every field's placeholders; fails as a whole (read-only, so retried).
+
+        ``strict`` refuses near-miss placeholders (``{{secrets:x}}``) instead of leaving
+        them literal; ``destination_host`` is the host the request goes to when no field
+        is a URL (secrets bound to hosts need one)."""
         request = resolver_pb.ResolveTemplateRequest(
-            fields=template_fields(fields), inputs=dict(inputs or {}), tool=tool
+            fields=template_fields(fields),
+            inputs=dict(inputs or {}),
+            tool=tool,
+            strict=strict,
+            destination_host=destination_host,
         )
         return await self._call(self._resolver.ResolveTemplate, request, timeout)
 
@@ -438,6 +526,12 @@ class AsyncVaultClient:
 
 def _secrets_of(page: secret_pb.ListSecretsResponse) -> Sequence[secret_pb.Secret]:
     return page.secrets
+
+
+def _versions_of(
+    page: secret_pb.ListSecretVersionsResponse,
+) -> Sequence[secret_pb.SecretVersion]:
+    return page.versions
 
 
 def _config_values_of(page: config_pb.ListConfigValuesResponse) -> Sequence[config_pb.ConfigValue]:

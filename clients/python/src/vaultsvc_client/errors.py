@@ -31,6 +31,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "SecretDeleted",
     "SecretNotFound",
     "Unauthenticated",
     "Unavailable",
@@ -119,6 +120,11 @@ class SecretNotFound(NotFound):
     """NOT_FOUND with reason SECRET_NOT_FOUND; ``names`` are the missing secrets."""
 
 
+class SecretDeleted(SecretNotFound):
+    """NOT_FOUND with reason SECRET_DELETED: every missing secret is scheduled for deletion
+    and can still be restored (``restore_secret``) until its purge time."""
+
+
 class ConfigNotFound(NotFound):
     """NOT_FOUND with reason CONFIG_NOT_FOUND; ``names`` are the missing keys."""
 
@@ -201,6 +207,7 @@ _BY_CODE: dict[grpc.StatusCode, type[VaultError]] = {
 
 _BY_REASON: dict[tuple[grpc.StatusCode, str], type[VaultError]] = {
     (grpc.StatusCode.NOT_FOUND, "SECRET_NOT_FOUND"): SecretNotFound,
+    (grpc.StatusCode.NOT_FOUND, "SECRET_DELETED"): SecretDeleted,
     (grpc.StatusCode.NOT_FOUND, "CONFIG_NOT_FOUND"): ConfigNotFound,
 }
 

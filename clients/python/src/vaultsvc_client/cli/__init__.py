@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from ..errors import VaultError
 from ..load.command import add_load_parser
-from . import audit, check, completion, configs, resolve, secrets, stats
+from . import audit, check, completion, configs, identify, resolve, secrets, stats
 from .exits import (
     EXIT_ALREADY_EXISTS,
     EXIT_CODES,
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.register(groups)
     resolve.register(groups)
     audit.register(groups)
+    identify.register(groups)
     load = add_load_parser(groups, parents=[global_options(shown=False)])
     load.epilog = CONNECTION_NOTE + "\n\n" + load.epilog  # load has exit codes of its own
     completion.register(groups, parser)

@@ -10,7 +10,7 @@ from interakt.vault.v1 import resolver_service_pb2 as resolver_pb
 from .._common import encoding_name
 from .exits import EXIT_OK, EXIT_PROBLEMS
 from .options import add_command, connect
-from .output import cell, print_json, problem_kind, wants_json
+from .output import cell, print_json, problem_kind, severity_name, wants_json
 from .templatefile import FILE_HELP, load_template_file
 
 
@@ -19,12 +19,17 @@ def register(groups: Any) -> None:
         groups,
         "check",
         check_templates,
-        "Lint a tool's templates (exit 9 on problems).",
+        "Lint a tool's templates (exit 9 on errors; with --strict on warnings too).",
         "Lint a tool's templates: list what each field references and report missing "
-        "secrets/configs and malformed placeholders (exit 9 when there are problems). "
-        "Resolves nothing. " + FILE_HELP,
+        "secrets/configs (with the closest existing names), malformed placeholders "
+        "(errors: a resolve would fail) and near-miss placeholders such as {{secrets:x}} "
+        "(warnings: left as literal text). Exit 9 on errors, and with --strict on "
+        "warnings too. Resolves nothing. " + FILE_HELP,
     )
     check.add_argument("file", metavar="FILE", help="the template file ('-': stdin)")
+    check.add_argument(
+        "--strict", action="store_true", help="exit 9 on warnings (near-miss placeholders) too"
+    )
 
 
 def check_templates(args: argparse.Namespace) -> int:
@@ -33,17 +38,24 @@ def check_templates(args: argparse.Namespace) -> int:
         response = client.check_template(template.fields)
     encodings = {field.key: encoding_name(field.encoding) for field in template.fields}
     fields = grouped(response, encodings)
-    problems = sum(len(field["problems"]) for field in fields)
+    found = [problem for field in fields for problem in field["problems"]]
+    errors = sum(1 for problem in found if problem["severity"] == "ERROR")
+    warnings = len(found) - errors
+    failed = errors > 0 or (args.strict and warnings > 0)
     if wants_json(args):
-        print_json({"ok": not problems, "fields": fields})
+        print_json({"ok": not failed, "errors": errors, "warnings": warnings, "fields": fields})
     else:
         for field in fields:
             print(_field_line(field))
             for problem in field["problems"]:
                 what = problem["message"] or problem["placeholder"]
-                print(f"  {problem['kind']} at {problem['offset']}: {cell(what)}")
-        print(f"\n{problems} problem(s)" if problems else "\nno problems")
-    return EXIT_PROBLEMS if problems else EXIT_OK
+                level = " (warning)" if problem["severity"] == "WARNING" else ""
+                print(f"  {problem['kind']}{level} at {problem['offset']}: {cell(what)}")
+        if warnings:
+            print(f"\n{errors} error(s), {warnings} warning(s)")
+        else:
+            print(f"\n{errors} problem(s)" if errors else "\nno problems")
+    return EXIT_PROBLEMS if failed else EXIT_OK
 
 
 def grouped(
@@ -78,6 +90,8 @@ def grouped(
                 # the server's message starts with the field key: it stands above already
                 "message": problem.message.removeprefix(f"{problem.field_key}: "),
                 "offset": int(problem.offset),
+                "severity": severity_name(problem.severity),
+                "suggestions": list(problem.suggestions),
             }
         )
     return list(fields.values())

@@ -88,6 +88,8 @@ def vertical(data: Mapping[str, Any]) -> str:
     width = max(len(key) for key in data)
     lines = []
     for key, value in data.items():
+        if isinstance(value, list):
+            value = ", ".join(str(item) for item in value)
         shown = "" if value is None else str(value)
         lines.append(f"{key.ljust(width)}  {cell(shown)}".rstrip())
     return "\n".join(lines)
@@ -107,6 +109,10 @@ def secret_dict(secret: Any) -> dict[str, Any]:
         "create_time": timestamp(secret, "create_time"),
         "update_time": timestamp(secret, "update_time"),
         "etag": secret.etag,
+        "allowed_hosts": list(secret.allowed_hosts),
+        "current_version": int(secret.current_version),
+        "delete_time": timestamp(secret, "delete_time"),
+        "purge_time": timestamp(secret, "purge_time"),
     }
 
 
@@ -126,3 +132,10 @@ def problem_kind(kind: resolver_pb.ProblemKind.ValueType) -> str:
     except ValueError:
         return str(kind)
     return name.removeprefix("PROBLEM_KIND_")
+
+
+def severity_name(severity: resolver_pb.Severity.ValueType) -> str:
+    """``ERROR`` / ``WARNING`` (a server that predates severities sends neither: ERROR)."""
+    if severity == resolver_pb.SEVERITY_WARNING:
+        return "WARNING"
+    return "ERROR"

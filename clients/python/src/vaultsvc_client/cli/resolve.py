@@ -32,6 +32,17 @@ def register(groups: Any) -> None:
         help="a value for {{input.NAME}} (repeatable; overrides the file's inputs)",
     )
     resolve.add_argument("--tool", default=None, help="the calling tool's id, for the audit trail")
+    resolve.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse near-miss placeholders such as {{secrets:x}} instead of leaving them literal",
+    )
+    resolve.add_argument(
+        "--destination-host",
+        default="",
+        metavar="HOST",
+        help="the host the request goes to (bound secrets need one when no field is a URL)",
+    )
 
 
 def resolve_templates(args: argparse.Namespace) -> int:
@@ -44,7 +55,13 @@ def resolve_templates(args: argparse.Namespace) -> int:
         inputs[name] = value
     tool = args.tool if args.tool is not None else template.tool
     with connect(args) as client:
-        response = client.resolve_template(template.fields, inputs, tool)
+        response = client.resolve_template(
+            template.fields,
+            inputs,
+            tool,
+            strict=args.strict,
+            destination_host=args.destination_host,
+        )
     fields = [{"key": field.key, "value": field.value} for field in response.fields]
     if wants_json(args):
         print_json({"fields": fields})

@@ -8,10 +8,11 @@ from typing import Any
 
 from ..client import VaultClient
 from ..errors import AlreadyExists, VaultError
+from . import versions
 from .exits import EXIT_OK, CliError
 from .listing import show_listing
 from .options import add_command, add_group, connect, non_negative_int, positive_int
-from .output import emit, secret_dict, vertical
+from .output import emit, note, secret_dict, vertical, wants_json
 from .stdio import add_value_source, confirm_delete, read_secret_value
 
 
@@ -27,6 +28,14 @@ def register(groups: Any) -> Any:
     )
     create.add_argument("name", help="the secret's name (unique ignoring case)")
     create.add_argument("--description", default="", help="free text, at most 1024 characters")
+    create.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="bind the secret to a destination host: api.stripe.com or *.stripe.com (repeatable)",
+    )
     add_value_source(create, required=False)
 
     get = add_command(actions, "get", get_secret, "Show a secret's metadata (never a value).")
@@ -47,6 +56,11 @@ def register(groups: Any) -> Any:
     listing.add_argument(
         "--page-size", type=positive_int, default=100, help="secrets per request (default 100)"
     )
+    listing.add_argument(
+        "--show-deleted",
+        action="store_true",
+        help="also list secrets scheduled for deletion (restorable until their purge time)",
+    )
 
     update = add_command(
         actions,
@@ -60,13 +74,36 @@ def register(groups: Any) -> Any:
     description.add_argument(
         "--clear-description", action="store_true", help="remove the description"
     )
+    hosts = update.add_mutually_exclusive_group()
+    hosts.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="replace the destination hosts with these (repeatable); widening needs a new value",
+    )
+    hosts.add_argument(
+        "--clear-allowed-hosts",
+        action="store_true",
+        help="unbind the secret from every host (needs a new value)",
+    )
     add_value_source(update, required=True)
     update.add_argument("--etag", default="", help="fail (exit 6) unless the secret has this etag")
 
-    delete = add_command(actions, "delete", delete_secret, "Delete a secret (hard delete).")
+    delete = add_command(
+        actions,
+        "delete",
+        delete_secret,
+        "Delete a secret: restorable during the vault's recovery window, unless --purge.",
+    )
     delete.add_argument("name", help="the secret's name (any case)")
     delete.add_argument("--etag", default="", help="fail (exit 6) unless the secret has this etag")
+    delete.add_argument(
+        "--purge", action="store_true", help="delete at once, with no recovery window"
+    )
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    versions.register(actions)
     return actions
 
 
@@ -74,7 +111,9 @@ def create_secret(args: argparse.Namespace) -> int:
     with connect(args) as client:
         value = read_secret_value(args, f"Value for secret {args.name}: ")
         try:
-            secret = client.create_secret(args.name, value, args.description)
+            secret = client.create_secret(
+                args.name, value, args.description, allowed_hosts=args.allowed_hosts
+            )
         except AlreadyExists as exc:
             _name_the_existing(client, exc, args.name)
             raise
@@ -106,7 +145,9 @@ def list_secrets(args: argparse.Namespace) -> int:
     with connect(args) as client:
         return show_listing(
             args,
-            client.list_secrets(args.contains, page_size=args.page_size),
+            client.list_secrets(
+                args.contains, page_size=args.page_size, show_deleted=args.show_deleted
+            ),
             secret_dict,
             key="secrets",
             columns={
@@ -114,6 +155,7 @@ def list_secrets(args: argparse.Namespace) -> int:
                 "DESCRIPTION": "description",
                 "UPDATED": "update_time",
                 "ETAG": "etag",
+                **({"PURGE": "purge_time"} if args.show_deleted else {}),
             },
             noun="secret",
         )
@@ -124,16 +166,21 @@ def update_secret(args: argparse.Namespace) -> int:
     if args.clear_description:
         description = ""
     changes_value = args.value_stdin or args.prompt_value
-    if description is None and not changes_value:
+    allowed_hosts: list[str] | None = args.allowed_hosts
+    if args.clear_allowed_hosts:
+        allowed_hosts = []
+    if description is None and not changes_value and allowed_hosts is None:
         raise CliError(
-            "nothing to update: give --description, --clear-description, "
-            "--value-stdin or --prompt-value"
+            "nothing to update: give --description, --clear-description, --allowed-host, "
+            "--clear-allowed-hosts, --value-stdin or --prompt-value"
         )
     with connect(args) as client:
         value = None
         if changes_value:
             value = read_secret_value(args, f"New value for secret {args.name}: ")
-        secret = client.update_secret(args.name, value, description, args.etag)
+        secret = client.update_secret(
+            args.name, value, description, args.etag, allowed_hosts=allowed_hosts
+        )
     emit(args, secret_dict(secret), f"updated secret {secret.name} (etag {secret.etag})")
     return EXIT_OK
 
@@ -141,6 +188,11 @@ def update_secret(args: argparse.Namespace) -> int:
 def delete_secret(args: argparse.Namespace) -> int:
     with connect(args) as client:
         confirm_delete(args, "secret", args.name)
-        client.delete_secret(args.name, args.etag)
-    emit(args, {"deleted": args.name}, f"deleted secret {args.name}")
+        client.delete_secret(args.name, args.etag, purge=args.purge)
+    emit(args, {"deleted": args.name, "purged": args.purge}, f"deleted secret {args.name}")
+    if not args.purge and not wants_json(args):
+        note(
+            f"restorable with `vaultctl secrets restore {args.name}` until the vault's "
+            "recovery window ends (unless the vault deletes at once)"
+        )
     return EXIT_OK

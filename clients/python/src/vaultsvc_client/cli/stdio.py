@@ -89,7 +89,7 @@ def confirm_delete(args: argparse.Namespace, kind: str, name: str) -> None:
             "terminal; pass --yes"
         )
     print(
-        f"This permanently deletes {kind} {name!r}. Type its name to confirm: ",
+        f"This deletes {kind} {name!r}. Type its name to confirm: ",
         end="",
         file=sys.stderr,
         flush=True,

@@ -129,7 +129,7 @@ class Seeder:
             if _has_field(secret_pb.DeleteSecretRequest, "force"):
                 request.force = True  # type: ignore[attr-defined]
             if _has_field(secret_pb.DeleteSecretRequest, "purge"):
-                request.purge = True  # type: ignore[attr-defined]
+                request.purge = True
             try:
                 await self._call(self._stub.DeleteSecret, request)
             except _CallFailed as exc:
@@ -171,7 +171,7 @@ class Seeder:
                 name_contains=prefix, page_size=LIST_PAGE_SIZE, page_token=token
             )
             if _has_field(secret_pb.ListSecretsRequest, "show_deleted"):
-                request.show_deleted = True  # type: ignore[attr-defined]
+                request.show_deleted = True
             reply: secret_pb.ListSecretsResponse = await self._call(self._stub.ListSecrets, request)
             names.extend(s.name for s in reply.secrets if s.name.startswith(prefix))
             token = reply.next_page_token

@@ -34,6 +34,7 @@ class AuditEvent(_message.Message):
     CLIENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
     MISSING_COUNT_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
+    MATCH_COUNT_FIELD_NUMBER: _builtins.int
     principal: _builtins.str
     method: _builtins.str
     """Full gRPC method, e.g. "/interakt.vault.v1.SecretService/CreateSecret"."""
@@ -53,6 +54,8 @@ class AuditEvent(_message.Message):
     """Calls this event stands for: 1, except for method `UNAUTHENTICATED`, which aggregates
     the refused unauthenticated calls of one peer address in one minute.
     """
+    match_count: _builtins.int
+    """IdentifySecretValue only: how many versions matched (the candidate is never recorded)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -71,12 +74,15 @@ class AuditEvent(_message.Message):
         client_request_id: _builtins.str = ...,
         missing_count: _builtins.int = ...,
         count: _builtins.int = ...,
+        match_count: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_match_count", b"_match_count", "match_count", b"match_count", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_request_id", b"client_request_id", "count", b"count", "method", b"method", "missing_count", b"missing_count", "outcome", b"outcome", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "secret_names", b"secret_names", "time", b"time", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_match_count", b"_match_count", "client_request_id", b"client_request_id", "count", b"count", "match_count", b"match_count", "method", b"method", "missing_count", b"missing_count", "outcome", b"outcome", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "secret_names", b"secret_names", "time", b"time", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__match_count: _TypeAlias = _typing.Literal["match_count"]  # noqa: Y015
+    _WhichOneofArgType__match_count: _TypeAlias = _typing.Literal["_match_count", b"_match_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__match_count) -> _WhichOneofReturnType__match_count | None: ...
 
 Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(interakt/vault/v1/resolver_service.proto\x12\x11interakt.vault.v1\"]\n\rTemplateField\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12-\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1b.interakt.vault.v1.Encoding\"+\n\rResolvedField\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xce\x01\n\x16ResolveTemplateRequest\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .interakt.vault.v1.TemplateField\x12\x45\n\x06inputs\x18\x02 \x03(\x0b\x32\x35.interakt.vault.v1.ResolveTemplateRequest.InputsEntry\x12\x0c\n\x04tool\x18\x03 \x01(\t\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x17ResolveTemplateResponse\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .interakt.vault.v1.ResolvedField\"H\n\x14\x43heckTemplateRequest\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .interakt.vault.v1.TemplateField\"^\n\x0f\x46ieldReferences\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0csecret_names\x18\x02 \x03(\t\x12\x13\n\x0b\x63onfig_keys\x18\x03 \x03(\t\x12\x13\n\x0binput_names\x18\x04 \x03(\t\"\x96\x01\n\x0fTemplateProblem\x12\x11\n\tfield_key\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.interakt.vault.v1.ProblemKind\x12\x13\n\x0bplaceholder\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06offset\x18\x06 \x01(\x05\"\x85\x01\n\x15\x43heckTemplateResponse\x12\x36\n\nreferences\x18\x01 \x03(\x0b\x32\".interakt.vault.v1.FieldReferences\x12\x34\n\x08problems\x18\x02 \x03(\x0b\x32\".interakt.vault.v1.TemplateProblem*\x83\x01\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x10\n\x0c\x45NCODING_URL\x10\x02\x12\x13\n\x0f\x45NCODING_HEADER\x10\x03\x12\x11\n\rENCODING_JSON\x10\x04\x12\x11\n\rENCODING_FORM\x10\x05*\xc0\x01\n\x0bProblemKind\x12\x1c\n\x18PROBLEM_KIND_UNSPECIFIED\x10\x00\x12&\n\"PROBLEM_KIND_MALFORMED_PLACEHOLDER\x10\x01\x12!\n\x1dPROBLEM_KIND_SECRET_NOT_FOUND\x10\x02\x12!\n\x1dPROBLEM_KIND_CONFIG_NOT_FOUND\x10\x03\x12%\n!PROBLEM_KIND_INVALID_FOR_ENCODING\x10\x04\x32\xdf\x01\n\x0fResolverService\x12h\n\x0fResolveTemplate\x12).interakt.vault.v1.ResolveTemplateRequest\x1a*.interakt.vault.v1.ResolveTemplateResponse\x12\x62\n\rCheckTemplate\x12\'.interakt.vault.v1.CheckTemplateRequest\x1a(.interakt.vault.v1.CheckTemplateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(interakt/vault/v1/resolver_service.proto\x12\x11interakt.vault.v1\"]\n\rTemplateField\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08template\x18\x02 \x01(\t\x12-\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1b.interakt.vault.v1.Encoding\"+\n\rResolvedField\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xf8\x01\n\x16ResolveTemplateRequest\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .interakt.vault.v1.TemplateField\x12\x45\n\x06inputs\x18\x02 \x03(\x0b\x32\x35.interakt.vault.v1.ResolveTemplateRequest.InputsEntry\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\n \x01(\x08\x12\x18\n\x10\x64\x65stination_host\x18\x0b \x01(\t\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x17ResolveTemplateResponse\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .interakt.vault.v1.ResolvedField\"H\n\x14\x43heckTemplateRequest\x12\x30\n\x06\x66ields\x18\x01 \x03(\x0b\x32 .interakt.vault.v1.TemplateField\"^\n\x0f\x46ieldReferences\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0csecret_names\x18\x02 \x03(\t\x12\x13\n\x0b\x63onfig_keys\x18\x03 \x03(\t\x12\x13\n\x0binput_names\x18\x04 \x03(\t\"\xda\x01\n\x0fTemplateProblem\x12\x11\n\tfield_key\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.interakt.vault.v1.ProblemKind\x12\x13\n\x0bplaceholder\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x0e\n\x06offset\x18\x06 \x01(\x05\x12-\n\x08severity\x18\n \x01(\x0e\x32\x1b.interakt.vault.v1.Severity\x12\x13\n\x0bsuggestions\x18\x0b \x03(\t\"\x85\x01\n\x15\x43heckTemplateResponse\x12\x36\n\nreferences\x18\x01 \x03(\x0b\x32\".interakt.vault.v1.FieldReferences\x12\x34\n\x08problems\x18\x02 \x03(\x0b\x32\".interakt.vault.v1.TemplateProblem*\x83\x01\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x45NCODING_RAW\x10\x01\x12\x10\n\x0c\x45NCODING_URL\x10\x02\x12\x13\n\x0f\x45NCODING_HEADER\x10\x03\x12\x11\n\rENCODING_JSON\x10\x04\x12\x11\n\rENCODING_FORM\x10\x05*\x8d\x02\n\x0bProblemKind\x12\x1c\n\x18PROBLEM_KIND_UNSPECIFIED\x10\x00\x12&\n\"PROBLEM_KIND_MALFORMED_PLACEHOLDER\x10\x01\x12!\n\x1dPROBLEM_KIND_SECRET_NOT_FOUND\x10\x02\x12!\n\x1dPROBLEM_KIND_CONFIG_NOT_FOUND\x10\x03\x12%\n!PROBLEM_KIND_INVALID_FOR_ENCODING\x10\x04\x12&\n\"PROBLEM_KIND_NEAR_MISS_PLACEHOLDER\x10\x05\x12#\n\x1fPROBLEM_KIND_SECRET_NOT_ALLOWED\x10\x06*N\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEVERITY_ERROR\x10\x01\x12\x14\n\x10SEVERITY_WARNING\x10\x02\x32\xdf\x01\n\x0fResolverService\x12h\n\x0fResolveTemplate\x12).interakt.vault.v1.ResolveTemplateRequest\x1a*.interakt.vault.v1.ResolveTemplateResponse\x12\x62\n\rCheckTemplate\x12\'.interakt.vault.v1.CheckTemplateRequest\x1a(.interakt.vault.v1.CheckTemplateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +33,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOLVETEMPLATEREQUEST_INPUTSENTRY']._loaded_options = None
   _globals['_RESOLVETEMPLATEREQUEST_INPUTSENTRY']._serialized_options = b'8\001'
-  _globals['_ENCODING']._serialized_start=949
-  _globals['_ENCODING']._serialized_end=1080
-  _globals['_PROBLEMKIND']._serialized_start=1083
-  _globals['_PROBLEMKIND']._serialized_end=1275
+  _globals['_ENCODING']._serialized_start=1059
+  _globals['_ENCODING']._serialized_end=1190
+  _globals['_PROBLEMKIND']._serialized_start=1193
+  _globals['_PROBLEMKIND']._serialized_end=1462
+  _globals['_SEVERITY']._serialized_start=1464
+  _globals['_SEVERITY']._serialized_end=1542
   _globals['_TEMPLATEFIELD']._serialized_start=63
   _globals['_TEMPLATEFIELD']._serialized_end=156
   _globals['_RESOLVEDFIELD']._serialized_start=158
   _globals['_RESOLVEDFIELD']._serialized_end=201
   _globals['_RESOLVETEMPLATEREQUEST']._serialized_start=204
-  _globals['_RESOLVETEMPLATEREQUEST']._serialized_end=410
-  _globals['_RESOLVETEMPLATEREQUEST_INPUTSENTRY']._serialized_start=365
-  _globals['_RESOLVETEMPLATEREQUEST_INPUTSENTRY']._serialized_end=410
-  _globals['_RESOLVETEMPLATERESPONSE']._serialized_start=412
-  _globals['_RESOLVETEMPLATERESPONSE']._serialized_end=487
-  _globals['_CHECKTEMPLATEREQUEST']._serialized_start=489
-  _globals['_CHECKTEMPLATEREQUEST']._serialized_end=561
-  _globals['_FIELDREFERENCES']._serialized_start=563
-  _globals['_FIELDREFERENCES']._serialized_end=657
-  _globals['_TEMPLATEPROBLEM']._serialized_start=660
-  _globals['_TEMPLATEPROBLEM']._serialized_end=810
-  _globals['_CHECKTEMPLATERESPONSE']._serialized_start=813
-  _globals['_CHECKTEMPLATERESPONSE']._serialized_end=946
-  _globals['_RESOLVERSERVICE']._serialized_start=1278
-  _globals['_RESOLVERSERVICE']._serialized_end=1501
+  _globals['_RESOLVETEMPLATEREQUEST']._serialized_end=452
+  _globals['_RESOLVETEMPLATEREQUEST_INPUTSENTRY']._serialized_start=407
+  _globals['_RESOLVETEMPLATEREQUEST_INPUTSENTRY']._serialized_end=452
+  _globals['_RESOLVETEMPLATERESPONSE']._serialized_start=454
+  _globals['_RESOLVETEMPLATERESPONSE']._serialized_end=529
+  _globals['_CHECKTEMPLATEREQUEST']._serialized_start=531
+  _globals['_CHECKTEMPLATEREQUEST']._serialized_end=603
+  _globals['_FIELDREFERENCES']._serialized_start=605
+  _globals['_FIELDREFERENCES']._serialized_end=699
+  _globals['_TEMPLATEPROBLEM']._serialized_start=702
+  _globals['_TEMPLATEPROBLEM']._serialized_end=920
+  _globals['_CHECKTEMPLATERESPONSE']._serialized_start=923
+  _globals['_CHECKTEMPLATERESPONSE']._serialized_end=1056
+  _globals['_RESOLVERSERVICE']._serialized_start=1545
+  _globals['_RESOLVERSERVICE']._serialized_end=1768
 # @@protoc_insertion_point(module_scope)

@@ -81,6 +81,14 @@ class _ProblemKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProblemKi
     host, a placeholder outside a JSON string...), or a template that is not
     valid for its encoding.
     """
+    PROBLEM_KIND_NEAR_MISS_PLACEHOLDER: _ProblemKind.ValueType  # 5
+    """Text that looks like a mistyped placeholder (`{{secrets:x}}`, `{{input:x}}`,
+    `{{config.x}}`...): left literal by a resolve; the suggestion is the corrected text.
+    """
+    PROBLEM_KIND_SECRET_NOT_ALLOWED: _ProblemKind.ValueType  # 6
+    """A secret outside the calling resolver's scopes (PERMISSION_DENIED SECRET_NOT_ALLOWED
+    on resolve).
+    """
 
 class ProblemKind(_ProblemKind, metaclass=_ProblemKindEnumTypeWrapper): ...
 
@@ -96,7 +104,37 @@ PROBLEM_KIND_INVALID_FOR_ENCODING: ProblemKind.ValueType  # 4
 host, a placeholder outside a JSON string...), or a template that is not
 valid for its encoding.
 """
+PROBLEM_KIND_NEAR_MISS_PLACEHOLDER: ProblemKind.ValueType  # 5
+"""Text that looks like a mistyped placeholder (`{{secrets:x}}`, `{{input:x}}`,
+`{{config.x}}`...): left literal by a resolve; the suggestion is the corrected text.
+"""
+PROBLEM_KIND_SECRET_NOT_ALLOWED: ProblemKind.ValueType  # 6
+"""A secret outside the calling resolver's scopes (PERMISSION_DENIED SECRET_NOT_ALLOWED
+on resolve).
+"""
 Global___ProblemKind: _TypeAlias = ProblemKind  # noqa: Y015
+
+class _Severity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SeverityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Severity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEVERITY_UNSPECIFIED: _Severity.ValueType  # 0
+    SEVERITY_ERROR: _Severity.ValueType  # 1
+    """The template would fail to resolve."""
+    SEVERITY_WARNING: _Severity.ValueType  # 2
+    """The template resolves, but probably not as meant."""
+
+class Severity(_Severity, metaclass=_SeverityEnumTypeWrapper):
+    """How bad a template problem is."""
+
+SEVERITY_UNSPECIFIED: Severity.ValueType  # 0
+SEVERITY_ERROR: Severity.ValueType  # 1
+"""The template would fail to resolve."""
+SEVERITY_WARNING: Severity.ValueType  # 2
+"""The template resolves, but probably not as meant."""
+Global___Severity: _TypeAlias = Severity  # noqa: Y015
 
 @_typing.final
 class TemplateField(_message.Message):
@@ -173,8 +211,21 @@ class ResolveTemplateRequest(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     TOOL_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    DESTINATION_HOST_FIELD_NUMBER: _builtins.int
     tool: _builtins.str
-    """The calling tool's id, recorded for audit and usage."""
+    """The calling tool's id, recorded for audit and usage:
+    `^[A-Za-z0-9][A-Za-z0-9._:/-]{0,255}$` (INVALID_ARGUMENT INVALID_TOOL otherwise).
+    """
+    strict: _builtins.bool
+    """Safety nets (field numbers 10+).
+    Refuse near-miss placeholders such as `{{secrets:x}}` or `{{input:x}}` in the
+    templates with INVALID_ARGUMENT NEAR_MISS_PLACEHOLDER instead of leaving them literal.
+    """
+    destination_host: _builtins.str
+    """The host the executor sends the request to, for executors that build the URL
+    themselves. Checked against the allowed_hosts of every bound secret used.
+    """
     @_builtins.property
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___TemplateField]:
         """One request = one tool invocation."""
@@ -189,10 +240,12 @@ class ResolveTemplateRequest(_message.Message):
         fields: _abc.Iterable[Global___TemplateField] | None = ...,
         inputs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tool: _builtins.str = ...,
+        strict: _builtins.bool = ...,
+        destination_host: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "inputs", b"inputs", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_host", b"destination_host", "fields", b"fields", "inputs", b"inputs", "strict", b"strict", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,6 +336,8 @@ class TemplateProblem(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    SUGGESTIONS_FIELD_NUMBER: _builtins.int
     field_key: _builtins.str
     """The field's key."""
     kind: Global___ProblemKind.ValueType
@@ -294,6 +349,14 @@ class TemplateProblem(_message.Message):
     """Human-readable explanation."""
     offset: _builtins.int
     """Character offset of the problem within the template."""
+    severity: Global___Severity.ValueType
+    """Safety nets (field numbers 10+)."""
+    @_builtins.property
+    def suggestions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 3, closest first: existing names close to a missing one (only in replies
+        to admin and viewer callers), or the corrected text of a near-miss placeholder.
+        """
+
     def __init__(
         self,
         *,
@@ -303,10 +366,12 @@ class TemplateProblem(_message.Message):
         name: _builtins.str = ...,
         message: _builtins.str = ...,
         offset: _builtins.int = ...,
+        severity: Global___Severity.ValueType = ...,
+        suggestions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["field_key", b"field_key", "kind", b"kind", "message", b"message", "name", b"name", "offset", b"offset", "placeholder", b"placeholder"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field_key", b"field_key", "kind", b"kind", "message", b"message", "name", b"name", "offset", b"offset", "placeholder", b"placeholder", "severity", b"severity", "suggestions", b"suggestions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -67,6 +67,31 @@ class SecretServiceStub:
                 request_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.GetVaultStatsRequest.SerializeToString,
                 response_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.VaultStats.FromString,
                 _registered_method=True)
+        self.ListSecretVersions = channel.unary_unary(
+                '/interakt.vault.v1.SecretService/ListSecretVersions',
+                request_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.ListSecretVersionsRequest.SerializeToString,
+                response_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.ListSecretVersionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackSecret = channel.unary_unary(
+                '/interakt.vault.v1.SecretService/RollbackSecret',
+                request_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.RollbackSecretRequest.SerializeToString,
+                response_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.Secret.FromString,
+                _registered_method=True)
+        self.DestroySecretVersion = channel.unary_unary(
+                '/interakt.vault.v1.SecretService/DestroySecretVersion',
+                request_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.DestroySecretVersionRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
+        self.RestoreSecret = channel.unary_unary(
+                '/interakt.vault.v1.SecretService/RestoreSecret',
+                request_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.RestoreSecretRequest.SerializeToString,
+                response_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.Secret.FromString,
+                _registered_method=True)
+        self.IdentifySecretValue = channel.unary_unary(
+                '/interakt.vault.v1.SecretService/IdentifySecretValue',
+                request_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.IdentifySecretValueRequest.SerializeToString,
+                response_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.IdentifySecretValueResponse.FromString,
+                _registered_method=True)
 
 
 class SecretServiceServicer:
@@ -105,14 +130,58 @@ class SecretServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSecret(self, request, context):
-        """Deletes a secret. Deletion is hard: nothing checks for references.
+        """Deletes a secret: schedules it for deletion for the vault's recovery window
+        (`delete_recovery_days`; 0 = at once), or at once with `purge`. A scheduled secret
+        resolves to NOT_FOUND `SECRET_DELETED`, keeps its name reserved and can be restored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetVaultStats(self, request, context):
-        """Returns vault-wide counters for the stats cards.
+        """Returns vault-wide counters for the stats cards (live secrets only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecretVersions(self, request, context):
+        """Lists a secret's versions, newest first. Metadata only, never a value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackSecret(self, request, context):
+        """Makes a new current version holding an older version's value (sealed afresh).
+        Destroyed version: FAILED_PRECONDITION `VERSION_DESTROYED`; unknown: NOT_FOUND
+        `VERSION_NOT_FOUND`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroySecretVersion(self, request, context):
+        """Removes one old version's ciphertext, wrapped data key and fingerprint (metadata is
+        kept). The current version: FAILED_PRECONDITION `VERSION_IS_CURRENT`. Copies in the
+        database's WAL and in backups age out with them: this is not instant erasure.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSecret(self, request, context):
+        """Brings back a secret scheduled for deletion, with its versions. Not scheduled:
+        FAILED_PRECONDITION `SECRET_NOT_DELETED`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IdentifySecretValue(self, request, context):
+        """Which versions hold exactly this value (admin only; an equality oracle, so it is
+        rate-limited per principal and vault-wide: RESOURCE_EXHAUSTED `RATE_LIMITED` with
+        google.rpc.RetryInfo). The candidate is never logged or stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +219,31 @@ def add_SecretServiceServicer_to_server(servicer, server):
                     servicer.GetVaultStats,
                     request_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.GetVaultStatsRequest.FromString,
                     response_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.VaultStats.SerializeToString,
+            ),
+            'ListSecretVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecretVersions,
+                    request_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.ListSecretVersionsRequest.FromString,
+                    response_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.ListSecretVersionsResponse.SerializeToString,
+            ),
+            'RollbackSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackSecret,
+                    request_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.RollbackSecretRequest.FromString,
+                    response_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.Secret.SerializeToString,
+            ),
+            'DestroySecretVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroySecretVersion,
+                    request_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.DestroySecretVersionRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'RestoreSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreSecret,
+                    request_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.RestoreSecretRequest.FromString,
+                    response_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.Secret.SerializeToString,
+            ),
+            'IdentifySecretValue': grpc.unary_unary_rpc_method_handler(
+                    servicer.IdentifySecretValue,
+                    request_deserializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.IdentifySecretValueRequest.FromString,
+                    response_serializer=interakt_dot_vault_dot_v1_dot_secret__service__pb2.IdentifySecretValueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +410,141 @@ class SecretService:
             '/interakt.vault.v1.SecretService/GetVaultStats',
             interakt_dot_vault_dot_v1_dot_secret__service__pb2.GetVaultStatsRequest.SerializeToString,
             interakt_dot_vault_dot_v1_dot_secret__service__pb2.VaultStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecretVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interakt.vault.v1.SecretService/ListSecretVersions',
+            interakt_dot_vault_dot_v1_dot_secret__service__pb2.ListSecretVersionsRequest.SerializeToString,
+            interakt_dot_vault_dot_v1_dot_secret__service__pb2.ListSecretVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interakt.vault.v1.SecretService/RollbackSecret',
+            interakt_dot_vault_dot_v1_dot_secret__service__pb2.RollbackSecretRequest.SerializeToString,
+            interakt_dot_vault_dot_v1_dot_secret__service__pb2.Secret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroySecretVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interakt.vault.v1.SecretService/DestroySecretVersion',
+            interakt_dot_vault_dot_v1_dot_secret__service__pb2.DestroySecretVersionRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interakt.vault.v1.SecretService/RestoreSecret',
+            interakt_dot_vault_dot_v1_dot_secret__service__pb2.RestoreSecretRequest.SerializeToString,
+            interakt_dot_vault_dot_v1_dot_secret__service__pb2.Secret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IdentifySecretValue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interakt.vault.v1.SecretService/IdentifySecretValue',
+            interakt_dot_vault_dot_v1_dot_secret__service__pb2.IdentifySecretValueRequest.SerializeToString,
+            interakt_dot_vault_dot_v1_dot_secret__service__pb2.IdentifySecretValueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,9 +49,33 @@ class SecretServiceStub:
     UpdateSecret: _grpc.UnaryUnaryMultiCallable[_secret_service_pb2.UpdateSecretRequest, _secret_service_pb2.Secret]
     """Updates a secret's value and/or description."""
     DeleteSecret: _grpc.UnaryUnaryMultiCallable[_secret_service_pb2.DeleteSecretRequest, _empty_pb2.Empty]
-    """Deletes a secret. Deletion is hard: nothing checks for references."""
+    """Deletes a secret: schedules it for deletion for the vault's recovery window
+    (`delete_recovery_days`; 0 = at once), or at once with `purge`. A scheduled secret
+    resolves to NOT_FOUND `SECRET_DELETED`, keeps its name reserved and can be restored.
+    """
     GetVaultStats: _grpc.UnaryUnaryMultiCallable[_secret_service_pb2.GetVaultStatsRequest, _secret_service_pb2.VaultStats]
-    """Returns vault-wide counters for the stats cards."""
+    """Returns vault-wide counters for the stats cards (live secrets only)."""
+    ListSecretVersions: _grpc.UnaryUnaryMultiCallable[_secret_service_pb2.ListSecretVersionsRequest, _secret_service_pb2.ListSecretVersionsResponse]
+    """Lists a secret's versions, newest first. Metadata only, never a value."""
+    RollbackSecret: _grpc.UnaryUnaryMultiCallable[_secret_service_pb2.RollbackSecretRequest, _secret_service_pb2.Secret]
+    """Makes a new current version holding an older version's value (sealed afresh).
+    Destroyed version: FAILED_PRECONDITION `VERSION_DESTROYED`; unknown: NOT_FOUND
+    `VERSION_NOT_FOUND`.
+    """
+    DestroySecretVersion: _grpc.UnaryUnaryMultiCallable[_secret_service_pb2.DestroySecretVersionRequest, _empty_pb2.Empty]
+    """Removes one old version's ciphertext, wrapped data key and fingerprint (metadata is
+    kept). The current version: FAILED_PRECONDITION `VERSION_IS_CURRENT`. Copies in the
+    database's WAL and in backups age out with them: this is not instant erasure.
+    """
+    RestoreSecret: _grpc.UnaryUnaryMultiCallable[_secret_service_pb2.RestoreSecretRequest, _secret_service_pb2.Secret]
+    """Brings back a secret scheduled for deletion, with its versions. Not scheduled:
+    FAILED_PRECONDITION `SECRET_NOT_DELETED`.
+    """
+    IdentifySecretValue: _grpc.UnaryUnaryMultiCallable[_secret_service_pb2.IdentifySecretValueRequest, _secret_service_pb2.IdentifySecretValueResponse]
+    """Which versions hold exactly this value (admin only; an equality oracle, so it is
+    rate-limited per principal and vault-wide: RESOURCE_EXHAUSTED `RATE_LIMITED` with
+    google.rpc.RetryInfo). The candidate is never logged or stored.
+    """
 
 @_typing.type_check_only
 class SecretServiceAsyncStub(SecretServiceStub):
@@ -73,9 +97,33 @@ class SecretServiceAsyncStub(SecretServiceStub):
     UpdateSecret: _aio.UnaryUnaryMultiCallable[_secret_service_pb2.UpdateSecretRequest, _secret_service_pb2.Secret]  # type: ignore[assignment]
     """Updates a secret's value and/or description."""
     DeleteSecret: _aio.UnaryUnaryMultiCallable[_secret_service_pb2.DeleteSecretRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a secret. Deletion is hard: nothing checks for references."""
+    """Deletes a secret: schedules it for deletion for the vault's recovery window
+    (`delete_recovery_days`; 0 = at once), or at once with `purge`. A scheduled secret
+    resolves to NOT_FOUND `SECRET_DELETED`, keeps its name reserved and can be restored.
+    """
     GetVaultStats: _aio.UnaryUnaryMultiCallable[_secret_service_pb2.GetVaultStatsRequest, _secret_service_pb2.VaultStats]  # type: ignore[assignment]
-    """Returns vault-wide counters for the stats cards."""
+    """Returns vault-wide counters for the stats cards (live secrets only)."""
+    ListSecretVersions: _aio.UnaryUnaryMultiCallable[_secret_service_pb2.ListSecretVersionsRequest, _secret_service_pb2.ListSecretVersionsResponse]  # type: ignore[assignment]
+    """Lists a secret's versions, newest first. Metadata only, never a value."""
+    RollbackSecret: _aio.UnaryUnaryMultiCallable[_secret_service_pb2.RollbackSecretRequest, _secret_service_pb2.Secret]  # type: ignore[assignment]
+    """Makes a new current version holding an older version's value (sealed afresh).
+    Destroyed version: FAILED_PRECONDITION `VERSION_DESTROYED`; unknown: NOT_FOUND
+    `VERSION_NOT_FOUND`.
+    """
+    DestroySecretVersion: _aio.UnaryUnaryMultiCallable[_secret_service_pb2.DestroySecretVersionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Removes one old version's ciphertext, wrapped data key and fingerprint (metadata is
+    kept). The current version: FAILED_PRECONDITION `VERSION_IS_CURRENT`. Copies in the
+    database's WAL and in backups age out with them: this is not instant erasure.
+    """
+    RestoreSecret: _aio.UnaryUnaryMultiCallable[_secret_service_pb2.RestoreSecretRequest, _secret_service_pb2.Secret]  # type: ignore[assignment]
+    """Brings back a secret scheduled for deletion, with its versions. Not scheduled:
+    FAILED_PRECONDITION `SECRET_NOT_DELETED`.
+    """
+    IdentifySecretValue: _aio.UnaryUnaryMultiCallable[_secret_service_pb2.IdentifySecretValueRequest, _secret_service_pb2.IdentifySecretValueResponse]  # type: ignore[assignment]
+    """Which versions hold exactly this value (admin only; an equality oracle, so it is
+    rate-limited per principal and vault-wide: RESOURCE_EXHAUSTED `RATE_LIMITED` with
+    google.rpc.RetryInfo). The candidate is never logged or stored.
+    """
 
 class SecretServiceServicer(metaclass=_abc_1.ABCMeta):
     """SecretService is the admin surface of the vault. No RPC here ever returns a
@@ -124,7 +172,10 @@ class SecretServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _secret_service_pb2.DeleteSecretRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a secret. Deletion is hard: nothing checks for references."""
+        """Deletes a secret: schedules it for deletion for the vault's recovery window
+        (`delete_recovery_days`; 0 = at once), or at once with `purge`. A scheduled secret
+        resolves to NOT_FOUND `SECRET_DELETED`, keeps its name reserved and can be restored.
+        """
 
     @_abc_1.abstractmethod
     def GetVaultStats(
@@ -132,6 +183,57 @@ class SecretServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _secret_service_pb2.GetVaultStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_secret_service_pb2.VaultStats, _abc.Awaitable[_secret_service_pb2.VaultStats]]:
-        """Returns vault-wide counters for the stats cards."""
+        """Returns vault-wide counters for the stats cards (live secrets only)."""
+
+    @_abc_1.abstractmethod
+    def ListSecretVersions(
+        self,
+        request: _secret_service_pb2.ListSecretVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_secret_service_pb2.ListSecretVersionsResponse, _abc.Awaitable[_secret_service_pb2.ListSecretVersionsResponse]]:
+        """Lists a secret's versions, newest first. Metadata only, never a value."""
+
+    @_abc_1.abstractmethod
+    def RollbackSecret(
+        self,
+        request: _secret_service_pb2.RollbackSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_secret_service_pb2.Secret, _abc.Awaitable[_secret_service_pb2.Secret]]:
+        """Makes a new current version holding an older version's value (sealed afresh).
+        Destroyed version: FAILED_PRECONDITION `VERSION_DESTROYED`; unknown: NOT_FOUND
+        `VERSION_NOT_FOUND`.
+        """
+
+    @_abc_1.abstractmethod
+    def DestroySecretVersion(
+        self,
+        request: _secret_service_pb2.DestroySecretVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Removes one old version's ciphertext, wrapped data key and fingerprint (metadata is
+        kept). The current version: FAILED_PRECONDITION `VERSION_IS_CURRENT`. Copies in the
+        database's WAL and in backups age out with them: this is not instant erasure.
+        """
+
+    @_abc_1.abstractmethod
+    def RestoreSecret(
+        self,
+        request: _secret_service_pb2.RestoreSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_secret_service_pb2.Secret, _abc.Awaitable[_secret_service_pb2.Secret]]:
+        """Brings back a secret scheduled for deletion, with its versions. Not scheduled:
+        FAILED_PRECONDITION `SECRET_NOT_DELETED`.
+        """
+
+    @_abc_1.abstractmethod
+    def IdentifySecretValue(
+        self,
+        request: _secret_service_pb2.IdentifySecretValueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_secret_service_pb2.IdentifySecretValueResponse, _abc.Awaitable[_secret_service_pb2.IdentifySecretValueResponse]]:
+        """Which versions hold exactly this value (admin only; an equality oracle, so it is
+        rate-limited per principal and vault-wide: RESOURCE_EXHAUSTED `RATE_LIMITED` with
+        google.rpc.RetryInfo). The candidate is never logged or stored.
+        """
 
 def add_SecretServiceServicer_to_server(servicer: SecretServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
