@@ -203,6 +203,17 @@ SETTINGS: tuple[Setting, ...] = (
         "audit_flush_interval", "float", 0.2, "seconds between audit batch writes",
         minimum=0.001, maximum=60,
     ),
+    Setting(
+        "console.listen", "VAULT_CONSOLE_LISTEN", "console_listen", "address", None,
+        "address of the admin console and JSON API (`/api/v1`); same TLS as gRPC, plaintext "
+        "only on loopback unless `allow_plaintext_non_loopback` (port 0: any free port)",
+        default_doc="unset (off; `dev`: `127.0.0.1:8250`)",
+    ),
+    Setting(
+        "console.session_ttl", "VAULT_CONSOLE_SESSION_TTL", "console_session_ttl", "float",
+        8 * 3600.0, "seconds a console sign-in lasts (it ends sooner when its token is revoked)",
+        minimum=1, maximum=7 * 24 * 3600,
+    ),
 )  # fmt: skip
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
@@ -282,6 +293,8 @@ class Settings:
     rpc_timeout_cap: float = _D["server.rpc_timeout_cap"]
     audit_buffer_size: int = _D["server.audit_buffer_size"]
     audit_flush_interval: float = _D["server.audit_flush_interval"]
+    console_listen: str | None = _D["console.listen"]
+    console_session_ttl: float = _D["console.session_ttl"]
 
     def require_keyring(self) -> Keyring:
         if self.keyring is None:

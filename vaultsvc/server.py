@@ -40,6 +40,7 @@ from vaultsvc.bootstrap import (
     server_credentials,
 )
 from vaultsvc.config import Settings
+from vaultsvc.console.server import ConsoleServer, start_console
 from vaultsvc.crypto import Envelope
 from vaultsvc.limits import MAX_SEND_MESSAGE_BYTES
 from vaultsvc.storage.db import Database
@@ -71,6 +72,8 @@ class Runtime:
     """The port actually bound (the one asked for, or the one the OS picked for port 0)."""
     resources: contextlib.AsyncExitStack
     """Closes the database (and stops an embedded Postgres) when the vault stops."""
+    console: ConsoleServer | None = None
+    """The admin console and JSON API (``console_listen``), in this process and loop."""
 
     @property
     def address(self) -> str:
@@ -92,7 +95,8 @@ async def start_server(settings: Settings) -> Runtime:
             buffer_size=settings.audit_buffer_size,
             flush_interval=settings.audit_flush_interval,
         )
-        interceptor = VaultInterceptor(TokenAuthenticator(settings.tokens), audit, settings)
+        authenticator = TokenAuthenticator(settings.tokens)
+        interceptor = VaultInterceptor(authenticator, audit, settings)
         server = grpc.aio.server(
             interceptors=[interceptor],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -133,6 +137,9 @@ async def start_server(settings: Settings) -> Runtime:
             port = server.add_secure_port(settings.listen, credentials)
         if port == 0:
             raise StartupError(f"cannot listen on {settings.listen}")
+        console = await start_console(settings, db, vault, audit, authenticator)
+        if console is not None:
+            resources.push_async_callback(console.stop)
         audit.start()
         await server.start()
         for name in ("", *SERVICE_NAMES):
@@ -141,7 +148,16 @@ async def start_server(settings: Settings) -> Runtime:
             "vault listening", extra={"listen": f"{host}:{port}", "tls": credentials is not None}
         )
         return Runtime(
-            settings, db, repository, vault, audit, server, health_servicer, port, resources
+            settings,
+            db,
+            repository,
+            vault,
+            audit,
+            server,
+            health_servicer,
+            port,
+            resources,
+            console,
         )
     except BaseException:
         await resources.aclose()
@@ -154,6 +170,8 @@ async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     await runtime.health.enter_graceful_shutdown()
     # Give load balancers probing health a moment to see NOT_SERVING and stop routing.
     await asyncio.sleep(min(runtime.settings.shutdown_delay, grace))
+    if runtime.console is not None:
+        await runtime.console.stop()
     await runtime.server.stop(grace)
     await runtime.audit.stop()
     await runtime.resources.aclose()
