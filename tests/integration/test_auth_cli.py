@@ -128,6 +128,7 @@ async def test_dev_prints_one_working_token_per_role(pg: EmbeddedPostgres, tmp_p
         "VAULT_DATABASE_URL": await create_database(pg),
         "VAULT_DATA_DIR": str(tmp_path / "dev"),
         "VAULT_LISTEN": "127.0.0.1:0",
+        "VAULT_CONSOLE_LISTEN": "127.0.0.1:0",
     }
     env.pop("VAULT_MASTER_KEYS", None)
     env.pop("VAULT_TOKENS", None)

@@ -102,6 +102,9 @@ class ConsoleServer:
             ssl_certfile=str(tls.cert_file) if tls else None,
             ssl_keyfile=str(tls.key_file) if tls else None,
         )
+        # Our own access log (vaultsvc.access) records API calls; uvicorn's would add a second
+        # line per request, with query strings.
+        logging.getLogger("uvicorn.access").disabled = True
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="console")
         while not self._server.started:
