@@ -1,5 +1,6 @@
 """Domain errors to gRPC (and HTTP): the ONE table from :class:`~vaultsvc.errors.Code` to
-``grpc.StatusCode`` and the console API's HTTP status, and the ``google.rpc.Status`` with a single ``ErrorInfo``."""
+``grpc.StatusCode`` and the console API's HTTP status, and the ``google.rpc.Status`` with a
+single ``ErrorInfo``."""
 
 from __future__ import annotations
 
