@@ -21,6 +21,8 @@
     }
   }
 
+  let sessionEnded = false;
+
   async function api(method, path, body) {
     const headers = { "Accept": "application/json" };
     if (method !== "GET") headers["X-CSRF-Token"] = CSRF;
@@ -33,7 +35,10 @@
     let data = {};
     try { data = await resp.json(); } catch (e) { data = {}; }
     if (resp.status === 401) {
-      location.assign("/login?ended=1");
+      if (!sessionEnded) {
+        sessionEnded = true;
+        location.assign("/login?ended=1");
+      }
       throw new ApiError(401, (data && data.error) || {});
     }
     if (!resp.ok) throw new ApiError(resp.status, (data && data.error) || {});
