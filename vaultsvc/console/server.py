@@ -49,6 +49,7 @@ def bind_console_socket(address: str) -> socket.socket:
         raise StartupError(f"cannot listen on {address}: {exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _no_delay(sock)
         sock.bind(sockaddr)
         sock.listen(128)
         sock.setblocking(False)
@@ -56,6 +57,12 @@ def bind_console_socket(address: str) -> socket.socket:
         sock.close()
         raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
     return sock
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Accepted connections inherit TCP_NODELAY: without it a response written as headers
+    then body waits ~40 ms for the client's delayed ACK (Nagle)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -87,6 +94,8 @@ class ConsoleServer:
             if address is None:
                 raise ValueError("give a bound socket or an address")
             sock = bind_console_socket(address)
+        else:
+            _no_delay(sock)
         bound = sock.getsockname()
         self.host, self.port = str(bound[0]), int(bound[1])
         tls = self.settings.tls
