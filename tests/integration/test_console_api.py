@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from openapi_spec_validator import validate
 
+from tests.integration.test_tls import Authority
 from tests.support.console import (
     SessionClient,
     bearer_client,
@@ -22,7 +25,7 @@ from tests.support.keys import resolve
 from tests.support.rpc import resolver
 from tests.support.vault import LogCapture, VaultFactory, VaultHandle
 from vaultsvc.api.status import STATUS_TABLE
-from vaultsvc.config import ConfigError
+from vaultsvc.config import ConfigError, TLSSettings
 from vaultsvc.errors import Code
 
 PKG = "/interakt.vault.v1."
@@ -476,3 +479,25 @@ async def test_console_is_off_by_default_and_plaintext_only_on_loopback(
     assert plain.runtime.console is None
     with pytest.raises(ConfigError, match="plaintext"):
         await make_vault(console_listen="0.0.0.0:0")
+
+
+async def test_console_uses_the_grpc_tls_settings(make_vault: VaultFactory, tmp_path: Path) -> None:
+    ca = Authority("console test CA")
+    server = ca.issue("vault-server", server=True)
+    (tmp_path / "server.crt").write_bytes(server.cert)
+    (tmp_path / "server.key").write_bytes(server.key)
+    tls = TLSSettings(cert_file=tmp_path / "server.crt", key_file=tmp_path / "server.key")
+    vault = await console_vault(make_vault, tls=tls)
+    url = console_url(vault)
+    assert url.startswith("https://127.0.0.1:")
+    context = ssl.create_default_context(cadata=ca.pem.decode())
+    async with httpx.AsyncClient(base_url=url, verify=context, timeout=30) as http:
+        reply = await http.post("/auth/session", json={"token": vault.tokens["admin"]})
+        assert reply.status_code == 200
+        cookie = reply.headers["set-cookie"]
+        assert cookie.startswith("__Host-vault_session=") and "Secure" in cookie
+        assert "max-age=31536000" in reply.headers["strict-transport-security"]
+        assert (await http.get("/api/v1/stats")).status_code == 200
+    async with httpx.AsyncClient(base_url=url.replace("https:", "http:"), timeout=10) as plain:
+        with pytest.raises(httpx.HTTPError):
+            await plain.get("/login")
