@@ -180,7 +180,7 @@ async def test_admin_flows_of_the_product_page(
     await page.click("#check-run")
     await expect(page.locator("#check-problems")).to_contain_text("orderskey")
     await expect(page.locator("#check-references")).to_contain_text("orders_api_key")
-    await shot(page, "template-checker.png")
+    await shot(page, "template-checker.png", full_page=True)
     await page.click("#tab-audit")
     await expect(page.locator("#audit-body")).to_contain_text(
         "/interakt.vault.v1.SecretService/DeleteSecret"

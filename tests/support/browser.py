@@ -60,9 +60,9 @@ async def sign_in(page: Page, base_url: str, token: str) -> None:
     await page.wait_for_selector("#stat-total:not(:text('\u2013'))")
 
 
-async def shot(page: Page, name: str) -> None:
+async def shot(page: Page, name: str, *, full_page: bool = False) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / name))
+    await page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page)
 
 
 class BodyRecorder:
