@@ -265,6 +265,14 @@ CASES: tuple[Case, ...] = (
         "cache.check_interval", "0.25", 0.25, "5", 5.0,
         bad=(("0.01", "61"), ("0", "-1")), wrong_type=('"1"',), env_wrong_type=("often",),
     ),
+    Case(
+        "console.listen", '"127.0.0.1:8250"', "127.0.0.1:8250", "[::1]:0", "[::1]:0",
+        bad=(('"localhost"', "localhost"), ('"h:70000"', "h:70000")), wrong_type=("8250",),
+    ),
+    Case(
+        "console.session_ttl", "600", 600.0, "60", 60.0,
+        bad=(("0", "0.5"), ("604801", "1e9")), wrong_type=('"600"',), env_wrong_type=("long",),
+    ),
 )  # fmt: skip
 
 BY_KEY = {case.key: case for case in CASES}
@@ -483,7 +491,7 @@ def test_unknown_environment_variables_only_warn(
         settings = load(
             tmp_path,
             VAULT_DATABSE_URL=canary,
-            VAULT_SOMETHING=canary,
+            VAULT_XYZZY=canary,
             VAULT_ADDR="127.0.0.1:50051",
             VAULT_TOKEN=canary,
             VAULT_CACERT="ca.pem",
@@ -493,7 +501,7 @@ def test_unknown_environment_variables_only_warn(
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
         "ignoring unknown environment variable VAULT_DATABSE_URL; did you mean VAULT_DATABASE_URL?",
-        "ignoring unknown environment variable VAULT_SOMETHING",
+        "ignoring unknown environment variable VAULT_XYZZY",
     ]
     assert canary not in caplog.text
 
