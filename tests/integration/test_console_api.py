@@ -266,6 +266,49 @@ async def test_authentication_and_roles(cvault: VaultHandle) -> None:
         assert PKG + "ConfigService/DeleteConfigValue" in refused
 
 
+async def test_api_calls_follow_the_grpc_call_flow(cvault: VaultHandle) -> None:
+    """Server-assigned request ids (the client's kept beside), the event committed before
+    the reply, and unauthenticated calls counted per peer and minute, as over gRPC."""
+    async with bearer_client(cvault) as admin, bearer_client(cvault, None) as anon:
+        seen: list[str] = []
+        for name in ("rid_one", "rid_two"):
+            reply = await admin.post(
+                "/api/v1/secrets",
+                json={"name": name, "value": "v"},
+                headers={"X-Request-Id": "client-chosen"},
+            )
+            assert reply.status_code == 200
+            seen.append(reply.headers["x-request-id"])
+            # Committed before the reply: the event is already there.
+            events = (await admin.get("/api/v1/audit", params={"secretName": name})).json()
+            event = events["events"][0]
+            assert (event["requestId"], event["clientRequestId"]) == (seen[-1], "client-chosen")
+        assert len(set(seen)) == 2 and "client-chosen" not in seen
+
+        for _ in range(5):
+            assert error_of(await anon.get("/api/v1/secrets"))[:2] == (401, "UNAUTHENTICATED")
+        # Not one INSERT each: nothing is written until the minute is over (or a flush).
+        assert (
+            await cvault.sql("SELECT 1 FROM audit_events WHERE outcome = 'UNAUTHENTICATED'") == []
+        )
+        await cvault.runtime.audit.flush()
+        rows = await cvault.sql(
+            "SELECT method, peer, count FROM audit_events WHERE outcome = 'UNAUTHENTICATED'"
+        )
+        assert {(r["method"], r["peer"]) for r in rows} == {("UNAUTHENTICATED", "http:127.0.0.1")}
+        assert sum(r["count"] for r in rows) == 5
+
+
+async def test_api_calls_are_refused_before_any_work_when_audit_is_stuck(
+    cvault: VaultHandle,
+) -> None:
+    async with bearer_client(cvault) as admin:
+        await cvault.runtime.audit.stop()  # the audit trail takes no more events
+        reply = await admin.post("/api/v1/secrets", json={"name": "never", "value": "v"})
+        assert error_of(reply)[:3] == (503, "UNAVAILABLE", "AUDIT_UNAVAILABLE")
+        assert await cvault.sql("SELECT 1 FROM secrets WHERE name = 'never'") == []
+
+
 async def test_sign_in_refuses_resolver_and_bad_tokens(cvault: VaultHandle) -> None:
     client = SessionClient(cvault)
     try:

@@ -243,7 +243,7 @@ class Console:
         handler: Callable[[], Awaitable[Message]],
     ) -> Response:
         try:
-            message = await self.runner.invoke(
+            message, request_id = await self.runner.invoke(
                 service_method,
                 _peer(request),
                 lambda: self.api_principal(request),
@@ -252,7 +252,7 @@ class Console:
             )
         except CallFailed as failed:
             return error_response(failed.error, failed.request_id)
-        return JSONResponse(to_json(message))
+        return JSONResponse(to_json(message), headers={"x-request-id": request_id})
 
     @staticmethod
     def query(request: Request) -> Mapping[str, str]:

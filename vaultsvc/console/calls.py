@@ -71,8 +71,9 @@ class CallRunner:
         handler: Callable[[], Awaitable[T]],
         *,
         client_request_id: str | None = None,
-    ) -> T:
-        """Authenticate, authorize and run ``handler`` as the gRPC method it mirrors.
+    ) -> tuple[T, str]:
+        """Authenticate, authorize and run ``handler`` as the gRPC method it mirrors; its
+        result and the call's request id.
 
         The server names the call (a fresh request id); ``client_request_id`` (the client's
         ``X-Request-Id``) is kept beside it in the audit event, as over gRPC."""
@@ -136,4 +137,4 @@ class CallRunner:
         )
         if error is not None:
             raise CallFailed(error, request_id)
-        return result  # type: ignore[return-value]
+        return result, request_id  # type: ignore[return-value]
