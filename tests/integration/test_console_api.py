@@ -4,6 +4,7 @@ the same core, authorization table and audit trail as gRPC."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import ssl
 from pathlib import Path
@@ -377,12 +378,17 @@ async def test_session_cookie_csrf_and_sign_out(cvault: VaultHandle) -> None:
 
 
 async def test_session_expires(make_vault: VaultFactory) -> None:
-    vault = await console_vault(make_vault, console_session_ttl=1.0)
+    # Long enough for sign-in and a first call on a loaded machine; then wait it out.
+    vault = await console_vault(make_vault, console_session_ttl=4.0)
     client = SessionClient(vault)
     try:
-        assert (await client.sign_in(vault.tokens["viewer"])).status_code == 200
+        signed_in = await client.sign_in(vault.tokens["viewer"])
+        assert signed_in.status_code == 200
         assert (await client.http.get("/api/v1/stats")).status_code == 200
-        await asyncio.sleep(1.5)
+        expire = datetime.datetime.fromisoformat(signed_in.json()["expireTime"])
+        left = (expire - datetime.datetime.now(datetime.UTC)).total_seconds()
+        assert 0 < left <= 4.0
+        await asyncio.sleep(left + 0.5)
         assert error_of(await client.http.get("/api/v1/stats"))[:2] == (401, "UNAUTHENTICATED")
         assert (await client.http.get("/", follow_redirects=False)).status_code == 303
     finally:
