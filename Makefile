@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: faults run test install node-deps proto proto-baseline clients dist lint typecheck bench-resolve bench-search faults-audit bench-visibility clean
+.PHONY: faults run test install system-deps node-deps bench-console proto proto-baseline clients dist lint typecheck bench-resolve bench-search faults-audit bench-visibility clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ run: $(STAMP)
 	$(PY) -m vaultsvc dev
 
 ## Run the whole test suite.
-test: $(STAMP) node-deps
-	$(PY) -m pytest -q
+test: $(STAMP) node-deps system-deps
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pytest -q
+
+## Debian's chromium for the console's browser tests (Playwright drives it; no browser
+## download ever). CI runs as root; elsewhere install it once with sudo.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 ## Node dependencies: the Node client's, and the pinned buf CLI that lints protos/ (tools/buf).
 ## The suite needs both: without npm this step fails instead of letting tests skip.
@@ -82,6 +87,10 @@ faults-audit: $(STAMP)
 ## Commit on one replica -> new value resolved on two others (3 serve processes, p50/p99/max).
 bench-visibility: $(STAMP)
 	$(PY) -m tests.bench.bench_visibility
+
+## A page of 1000 secrets through the console's JSON API at 1M secrets.
+bench-console: $(STAMP)
+	$(PY) -m tests.bench.bench_console
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

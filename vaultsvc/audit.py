@@ -92,8 +92,9 @@ _OTHER_PEERS = "other"
 
 
 def peer_address(peer: str) -> str:
-    """A gRPC peer without its port (``ipv4:10.0.0.7:51234`` → ``ipv4:10.0.0.7``)."""
-    if peer.startswith(("ipv4:", "ipv6:")):
+    """A peer without its port (``ipv4:10.0.0.7:51234`` → ``ipv4:10.0.0.7``; the console's
+    ``http:10.0.0.7:51234`` → ``http:10.0.0.7``)."""
+    if peer.startswith(("ipv4:", "ipv6:", "http:")):
         return peer.rpartition(":")[0]
     return peer
 

@@ -97,15 +97,23 @@ class TokenAuthenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
             raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>')")
-        digest = hash_token(token)
+        found = self.lookup_hash(hash_token(token))
+        if found is None:
+            raise Unauthenticated("unknown token")
+        return found
+
+    def lookup_hash(self, digest: bytes) -> Principal | None:
+        """The principal of the token whose SHA-256 is ``digest``, while it is valid.
+
+        The console keeps only this hash beside a session and asks again on every request,
+        so a session ends as soon as its token does.
+        """
         found: TokenEntry | None = None
         # Compare against every entry so timing does not depend on which one matches.
         for entry in self._entries:
             if hmac.compare_digest(entry.sha256, digest):
                 found = entry
-        if found is None:
-            raise Unauthenticated("unknown token")
-        return Principal(found.principal, found.role, found.scopes)
+        return None if found is None else Principal(found.principal, found.role, found.scopes)
 
 
 def authorize(method: str, principal: Principal) -> None:

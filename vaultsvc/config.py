@@ -364,6 +364,17 @@ SETTINGS: tuple[Setting, ...] = (
         "IdentifySecretValue calls per minute for the whole vault, all principals and replicas",
         minimum=1,
     ),
+    Setting(
+        "console.listen", "VAULT_CONSOLE_LISTEN", "console_listen", "address", None,
+        "address of the admin console and JSON API (`/api/v1`); same TLS as gRPC, plaintext "
+        "only on loopback unless `allow_plaintext_non_loopback` (port 0: any free port)",
+        default_doc="unset (off; `dev`: `127.0.0.1:8250`)",
+    ),
+    Setting(
+        "console.session_ttl", "VAULT_CONSOLE_SESSION_TTL", "console_session_ttl", "float",
+        8 * 3600.0, "seconds a console sign-in lasts (it ends sooner when its token is revoked)",
+        minimum=1, maximum=7 * 24 * 3600,
+    ),
 )  # fmt: skip
 
 SETTINGS_BY_KEY: Mapping[str, Setting] = {s.key: s for s in SETTINGS}
@@ -470,6 +481,8 @@ class Settings:
     purge_interval: float = _D["purge_interval"]
     identify_rate_per_principal: int = _D["identify_rate_per_principal"]
     identify_rate_vault: int = _D["identify_rate_vault"]
+    console_listen: str | None = _D["console.listen"]
+    console_session_ttl: float = _D["console.session_ttl"]
 
     def require_keyring(self) -> Keyring:
         if self.keyring is None:

@@ -43,6 +43,7 @@ from vaultsvc.bootstrap import (
     server_credentials,
 )
 from vaultsvc.config import Settings
+from vaultsvc.console.server import ConsoleServer, start_console
 from vaultsvc.crypto import Envelope
 from vaultsvc.limits import MAX_SEND_MESSAGE_BYTES
 from vaultsvc.ports import ensure_free
@@ -95,6 +96,8 @@ class Runtime:
     """Keeps ``vault.cache`` coherent (None when the cache is off)."""
     drain: DrainGate = field(default_factory=DrainGate)
     """Closed by :func:`stop_server`: new calls get UNAVAILABLE instead of CANCELLED."""
+    console: ConsoleServer | None = None
+    """The admin console and JSON API (``console_listen``), in this process and loop."""
 
     @property
     def address(self) -> str:
@@ -150,9 +153,8 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         )
         frontdoor = FrontDoor(settings)
         drain = DrainGate()
-        interceptor = VaultInterceptor(
-            TokenAuthenticator(settings.tokens), audit, settings, frontdoor=frontdoor
-        )
+        authenticator = TokenAuthenticator(settings.tokens)
+        interceptor = VaultInterceptor(authenticator, audit, settings, frontdoor=frontdoor)
         # No grpc-wide maximum_concurrent_rpcs: it counts calls before any token is checked,
         # health included; the front door's budgets bound each kind of call instead.
         server = grpc.aio.server(
@@ -199,6 +201,12 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             if not shared_port:  # ensure_free saw it free: taken since, or not bindable
                 ensure_free(settings.listen)
             raise StartupError(f"cannot listen on {settings.listen}")
+        # After the gRPC port is bound; a worker joins the console port its supervisor claimed.
+        console = await start_console(
+            settings, db, vault, audit, authenticator, frontdoor=frontdoor, reuseport=shared_port
+        )
+        if console is not None:
+            resources.push_async_callback(console.stop)
         audit.start()
         await server.start()
         await health_servicer.start(SERVICE_NAMES)
@@ -221,6 +229,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             purger,
             changes,
             drain,
+            console,
         )
     except BaseException:
         await resources.aclose()
@@ -239,6 +248,9 @@ async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     # Then refuse new calls with UNAVAILABLE (retryable) and let grpc hand over what it has
     # queued, so that its shutdown finds (almost) nothing to drop as CANCELLED.
     runtime.drain.close()
+    if runtime.console is not None:
+        # The console's own graceful shutdown (uvicorn) lets its in-flight requests finish.
+        await runtime.console.stop()
     left = max(grace - (time.monotonic() - started), 0)
     await runtime.drain.quiet(DRAIN_QUIET_SECONDS, min(DRAIN_MAX_SECONDS, left / 2))
     await runtime.server.stop(max(grace - (time.monotonic() - started), 0))

@@ -4,7 +4,9 @@ A small supervisor process claims the listen port (:mod:`vaultsvc.ports`), start
 embedded Postgres when no database URL is configured (one for all workers), and runs N
 worker processes. Each worker is a whole vault (:func:`vaultsvc.server.start_server`): its
 own database pool, cache, listener and audit writer; the workers bind the claimed port with
-``SO_REUSEPORT`` and the kernel spreads connections over them.
+``SO_REUSEPORT`` and the kernel spreads connections over them. The console port
+(``console.listen``), when set, follows the same rule: claimed here, joined by every worker
+(each serves the console from its own vault; sessions live in the shared database).
 
 The supervisor:
 
@@ -232,6 +234,7 @@ class Supervisor:
         self.restarts: collections.deque[float] = collections.deque()
         self.pending_restarts: dict[int, float] = {}
         self.stop_signal: int | None = None
+        self._console_port: PortClaim | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -301,15 +304,32 @@ class Supervisor:
     def run(self) -> int:
         """Claim, start, supervise; the exit code of ``serve``."""
         from vaultsvc.bootstrap import check_transport
+        from vaultsvc.console.server import check_console_transport
 
         check_transport(self.settings)
+        if self.settings.console_listen is not None:
+            check_console_transport(self.settings, self.settings.console_listen)
         port: PortClaim = claim(self.settings.listen)
+        try:
+            console_port = (
+                None
+                if self.settings.console_listen is None
+                else claim(self.settings.console_listen, "console")
+            )
+        except BaseException:
+            port.close()
+            raise
+        self._console_port = console_port
         embedded: EmbeddedPostgres | None = None
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            settings = replace(self.settings, listen=port.address)
+            settings = replace(
+                self.settings,
+                listen=port.address,
+                console_listen=None if console_port is None else console_port.address,
+            )
             if not settings.database.url:
                 embedded = EmbeddedPostgres(settings.data_dir)
                 embedded.start()
@@ -321,6 +341,8 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             port.close()
+            if console_port is not None:
+                console_port.close()
             if embedded is not None:
                 embedded.stop()
             self._wake_r.close()
@@ -410,9 +432,14 @@ class Supervisor:
             "vault listening",
             extra={
                 "listen": port.address,
+                "console": None if self._console_port is None else self._console_port.address,
                 "tls": self.settings.tls is not None,
                 "workers": self.count,
             },
         )
         if self.ready_message:
-            print(self.ready_message.replace("{port}", str(port.port)), flush=True)
+            console = self._console_port
+            scheme = "https" if self.settings.tls is not None else "http"
+            console_url = "off" if console is None else f"{scheme}://{console.address}/"
+            message = self.ready_message.replace("{port}", str(port.port))
+            print(message.replace("{console_url}", console_url), flush=True)

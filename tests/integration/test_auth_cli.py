@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
@@ -128,6 +129,7 @@ async def test_dev_prints_one_working_token_per_role(pg: EmbeddedPostgres, tmp_p
         "VAULT_DATABASE_URL": await create_database(pg),
         "VAULT_DATA_DIR": str(tmp_path / "dev"),
         "VAULT_LISTEN": "127.0.0.1:0",
+        "VAULT_CONSOLE_LISTEN": "127.0.0.1:0",
     }
     env.pop("VAULT_MASTER_KEYS", None)
     env.pop("VAULT_TOKENS", None)
@@ -149,6 +151,12 @@ async def test_dev_prints_one_working_token_per_role(pg: EmbeddedPostgres, tmp_p
         assert len(set(tokens.values())) == 3
         address = re.search(r"listening on\s*:\s*(127\.0\.0\.1:\d+)", text)
         assert address is not None and not address.group(1).endswith(":0"), text
+        # The console asked for port 0: the banner names the port actually bound.
+        console = re.search(r"console\s*:\s*(http://127\.0\.0\.1:([1-9]\d*)/)", text)
+        assert console is not None, text
+        async with httpx.AsyncClient(timeout=10) as http:
+            login = await http.get(console.group(1) + "login")
+            assert login.status_code == 200 and "Sign in" in login.text
 
         creds = tmp_path / "dev" / "dev-credentials.json"
         assert stat.S_IMODE(creds.stat().st_mode) == 0o600

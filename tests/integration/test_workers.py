@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 import uuid
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import httpx
 import psutil
 from interakt.vault.v1 import secret_service_pb2 as pb
 from interakt.vault.v1 import secret_service_pb2_grpc as pbg
@@ -66,7 +68,9 @@ class Workers:
             await asyncio.sleep(0.1)
 
 
-async def _start(pg: EmbeddedPostgres, tmp_path: Path, workers: str = "2") -> Workers:
+async def _start(
+    pg: EmbeddedPostgres, tmp_path: Path, workers: str = "2", **extra_env: str
+) -> Workers:
     key_id, key = generate_master_key()
     token = new_token()
     url = await create_database(pg)
@@ -76,6 +80,7 @@ async def _start(pg: EmbeddedPostgres, tmp_path: Path, workers: str = "2") -> Wo
         VAULT_TOKENS=f"ops:admin:{hash_token(token).hex()}",
         VAULT_WORKERS=workers,
         VAULT_SERVER_SHUTDOWN_DELAY="0.5",
+        **extra_env,
     )
     serve = await start_serve(env, tmp_path / f"serve-{uuid.uuid4().hex[:6]}.log")
     handle = Workers(serve, token, url)
@@ -130,6 +135,45 @@ async def test_two_workers_share_the_port_and_both_serve(
         finally:
             for channel in channels:
                 await channel.close()
+    finally:
+        assert await vault.serve.stop() == 0
+
+
+async def test_workers_share_the_console_port_claimed_by_the_supervisor(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    vault = await _start(pg, tmp_path, VAULT_CONSOLE_LISTEN="127.0.0.1:0")
+    try:
+        # The supervisor resolved console port 0 once; every worker serves that one port.
+        announced = [
+            line for line in vault.serve.stderr().splitlines() if "vault listening" in line
+        ]
+        match = re.search(r"console=\"?127\.0\.0\.1:(\d+)", announced[0])
+        assert match is not None, announced
+        port = int(match.group(1))
+        assert port != 0
+        consoles = [
+            line for line in vault.serve.stderr().splitlines() if "console listening" in line
+        ]
+        assert len(consoles) == 2 and all(f"127.0.0.1:{port}" in line for line in consoles)
+
+        pids = vault.pids()
+        clients = [
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"authorization": f"Bearer {vault.token}"},
+            )
+            for _ in range(24)
+        ]
+        try:
+            replies = await asyncio.gather(*(c.get("/api/v1/secrets") for c in clients))
+            assert [r.status_code for r in replies] == [200] * len(clients)
+            counts = _connections_by_worker(pids, port)
+            assert sum(counts.values()) == len(clients), counts
+            assert all(count > 0 for count in counts.values()), counts
+        finally:
+            for client in clients:
+                await client.aclose()
     finally:
         assert await vault.serve.stop() == 0
 

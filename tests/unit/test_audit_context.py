@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 
-from vaultsvc.api.interceptor import _sanitize_names
+from vaultsvc.api.callflow import sanitize_names
 from vaultsvc.audit import (
     AuditSink,
     AuditWriter,
@@ -83,7 +83,7 @@ async def test_concurrent_calls_do_not_share_a_record() -> None:
 def test_recorded_names_are_sanitized_before_writing() -> None:
     call = CallContext(method=METHOD, request_id="r", peer="p")
     call.record.secret_names = ["ok_name", "evil\r\nINFO forged", "x" * 300]
-    _sanitize_names(call)
+    sanitize_names(call)
     assert call.record.secret_names[0] == "ok_name"
     assert call.record.secret_names[1] == "evil??INFO forged"
     assert call.record.secret_names[2] == "x" * 128 + "..."

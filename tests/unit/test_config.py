@@ -285,6 +285,14 @@ CASES: tuple[Case, ...] = (
         "identify_rate_vault", "50", 50, "12", 12,
         bad=(("0", "0"),), wrong_type=('"50"',), env_wrong_type=("x",),
     ),
+    Case(
+        "console.listen", '"127.0.0.1:8250"', "127.0.0.1:8250", "[::1]:0", "[::1]:0",
+        bad=(('"localhost"', "localhost"), ('"h:70000"', "h:70000")), wrong_type=("8250",),
+    ),
+    Case(
+        "console.session_ttl", "600", 600.0, "60", 60.0,
+        bad=(("0", "0.5"), ("604801", "1e9")), wrong_type=('"600"',), env_wrong_type=("long",),
+    ),
 )  # fmt: skip
 
 BY_KEY = {case.key: case for case in CASES}
@@ -503,7 +511,7 @@ def test_unknown_environment_variables_only_warn(
         settings = load(
             tmp_path,
             VAULT_DATABSE_URL=canary,
-            VAULT_QQQ=canary,
+            VAULT_XYZZY=canary,
             VAULT_ADDR="127.0.0.1:50051",
             VAULT_TOKEN=canary,
             VAULT_CACERT="ca.pem",
@@ -513,7 +521,7 @@ def test_unknown_environment_variables_only_warn(
     messages = [r.getMessage() for r in caplog.records]
     assert messages == [
         "ignoring unknown environment variable VAULT_DATABSE_URL; did you mean VAULT_DATABASE_URL?",
-        "ignoring unknown environment variable VAULT_QQQ",
+        "ignoring unknown environment variable VAULT_XYZZY",
     ]
     assert canary not in caplog.text
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from vaultsvc.api.callflow import settle_audit, submit_quietly
 from vaultsvc.api.frontdoor import FrontDoor, receive_one
 from vaultsvc.api.status import status_for
 from vaultsvc.audit import AuditWriter, CallContext, current_call
@@ -27,7 +28,6 @@ from vaultsvc.errors import (
     Unauthenticated,
     VaultError,
 )
-from vaultsvc.storage.errors import DATABASE_REFUSALS
 
 _log = logging.getLogger("vaultsvc.server")
 _access = logging.getLogger("vaultsvc.access")
@@ -48,11 +48,6 @@ Handler = Callable[[Any, Any], Awaitable[Any]]
 def _loop_time(deadline: float) -> float:
     """A ``time.monotonic()`` deadline on the running loop's clock."""
     return asyncio.get_running_loop().time() + (deadline - time.monotonic())
-
-
-def _sanitize_names(call: CallContext) -> None:
-    """Names a handler recorded before validating them may hold control characters."""
-    call.record.secret_names = [safe_label(n, 128) for n in call.record.secret_names]
 
 
 class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -192,7 +187,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except asyncio.CancelledError:
             call.record.outcome = "CANCELLED"
             if not call.audited:
-                self._submit_quietly(call)
+                submit_quietly(self.audit, call)
             self._log_access(call, "CANCELLED", "", started)
             raise
         except Exception as exc:
@@ -208,26 +203,8 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         finally:
             current_call.reset(token)
 
+        error = await settle_audit(self.audit, call, error)
         outcome = error.code.value if error is not None else "OK"
-        if not call.audited and error is not None and error.reason in DATABASE_REFUSALS:
-            # Nothing was read or changed; a synchronous write would wait on the same
-            # database again. The event joins the group commit without the reply waiting.
-            call.record.outcome = outcome
-            self._submit_quietly(call)
-        elif not call.audited:
-            call.record.outcome = outcome
-            _sanitize_names(call)
-            if isinstance(error, Unauthenticated):
-                # Aggregated per peer and minute, not one INSERT each: a flood of bad tokens
-                # costs a counter, so no budget of waiting refusals is needed.
-                self.audit.count_refusal(call.peer)
-            else:
-                try:
-                    # Group commit: the reply leaves only once the event is durable.
-                    await self.audit.commit(call.record)
-                except VaultError as exc:
-                    error = exc
-                    outcome = exc.code.value
         self._log_access(call, outcome, error.reason.value if error else "", started)
         reply_metadata = (("x-request-id", request_id), *_client_id_echo(supplied_id))
         if error is not None:
@@ -237,18 +214,6 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         context.set_trailing_metadata(reply_metadata)
         return response
-
-    def _submit_quietly(self, call: CallContext) -> None:
-        """Queue the event without waiting for it: a cancelled call gets no reply, and a
-        call the database refused has nothing to wait for."""
-        _sanitize_names(call)
-        try:
-            self.audit.submit(call.record)
-        except VaultError:  # queue full, stopped, or the audit trail cannot be written
-            _log.error(
-                "audit event for a cancelled call could not be queued",
-                extra={"request_id": call.request_id},
-            )
 
     @staticmethod
     def _log_access(call: CallContext, outcome: str, reason: str, started: float) -> None:

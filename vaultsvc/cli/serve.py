@@ -57,7 +57,9 @@ def _workers(text: str) -> int | str:
 async def _serve(settings: Settings, ready_message: str | None = None) -> None:
     runtime = await start_server(settings)
     if ready_message:
-        print(ready_message.replace("{port}", str(runtime.port)), flush=True)
+        console_url = runtime.console.url if runtime.console is not None else "off"
+        message = ready_message.replace("{port}", str(runtime.port))
+        print(message.replace("{console_url}", console_url), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,6 +119,10 @@ BANNER = r"""
 """
 
 
+#: Where ``dev`` serves the console unless VAULT_CONSOLE_LISTEN says otherwise.
+DEV_CONSOLE_LISTEN = "127.0.0.1:8250"
+
+
 def _dev_credentials(data_dir: Path) -> dict[str, Any]:
     """Load or create the development key and tokens (file mode 0600)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private when we create it
@@ -152,6 +158,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             for role, token in tokens.items()
         ),
         log_format=os.environ.get("VAULT_LOG_FORMAT", "text"),
+        console_listen=base.console_listen or DEV_CONSOLE_LISTEN,
     )
     host = settings.listen.rpartition(":")[0]
     lines = [
@@ -161,6 +168,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         else "  database       : VAULT_DATABASE_URL",
         f"  credentials    : {(settings.data_dir / 'dev-credentials.json').resolve()} (mode 0600)",
         f"  listening on   : {host}:{{port}}",
+        "  console        : {console_url} (sign in with the admin or viewer token)",
         "",
         f"  admin token    : {tokens[ADMIN]}",
         f"  viewer token   : {tokens[VIEWER]}",
