@@ -227,7 +227,7 @@ SETTINGS: tuple[Setting, ...] = (
         "(health and reflection never do)", minimum=1,
     ),
     Setting(
-        "server.max_queued_rpcs", "VAULT_SERVER_MAX_QUEUED_RPCS", "max_queued_rpcs", "int", 256,
+        "server.max_queued_rpcs", "VAULT_SERVER_MAX_QUEUED_RPCS", "max_queued_rpcs", "int", 64,
         "calls waiting for an execution slot; more are shed at once with UNAVAILABLE "
         "OVERLOADED and RetryInfo", minimum=0,
     ),

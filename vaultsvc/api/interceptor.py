@@ -4,6 +4,7 @@ authorization, deadline, audit and error mapping."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -33,6 +34,7 @@ _log = logging.getLogger("vaultsvc.server")
 _access = logging.getLogger("vaultsvc.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_CLIENT_REQUEST_ID = 64
+_QUIET_REFUSALS = DATABASE_REFUSALS | {Reason.OVERLOADED}
 
 
 def _client_id_echo(supplied: object) -> tuple[tuple[str, str], ...]:
@@ -151,6 +153,19 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return self.authenticator.authenticate(authorization)
 
     async def _handle(self, inner: Handler, method: str, requests: Any, context: Any) -> Any:
+        # An admitted call holds its slot until its reply is decided, audit commit included:
+        # that wait is part of what the process serves (vaultsvc.api.frontdoor).
+        async with contextlib.AsyncExitStack() as slot:
+            return await self._serve(inner, method, requests, context, slot)
+
+    async def _serve(
+        self,
+        inner: Handler,
+        method: str,
+        requests: Any,
+        context: Any,
+        slot: contextlib.AsyncExitStack,
+    ) -> Any:
         started = time.monotonic()
         metadata = dict(context.invocation_metadata() or ())
         # The server names every call; what the client sent is kept beside it, so one
@@ -178,10 +193,8 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 requests, min(deadline, self.frontdoor.receive_deadline(started))
             )
             try:
-                async with (
-                    self.frontdoor.admitted(deadline),
-                    asyncio.timeout_at(_loop_time(deadline)),
-                ):
+                await slot.enter_async_context(self.frontdoor.admitted(deadline))
+                async with asyncio.timeout_at(_loop_time(deadline)):
                     response = await inner(request, context)
             except TimeoutError:
                 raise DeadlineExceeded(
@@ -209,9 +222,10 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             current_call.reset(token)
 
         outcome = error.code.value if error is not None else "OK"
-        if not call.audited and error is not None and error.reason in DATABASE_REFUSALS:
+        if not call.audited and error is not None and error.reason in _QUIET_REFUSALS:
             # Nothing was read or changed; a synchronous write would wait on the same
-            # database again. The event joins the group commit without the reply waiting.
+            # database again (or, for shed load, make shedding as slow as serving). The
+            # event joins the group commit without the reply waiting.
             call.record.outcome = outcome
             self._submit_quietly(call)
         elif not call.audited:
