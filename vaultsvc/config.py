@@ -233,7 +233,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server.max_queue_wait", "VAULT_SERVER_MAX_QUEUE_WAIT", "max_queue_wait", "float", 1.0,
-        "longest a call waits in the admission queue, seconds (then OVERLOADED)", minimum=0,
+        "longest a call waits in the admission queue, seconds (then OVERLOADED); a call whose "
+        "deadline cannot cover its expected wait is shed at once", minimum=0,
     ),
     Setting(
         "server.receive_timeout", "VAULT_SERVER_RECEIVE_TIMEOUT", "receive_timeout", "float",

@@ -9,12 +9,31 @@ calls or health checks (issue 15). Each kind of work has its own bounded budget:
 - unauthenticated calls: refused from their headers, before their message is read; their
   audit is a per-peer, per-minute counter (:meth:`AuditWriter.count_refusal`), no write;
 - authenticated work: an admission queue (:class:`Admission`) in front of the pool and the
-  CPU: ``max_concurrent_rpcs`` run, ``max_queued_rpcs`` wait at most ``max_queue_wait``,
-  the rest is shed at once with UNAVAILABLE ``OVERLOADED`` and RetryInfo;
+  CPU: ``max_concurrent_rpcs`` run (a slot is held until the reply is decided, audit
+  commit included), the rest is shed with UNAVAILABLE ``OVERLOADED`` and RetryInfo unless
+  it can usefully wait (below);
 - Health/Watch and reflection streams: at most ``max_streams`` open, more refused with
   RESOURCE_EXHAUSTED at once; Health/Check and Health/List never queue behind anything;
 - resolve replies not yet taken by their clients: at most ``max_reply_bytes_in_flight``
   bytes per process (:class:`ReplyBudget`).
+
+Admission under overload (issue 15 item 4). Work that times out after using a slot is
+worse than work refused at once: it costs the same and nobody gets the answer. So a call
+that cannot run at once waits only if it can still be served in time:
+
+- the service time ``S`` is an EWMA (weight ``EWMA_WEIGHT``) of how long admitted calls held
+  their slot; a call at position ``p`` of the queue expects to wait ``S * p / limit``;
+- it is shed at once when the queue holds ``max_queued_rpcs`` already, or when that
+  expected wait exceeds its allowed wait: its remaining deadline minus ``S``, capped by
+  ``max_queue_wait``;
+- CoDel-style: once the queue has not been empty for ``STANDING_INTERVAL`` (arrivals have
+  outpaced service for a while, a standing queue that only adds latency), new arrivals are
+  allowed ``STANDING_TARGET`` of wait instead of ``max_queue_wait``; a burst into an idle
+  queue still gets the full wait;
+- a queued call gives up (OVERLOADED) when its allowed wait ends, so it never takes a slot
+  it could not use. FIFO; the limit itself is static (``max_concurrent_rpcs``): the
+  deadline rule, not a latency gradient, keeps queueing bounded, which is simpler to reason
+  about and to test.
 
 Every refusal is counted in :attr:`FrontDoor.refused` and logged, at most once per
 ``LOG_INTERVAL`` seconds per kind (with the count since the previous line).
