@@ -11,9 +11,10 @@ It fails closed and fast: an event that cannot be written turns its call into UN
 full queue refuses at once; while a commit has been in flight longer than the stall
 threshold (counted in time the event loop was free to see its answer, so a CPU-busy loop
 does not make a healthy commit look stuck), new calls are refused at once rather than
-queueing behind it (a failed commit also fails every call queued behind it). Refused unauthenticated calls are not written one
-by one: they are counted per peer address and minute, and each count becomes ONE event
-(method ``UNAUTHENTICATED``, ``count``) when its minute ends.
+queueing behind it (a failed commit also fails every call queued behind it). Refused
+unauthenticated calls are not written one by one: they are counted per peer address and
+minute, and each count becomes ONE event (method ``UNAUTHENTICATED``, ``count``) when its
+minute ends.
 """
 
 from __future__ import annotations
