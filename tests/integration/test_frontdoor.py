@@ -247,13 +247,14 @@ async def test_a_burst_with_short_deadlines_is_shed_quickly_and_admitted_calls_s
 
     blocker = await asyncpg.connect(vault.database_url, timeout=10)
     try:
-        # Teach the estimate a longer service time: two calls held 0.6 s by a table lock.
-        async with blocker.transaction():
-            await blocker.execute("LOCK TABLE secrets IN ACCESS EXCLUSIVE MODE")
-            warm = [asyncio.ensure_future(timed(10)) for _ in range(2)]
-            await asyncio.sleep(0.6)
-        for _, result in await asyncio.gather(*warm):
-            assert result.name == "k"
+        # Teach the estimate a longer service time: calls held 0.6 s by a table lock.
+        for _ in range(2):
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE secrets IN ACCESS EXCLUSIVE MODE")
+                warm = [asyncio.ensure_future(timed(10)) for _ in range(2)]
+                await asyncio.sleep(0.6)
+            for _, result in await asyncio.gather(*warm):
+                assert result.name == "k"
         short = admission.service_time  # an EWMA: the warm-up weighs in part
         assert short >= 0.25
 
