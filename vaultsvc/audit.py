@@ -9,10 +9,12 @@ never sent for an event that is not durable, and concurrent calls share a commit
 It fails closed and fast: an event that cannot be written turns its call into UNAVAILABLE
 ``AUDIT_UNAVAILABLE`` (every waiter of a failed batch gets it); the queue is bounded and a
 full queue refuses at once; while a commit has been in flight longer than the stall
-threshold, new calls are refused at once rather than queueing behind it (a failed commit
-also fails every call queued behind it). Refused unauthenticated calls are not written one
-by one: they are counted per peer address and minute, and each count becomes ONE event
-(method ``UNAUTHENTICATED``, ``count``) when its minute ends.
+threshold (counted in time the event loop was free to see its answer, so a CPU-busy loop
+does not make a healthy commit look stuck), new calls are refused at once rather than
+queueing behind it (a failed commit also fails every call queued behind it). Refused
+unauthenticated calls are not written one by one: they are counted per peer address and
+minute, and each count becomes ONE event (method ``UNAUTHENTICATED``, ``count``) when its
+minute ends.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class AuditSink(Protocol):
     async def close(self) -> None: ...
 
 
+STALL_TICK = 0.01
+"""Seconds per tick of a commit's in-flight clock (see :meth:`AuditWriter.ensure_accepting`)."""
 #: Method name of the aggregated event for refused unauthenticated calls (shared/API.md).
 UNAUTHENTICATED_METHOD = "UNAUTHENTICATED"
 REFUSAL_WINDOW = 60.0
@@ -135,6 +139,7 @@ class AuditWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._inflight_since: float | None = None
+        self._inflight_ticks = 0
         self._healthy = True
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
@@ -165,9 +170,13 @@ class AuditWriter:
                 "the database is unavailable; request refused",
                 reason=Reason.DATABASE_UNAVAILABLE,
             )
-        now = time.monotonic()
+        # Stuck means the database has not answered for stall_threshold of time in which the
+        # event loop was free to notice an answer: a loop busy with other calls (CPU
+        # overload) delays the answer's processing, not the commit, and must not turn a
+        # healthy commit into refusals. The write timeout bounds the commit either way.
         stuck = (
-            self._inflight_since is not None and now - self._inflight_since > self._stall_threshold
+            self._inflight_since is not None
+            and self._inflight_ticks * STALL_TICK > self._stall_threshold
         )
         if self._stopped or len(self._pending) >= self._queue_size or stuck:
             raise _refused()
@@ -204,8 +213,9 @@ class AuditWriter:
                 batch = self._pending[: self._batch_size]
                 del self._pending[: self._batch_size]
                 self._inflight_since = time.monotonic()
+                self._inflight_ticks = 0
                 try:
-                    await self.sink.insert([record for record, _ in batch])
+                    await self._insert([record for record, _ in batch])
                 except Exception as exc:
                     # Those queued behind it would hit the same wall: fail them now too,
                     # with the reason the database gave (read-only, full) when it gave one.
@@ -223,6 +233,19 @@ class AuditWriter:
                 finally:
                     self._inflight_since = None
             self._idle.set()
+
+    async def _insert(self, records: list[AuditRecord]) -> None:
+        """The sink's insert, counting ``STALL_TICK``s the loop was free while it ran."""
+        insert = asyncio.ensure_future(self.sink.insert(records))
+        try:
+            while True:
+                done, _ = await asyncio.wait({insert}, timeout=STALL_TICK)
+                if done:
+                    return insert.result()
+                self._inflight_ticks += 1
+        finally:
+            if not insert.done():
+                insert.cancel()
 
     def _failed(self) -> None:
         if self._healthy:

@@ -230,13 +230,14 @@ SETTINGS: tuple[Setting, ...] = (
         "(health and reflection never do)", minimum=1,
     ),
     Setting(
-        "server.max_queued_rpcs", "VAULT_SERVER_MAX_QUEUED_RPCS", "max_queued_rpcs", "int", 256,
+        "server.max_queued_rpcs", "VAULT_SERVER_MAX_QUEUED_RPCS", "max_queued_rpcs", "int", 64,
         "calls waiting for an execution slot; more are shed at once with UNAVAILABLE "
         "OVERLOADED and RetryInfo", minimum=0,
     ),
     Setting(
         "server.max_queue_wait", "VAULT_SERVER_MAX_QUEUE_WAIT", "max_queue_wait", "float", 1.0,
-        "longest a call waits in the admission queue, seconds (then OVERLOADED)", minimum=0,
+        "longest a call waits in the admission queue, seconds (then OVERLOADED); a call whose "
+        "deadline cannot cover its expected wait is shed at once", minimum=0,
     ),
     Setting(
         "server.receive_timeout", "VAULT_SERVER_RECEIVE_TIMEOUT", "receive_timeout", "float",

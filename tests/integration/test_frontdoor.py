@@ -224,3 +224,78 @@ async def test_a_queued_call_waits_at_most_max_queue_wait(make_vault: VaultFacto
     finally:
         await blocker.close()
     assert (await running).name == "k"
+
+
+async def test_a_burst_with_short_deadlines_is_shed_quickly_and_admitted_calls_succeed(
+    make_vault: VaultFactory,
+) -> None:
+    vault = await make_vault(max_concurrent_rpcs=2, max_queued_rpcs=4, max_queue_wait=5.0)
+    admin = sgrpc.SecretServiceStub(vault.channel("admin"))
+    await admin.CreateSecret(spb.CreateSecretRequest(name="k", value="v"))
+    viewer = sgrpc.SecretServiceStub(vault.channel("viewer"))
+    health = health_pb2_grpc.HealthStub(vault.channel(None))
+    admission = vault.runtime.frontdoor.admission
+    loop = asyncio.get_running_loop()
+
+    async def timed(timeout: float) -> tuple[float, Any]:
+        started = loop.time()
+        try:
+            result: Any = await viewer.GetSecret(spb.GetSecretRequest(name="k"), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            result = err
+        return loop.time() - started, result
+
+    blocker = await asyncpg.connect(vault.database_url, timeout=10)
+    try:
+        # Teach the estimate a longer service time: calls held 0.6 s by a table lock.
+        for _ in range(2):
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE secrets IN ACCESS EXCLUSIVE MODE")
+                warm = [asyncio.ensure_future(timed(10)) for _ in range(2)]
+                await asyncio.sleep(0.6)
+            for _, result in await asyncio.gather(*warm):
+                assert result.name == "k"
+        short = admission.service_time  # an EWMA: the warm-up weighs in part
+        assert short >= 0.25
+
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE secrets IN ACCESS EXCLUSIVE MODE")
+        running = [asyncio.ensure_future(timed(10)) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        # A deadline shorter than the expected wait plus service: refused at once.
+        took, err = await timed(short)
+        assert isinstance(err, grpc.aio.AioRpcError), err
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+        assert "deadline" in (err.details() or "")
+        assert took < short / 2, (took, short)
+        # A 10x burst: what fits waits, the rest is shed well before its deadline.
+        burst = await _burst_until_queued(timed, admission)
+        shed = [(t, r) for t, r in burst if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(shed) >= 14, [r for _, r in burst]
+        for took, err in shed:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+            assert _retry_info(err) is not None
+            assert took < 1.0, took  # the deadline is 3 s
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        await transaction.rollback()
+    finally:
+        await blocker.close()
+    for _, result in await asyncio.gather(*running):
+        assert result.name == "k"
+    assert vault.runtime.frontdoor.refused["overloaded"] >= 15
+
+
+async def _burst_until_queued(timed: Any, admission: Any) -> list[tuple[float, Any]]:
+    """20 calls with 3 s deadlines; return the shed ones' results once the rest queued."""
+    calls = [asyncio.ensure_future(timed(3)) for _ in range(20)]
+    done: list[tuple[float, Any]] = []
+    async with asyncio.timeout(10):
+        while len(done) + admission.queued < 20:
+            await asyncio.sleep(0.05)
+            done = [c.result() for c in calls if c.done()]
+    for call in calls:
+        if not call.done():
+            call.cancel()
+    return done

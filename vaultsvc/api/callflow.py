@@ -16,7 +16,7 @@ import logging
 
 from vaultsvc.audit import AuditWriter, CallContext
 from vaultsvc.domain import safe_label
-from vaultsvc.errors import Unauthenticated, VaultError
+from vaultsvc.errors import Reason, Unauthenticated, VaultError
 from vaultsvc.storage.errors import DATABASE_REFUSALS
 
 _log = logging.getLogger("vaultsvc.server")
@@ -40,6 +40,12 @@ def submit_quietly(audit: AuditWriter, call: CallContext) -> None:
         )
 
 
+#: Refusals whose event joins the group commit without the reply waiting: nothing was read
+#: or changed, and waiting would hit the same database again (or, for shed load, make
+#: shedding as slow as serving).
+QUIET_REFUSALS: frozenset[Reason] = DATABASE_REFUSALS | {Reason.OVERLOADED}
+
+
 async def settle_audit(
     audit: AuditWriter, call: CallContext, error: VaultError | None
 ) -> VaultError | None:
@@ -48,7 +54,7 @@ async def settle_audit(
     if call.audited:
         return error
     call.record.outcome = error.code.value if error is not None else "OK"
-    if error is not None and error.reason in DATABASE_REFUSALS:
+    if error is not None and error.reason in QUIET_REFUSALS:
         submit_quietly(audit, call)
         return error
     sanitize_names(call)

@@ -9,12 +9,31 @@ calls or health checks (issue 15). Each kind of work has its own bounded budget:
 - unauthenticated calls: refused from their headers, before their message is read; their
   audit is a per-peer, per-minute counter (:meth:`AuditWriter.count_refusal`), no write;
 - authenticated work: an admission queue (:class:`Admission`) in front of the pool and the
-  CPU: ``max_concurrent_rpcs`` run, ``max_queued_rpcs`` wait at most ``max_queue_wait``,
-  the rest is shed at once with UNAVAILABLE ``OVERLOADED`` and RetryInfo;
+  CPU: ``max_concurrent_rpcs`` run (a slot is held until the reply is decided, audit
+  commit included), the rest is shed with UNAVAILABLE ``OVERLOADED`` and RetryInfo unless
+  it can usefully wait (below);
 - Health/Watch and reflection streams: at most ``max_streams`` open, more refused with
   RESOURCE_EXHAUSTED at once; Health/Check and Health/List never queue behind anything;
 - resolve replies not yet taken by their clients: at most ``max_reply_bytes_in_flight``
   bytes per process (:class:`ReplyBudget`).
+
+Admission under overload (issue 15 item 4). Work that times out after using a slot is
+worse than work refused at once: it costs the same and nobody gets the answer. So a call
+that cannot run at once waits only if it can still be served in time:
+
+- the service time ``S`` is an EWMA (weight ``EWMA_WEIGHT``) of how long admitted calls held
+  their slot; a call at position ``p`` of the queue expects to wait ``S * p / limit``;
+- it is shed at once when the queue holds ``max_queued_rpcs`` already, or when that
+  expected wait exceeds its allowed wait: its remaining deadline minus ``S``, capped by
+  ``max_queue_wait``;
+- CoDel-style: once the queue has not been empty for ``STANDING_INTERVAL`` (arrivals have
+  outpaced service for a while, a standing queue that only adds latency), new arrivals are
+  allowed ``STANDING_TARGET`` of wait instead of ``max_queue_wait``; a burst into an idle
+  queue still gets the full wait;
+- a queued call gives up (OVERLOADED) when its allowed wait ends, so it never takes a slot
+  it could not use. FIFO; the limit itself is static (``max_concurrent_rpcs``): the
+  deadline rule, not a latency gradient, keeps queueing bounded, which is simpler to reason
+  about and to test.
 
 Every refusal is counted in :attr:`FrontDoor.refused` and logged, at most once per
 ``LOG_INTERVAL`` seconds per kind (with the count since the previous line).
@@ -85,20 +104,64 @@ class Refusals:
         )
 
 
-class Admission:
-    """A bounded queue in front of the work: ``limit`` run, ``max_queued`` wait (FIFO)."""
+STANDING_INTERVAL = 0.1
+"""Seconds the admission queue must stay non-empty before it counts as a standing queue."""
+STANDING_TARGET = 0.05
+"""Longest queue wait a call is given while the queue is standing (seconds)."""
+EWMA_WEIGHT = 0.2
+"""Weight of the newest admitted call's duration in the service-time estimate."""
 
-    def __init__(self, limit: int, max_queued: int, max_wait: float) -> None:
+
+class Admission:
+    """A bounded, deadline-aware FIFO queue in front of the work (see the module docstring).
+
+    ``limit`` calls run; a call that cannot run at once is shed at once (UNAVAILABLE
+    ``OVERLOADED``) when the queue is full or when its expected wait would not leave it
+    time to be served; otherwise it waits, at most ``max_wait`` (``STANDING_TARGET`` while
+    the queue is standing) and never past the point where its deadline could still be met.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        max_queued: int,
+        max_wait: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limit = limit
         self.max_queued = max_queued
         self.max_wait = max_wait
         self.running = 0
+        self.service_time = 0.0
+        """EWMA of how long admitted calls held their slot (0 until one finished)."""
+        self._clock = clock
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._empty_at = clock()
         self.retry_delay = min(1.0, max(0.05, max_wait / 2))
 
     @property
     def queued(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
+
+    def standing(self) -> bool:
+        """True when the queue has not been empty for ``STANDING_INTERVAL``: arrivals have
+        outpaced service for a while, so a long wait would only add latency."""
+        if not self.queued:
+            self._empty_at = self._clock()
+            return False
+        return self._clock() - self._empty_at >= STANDING_INTERVAL
+
+    def expected_wait(self, position: int) -> float:
+        """Seconds until the call at ``position`` (1 = next) gets a slot, estimated from the
+        service time: slots free at ``limit / service_time`` per second."""
+        return self.service_time * position / self.limit
+
+    def allowed_wait(self, deadline: float) -> float:
+        """How long a call arriving now may wait: its budget minus one service time (a call
+        granted later than that would end DEADLINE_EXCEEDED after using a slot), capped by
+        ``max_wait``, or by ``STANDING_TARGET`` while the queue is standing."""
+        cap = min(self.max_wait, STANDING_TARGET) if self.standing() else self.max_wait
+        return min(cap, deadline - self._clock() - self.service_time)
 
     def _overloaded(self, why: str) -> Unavailable:
         return Unavailable(
@@ -107,21 +170,28 @@ class Admission:
             retry_delay=self.retry_delay,
         )
 
+    def _check_admissible(self, deadline: float) -> float:
+        """The wait allowed to a call that must queue; OVERLOADED at once when it may not."""
+        if self.queued >= self.max_queued:
+            raise self._overloaded("admission queue full")
+        allowed = self.allowed_wait(deadline)
+        if allowed <= 0 or self.expected_wait(self.queued + 1) > allowed:
+            raise self._overloaded("the wait for a slot would outlast the call's deadline")
+        return allowed
+
     @contextlib.asynccontextmanager
     async def slot(self, deadline: float) -> AsyncIterator[None]:
-        """Hold one execution slot; shed at once when the queue is full, or after waiting
-        ``max_wait`` (or until the call's deadline, whichever is first)."""
+        """Hold one execution slot (see the class docstring); ``deadline`` is monotonic."""
         if self.running < self.limit and not self.queued:
             self.running += 1
         else:
-            if self.queued >= self.max_queued:
-                raise self._overloaded("admission queue full")
+            allowed = self._check_admissible(deadline)
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if not self.queued:
+                self._empty_at = self._clock()
             self._waiters.append(waiter)
             try:
-                async with asyncio.timeout(
-                    max(0.0, min(self.max_wait, deadline - time.monotonic()))
-                ):
+                async with asyncio.timeout(allowed):
                     await waiter
             except BaseException as exc:
                 if waiter.done() and not waiter.cancelled():
@@ -131,9 +201,15 @@ class Admission:
                 if isinstance(exc, TimeoutError):
                     raise self._overloaded("queued too long") from None
                 raise
+        granted = self._clock()
         try:
             yield
         finally:
+            took = self._clock() - granted
+            if self.service_time == 0.0:
+                self.service_time = took
+            else:
+                self.service_time += EWMA_WEIGHT * (took - self.service_time)
             self._release()
 
     def _release(self) -> None:
@@ -141,6 +217,8 @@ class Admission:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)  # the slot moves to the waiter
+                if not self.queued:
+                    self._empty_at = self._clock()
                 return
         self.running -= 1
 

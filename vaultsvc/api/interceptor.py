@@ -4,6 +4,7 @@ authorization, deadline, audit and error mapping."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -146,6 +147,19 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return self.authenticator.authenticate(authorization)
 
     async def _handle(self, inner: Handler, method: str, requests: Any, context: Any) -> Any:
+        # An admitted call holds its slot until its reply is decided, audit commit included:
+        # that wait is part of what the process serves (vaultsvc.api.frontdoor).
+        async with contextlib.AsyncExitStack() as slot:
+            return await self._serve(inner, method, requests, context, slot)
+
+    async def _serve(
+        self,
+        inner: Handler,
+        method: str,
+        requests: Any,
+        context: Any,
+        slot: contextlib.AsyncExitStack,
+    ) -> Any:
         started = time.monotonic()
         metadata = dict(context.invocation_metadata() or ())
         # The server names every call; what the client sent is kept beside it, so one
@@ -173,10 +187,8 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 requests, min(deadline, self.frontdoor.receive_deadline(started))
             )
             try:
-                async with (
-                    self.frontdoor.admitted(deadline),
-                    asyncio.timeout_at(_loop_time(deadline)),
-                ):
+                await slot.enter_async_context(self.frontdoor.admitted(deadline))
+                async with asyncio.timeout_at(_loop_time(deadline)):
                     response = await inner(request, context)
             except TimeoutError:
                 raise DeadlineExceeded(
