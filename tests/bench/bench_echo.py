@@ -133,14 +133,18 @@ class Cell:
     failed: int = 0
     elapsed: float = 0.0
     cpu_ticks: int = 0
+    """Server CPU, clock ticks: the server processes plus (vault) its Postgres."""
+    db_ticks: int = 0
+    """The Postgres share of ``cpu_ticks``."""
     histograms: list[bytes] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
 
-    def add(self, result: dict[str, Any], ticks: int) -> None:
+    def add(self, result: dict[str, Any], ticks: int, db_ticks: int = 0) -> None:
         self.ok += result["ok"]
         self.failed += result["failed"]
         self.elapsed += result["elapsed"]
-        self.cpu_ticks += ticks
+        self.cpu_ticks += ticks + db_ticks
+        self.db_ticks += db_ticks
         self.histograms.append(result["histogram"])
         for key, count in result["errors"].items():
             self.errors[key] = self.errors.get(key, 0) + count
@@ -169,6 +173,11 @@ class Cell:
     def cpu_us(self) -> float:
         calls = self.ok + self.failed
         return self.cpu_ticks * 1_000_000 / CLK_TCK / calls if calls else 0.0
+
+    @property
+    def db_us(self) -> float:
+        calls = self.ok + self.failed
+        return self.db_ticks * 1_000_000 / CLK_TCK / calls if calls else 0.0
 
 
 def ratio(a: float, b: float) -> float:
@@ -227,11 +236,11 @@ class ProcessSet:
 async def postmaster_pid(url: str) -> int:
     """The postmaster: the parent of a backend (found through pg_backend_pid())."""
     conn = await asyncpg.connect(url, timeout=30)
-    try:
+    try:  # read while the backend lives: it exits when the connection closes
         backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        return await asyncio.to_thread(parent_pid, backend)
     finally:
         await conn.close()
-    return parent_pid(backend)
 
 
 def parent_pid(pid: int) -> int:
@@ -422,13 +431,15 @@ class Target:
     address: str
     token: str | None
     processes: ProcessSet
+    database: ProcessSet | None = None
 
 
 def measure_round(client: Client, target: Target, pool: str, names: str, c: int, s: float) -> Any:
-    before = target.processes.snapshot()
+    database = target.database or ProcessSet([])
+    before, db_before = target.processes.snapshot(), database.snapshot()
     result = client.run(target.address, target.token, pool, names, c, s)
-    after = target.processes.snapshot()
-    return result, ProcessSet.delta(before, after)
+    after, db_after = target.processes.snapshot(), database.snapshot()
+    return result, ProcessSet.delta(before, after), ProcessSet.delta(db_before, db_after)
 
 
 def interleaved(
@@ -449,10 +460,10 @@ def interleaved(
         if index % 2:
             order.reverse()
         for i in order:
-            result, ticks = measure_round(
+            result, ticks, db_ticks = measure_round(
                 client, targets[i], pool, names, concurrency, options.round_seconds
             )
-            cells[i].add(result, ticks)
+            cells[i].add(result, ticks, db_ticks)
     return cells
 
 
@@ -575,9 +586,16 @@ async def start_vault(
     return await start_serve(env, log, timeout=120)
 
 
-def vault_processes(server: ServeProcess, postmaster: int) -> ProcessSet:
+def vault_target(label: str, server: ServeProcess, token: str, postmaster: int) -> Target:
+    """The vault's supervisor and workers; and every process of its Postgres."""
     assert server.proc.pid is not None
-    return ProcessSet([], [server.proc.pid, postmaster])
+    return Target(
+        label,
+        server.address,
+        token,
+        ProcessSet([], [server.proc.pid]),
+        ProcessSet([], [postmaster]),
+    )
 
 
 def vault_workers(server: ServeProcess) -> list[int]:
@@ -623,7 +641,8 @@ class Results:
         o = self.options
         head = (
             f"{'scenario':<8} {'c':>3} | {'echo QPS':>9} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'CPU us':>7} | {'vault QPS':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>7} | "
+            f"{'CPU us':>7} | {'vault QPS':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>7} "
+            f"{'(PG)':>6} | "
             f"{'QPS x':>6} {'p50 x':>6} {'p99 x':>6} {'CPU x':>6}"
         )
         lines = [
@@ -639,14 +658,15 @@ class Results:
             lines.append(
                 f"{scenario:<8} {c:>3} | {echo.qps:>9.0f} {echo.p50:>7.2f} {echo.p99:>7.2f} "
                 f"{echo.cpu_us:>7.0f} | {vault.qps:>9.0f} {vault.p50:>7.2f} {vault.p99:>7.2f} "
-                f"{vault.cpu_us:>7.0f} | {ratio(vault.qps, echo.qps):>6.2f} "
+                f"{vault.cpu_us:>7.0f} {vault.db_us:>6.0f} | {ratio(vault.qps, echo.qps):>6.2f} "
                 f"{ratio(vault.p50, echo.p50):>6.2f} {ratio(vault.p99, echo.p99):>6.2f} "
                 f"{ratio(vault.cpu_us, echo.cpu_us):>6.2f}"
             )
         lines += [
             "",
             "x = vault / echo. CPU us = server CPU per call (utime+stime from /proc): echo "
-            "workers; vault supervisor + workers + every Postgres process.",
+            "workers; vault supervisor + workers + every Postgres process ((PG): the "
+            "Postgres part).",
             "",
             f"database commit latency (single-row INSERT, own transaction, {o.commits} times): "
             f"p50 {self.commit['p50']:.3f} ms, p99 {self.commit['p99']:.3f} ms, mean "
@@ -681,8 +701,9 @@ class Results:
     def markdown(self) -> str:
         o = self.options
         rows = [
-            "| requests | concurrency | echo QPS | vault QPS | QPS / echo | p50 ms echo / vault "
-            "| p99 ms echo / vault | p99 / echo | CPU µs/call echo / vault | CPU / echo |",
+            "| requests | concurrency | echo QPS | vault QPS | QPS / echo "
+            "| p50 ms echo / vault | p99 ms echo / vault | p99 / echo "
+            "| CPU µs/call echo / vault (Postgres) | CPU / echo |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for (scenario, c), (echo, vault) in self.main.items():
@@ -690,7 +711,7 @@ class Results:
                 f"| {scenario} | {c} | {echo.qps:.0f} | {vault.qps:.0f} | "
                 f"{ratio(vault.qps, echo.qps):.2f} | {echo.p50:.2f} / {vault.p50:.2f} | "
                 f"{echo.p99:.2f} / {vault.p99:.2f} | {ratio(vault.p99, echo.p99):.2f} | "
-                f"{echo.cpu_us:.0f} / {vault.cpu_us:.0f} | "
+                f"{echo.cpu_us:.0f} / {vault.cpu_us:.0f} ({vault.db_us:.0f}) | "
                 f"{ratio(vault.cpu_us, echo.cpu_us):.2f} |"
             )
         rows += [
@@ -760,7 +781,7 @@ async def run_bench(options: Options) -> Results:
         vaults.append(vault)
         targets = [
             Target("echo", echo.address, None, ProcessSet(echo.pids)),
-            Target("vault", vault.address, tokens[RESOLVER], vault_processes(vault, postmaster)),
+            vault_target("vault", vault, tokens[RESOLVER], postmaster),
         ]
         for scenario, pool, names in (("warm", "warm", "same"), ("cold", "cold", "random")):
             for c in options.concurrencies:
@@ -790,16 +811,9 @@ async def run_bench(options: Options) -> Results:
             workdir / "big.log",
         )
         vaults.append(big_vault)
-        scale_targets = [
-            Target(
-                "1k",
-                small_vault.address,
-                tokens[RESOLVER],
-                vault_processes(small_vault, postmaster),
-            ),
-            Target(
-                "1M", big_vault.address, tokens[RESOLVER], vault_processes(big_vault, postmaster)
-            ),
+        scale_targets = [  # latency only: the two share one Postgres
+            vault_target("1k", small_vault, tokens[RESOLVER], postmaster),
+            vault_target("1M", big_vault, tokens[RESOLVER], postmaster),
         ]
         for c in options.scale_concurrencies:
             small_cell = Cell()
@@ -867,6 +881,7 @@ def summary(results: Results) -> dict[str, Any]:
             "p50_ms": c.p50,
             "p99_ms": c.p99,
             "cpu_us_per_call": round(c.cpu_us, 1),
+            "postgres_cpu_us_per_call": round(c.db_us, 1),
             "ok": c.ok,
             "failed": c.failed,
         }

@@ -21,7 +21,7 @@ async def test_quick_bench_measures_echo_and_vault_side_by_side() -> None:
             assert cell.ok > 0 and cell.elapsed > 0 and cell.qps > 0
             assert 0 < cell.p50 <= cell.p99
         # Server CPU is charged to each side (the vault's includes its Postgres).
-        assert vault.cpu_ticks > 0, (scenario, c)
+        assert vault.cpu_ticks > 0 and 0 < vault.db_ticks < vault.cpu_ticks, (scenario, c)
     assert sum(echo.cpu_ticks for echo, _ in results.main.values()) > 0
 
     assert list(results.scale) == list(options.scale_concurrencies)
