@@ -1,27 +1,46 @@
-"""The resolve benchmark runs end to end (tiny request counts; no timing assertions)."""
+"""``make bench`` runs end to end in its quick mode (small pools, short rounds; no timing
+assertions: the numbers depend on the machine, the structure and the accounting do not)."""
 
 from __future__ import annotations
 
-from tests.bench.bench_resolve import Options, _parse, run_bench
+import pytest
+
+from tests.bench.bench_echo import Options, parse, run_bench
 
 
-async def test_bench_runs_and_reports_every_template_size() -> None:
-    options = Options(requests=12, concurrency=3, secret_counts=(1, 5, 20), rounds=3, warmup=2)
-    report = await run_bench(options)
-    assert [row.secrets for row in report.rows] == [1, 5, 20]
-    for row in report.rows:
-        assert row.resolve.count == 12
-        assert row.stats.count == 12
-        assert row.resolve.elapsed > 0 and row.stats.elapsed > 0
-        assert row.p50_ratio > 0 and row.rps_ratio > 0
-    text = report.text()
-    assert "p50 ratio" in text and "rps ratio" in text
-    assert (
-        len([line for line in text.splitlines() if line.strip().startswith(("1 |", "5 |", "20 |"))])
-        == 3
-    )
+async def test_quick_bench_measures_echo_and_vault_side_by_side() -> None:
+    options = Options.quick()
+    results = await run_bench(options)
+
+    assert list(results.main) == [
+        (scenario, c) for scenario in ("warm", "cold") for c in options.concurrencies
+    ]
+    for (scenario, c), (echo, vault) in results.main.items():
+        for cell in (echo, vault):
+            assert cell.failed == 0 and not cell.errors, (scenario, c, cell.errors)
+            assert cell.ok > 0 and cell.elapsed > 0 and cell.qps > 0
+            assert 0 < cell.p50 <= cell.p99
+        # Server CPU is charged to each side (the vault's includes its Postgres).
+        assert vault.cpu_ticks > 0 and 0 < vault.db_ticks < vault.cpu_ticks, (scenario, c)
+    assert sum(echo.cpu_ticks for echo, _ in results.main.values()) > 0
+
+    assert list(results.scale) == list(options.scale_concurrencies)
+    for small, big in results.scale.values():
+        assert small.ok > 0 and big.ok > 0 and small.failed == big.failed == 0
+    assert len(results.rss_mib) == options.workers
+    assert all(10 < mib < 2048 for mib in results.rss_mib)
+    assert 0 < results.commit["p50"] <= results.commit["p99"]
+    assert results.commit["synchronous_commit"] == "on"
+
+    text = results.text()
+    assert "errors: none" in text
+    table = results.markdown().splitlines()
+    assert table[0].startswith("| requests | concurrency | echo QPS | vault QPS | QPS / echo")
+    assert len([row for row in table if row.startswith(("| warm |", "| cold |"))]) == 6
 
 
-def test_bench_arguments_are_bounded() -> None:
-    assert _parse([]) == Options()
-    assert _parse(["--requests", "5", "--secrets", "2,3"]).secret_counts == (2, 3)
+def test_bench_arguments() -> None:
+    assert parse([]) == (Options(), False)
+    assert parse(["--quick", "--workers", "3"]) == (Options.quick(3), False)
+    with pytest.raises(SystemExit):
+        parse(["--workers", "0"])
