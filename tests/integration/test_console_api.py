@@ -14,7 +14,6 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from tests.integration.test_tls import Authority
 from tests.support.console import (
     SessionClient,
     bearer_client,
@@ -24,6 +23,7 @@ from tests.support.console import (
 )
 from tests.support.keys import resolve
 from tests.support.rpc import resolver
+from tests.support.tls import Authority
 from tests.support.vault import LogCapture, VaultFactory, VaultHandle
 from vaultsvc.api.status import STATUS_TABLE
 from vaultsvc.config import ConfigError, TLSSettings

@@ -12,17 +12,9 @@ import grpc
 import pytest
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 
-from tests.conftest import LogCapture, VaultHandle
-from tests.integration.test_resolve import (
-    HEADER,
-    URL,
-    expect_error,
-    put_configs,
-    put_secrets,
-    request,
-    resolve,
-    resolver,
-)
+from tests.support.resolve import HEADER, URL, put_configs, put_secrets, request, resolve
+from tests.support.rpc import expect_error, resolver
+from tests.support.vault import LogCapture, VaultHandle
 
 SECRET_VALUE = "zq9secretvalue"
 CONFIGS = {

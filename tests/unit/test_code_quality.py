@@ -34,3 +34,22 @@ def test_ruff_format_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     result = run("mypy", *SOURCES)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_tests_import_helpers_from_tests_support_only() -> None:
+    """Helpers live in tests/support; no test imports conftest.py or another test module."""
+    import ast
+
+    offenders: list[str] = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                last = name.rsplit(".", 1)[-1]
+                if last == "conftest" or last.startswith("test_"):
+                    offenders.append(f"{path.relative_to(REPO)}: {name}")
+    assert offenders == []
