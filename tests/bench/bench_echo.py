@@ -59,7 +59,13 @@ import asyncpg
 from tests.support.cli import ServeProcess, cli_env, start_serve
 from tests.support.vault import start_embedded
 from vaultsvc.auth import ADMIN, RESOLVER, hash_token, new_token
-from vaultsvc.crypto import Envelope, SecretContext, generate_master_key, parse_master_keys
+from vaultsvc.crypto import (
+    Envelope,
+    Fingerprinter,
+    SecretContext,
+    generate_master_key,
+    parse_master_keys,
+)
 from vaultsvc.storage.db import migrate
 from vaultsvc.storage.embedded import EmbeddedPostgres
 
@@ -472,28 +478,32 @@ def interleaved(
 
 def _sealed_rows(
     envelope: Envelope, names: Sequence[str], value_size: int
-) -> list[tuple[Any, ...]]:
-    rows = []
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """``secrets`` rows and their version-1 ``secret_versions`` rows (sealed under the
+    vault's key, fingerprinted as the vault does, so it has nothing to backfill)."""
+    secrets, versions = [], []
     now = datetime.now(UTC)
+    fingerprinter = Fingerprinter(envelope.keyring)
     for name in names:
         secret_id = uuid.uuid4()
         value = ("sk_" + os.urandom(value_size).hex())[:value_size].encode()
         sealed = envelope.seal(value, SecretContext(str(secret_id), name, 1))
-        rows.append(
+        key_id, fingerprint = fingerprinter.fingerprint(value)
+        secrets.append((secret_id, name, "", 1, uuid.uuid4().hex, now, now))
+        versions.append(
             (
                 secret_id,
-                name,
-                "",
                 1,
+                now,
+                "bench",
                 sealed.key_id,
                 sealed.wrapped_dek,
                 sealed.ciphertext,
-                uuid.uuid4().hex,
-                now,
-                now,
+                fingerprint,
+                key_id,
             )
         )
-    return rows
+    return secrets, versions
 
 
 async def seed(url: str, envelope: Envelope, names: Sequence[str], value_size: int) -> float:
@@ -506,23 +516,36 @@ async def seed(url: str, envelope: Envelope, names: Sequence[str], value_size: i
         await conn.execute("SET session_replication_role = replica")
         chunk = 50_000
         for start in range(0, len(names), chunk):
-            rows = await asyncio.to_thread(
+            secrets, versions = await asyncio.to_thread(
                 _sealed_rows, envelope, names[start : start + chunk], value_size
             )
             await conn.copy_records_to_table(
                 "secrets",
-                records=rows,
+                records=secrets,
                 columns=[
                     "id",
                     "name",
                     "description",
-                    "value_version",
-                    "kek_id",
-                    "wrapped_dek",
-                    "ciphertext",
+                    "current_version",
                     "etag",
                     "create_time",
                     "update_time",
+                ],
+                timeout=3600,
+            )
+            await conn.copy_records_to_table(
+                "secret_versions",
+                records=versions,
+                columns=[
+                    "secret_id",
+                    "version",
+                    "create_time",
+                    "created_by",
+                    "kek_id",
+                    "wrapped_dek",
+                    "ciphertext",
+                    "fingerprint",
+                    "fingerprint_key_id",
                 ],
                 timeout=3600,
             )
@@ -531,6 +554,7 @@ async def seed(url: str, envelope: Envelope, names: Sequence[str], value_size: i
             "UPDATE vault_state SET total_secrets = $1, last_update_time = now()", len(names)
         )
         await conn.execute("ANALYZE secrets", timeout=3600)
+        await conn.execute("ANALYZE secret_versions", timeout=3600)
     finally:
         await conn.close()
     return time.perf_counter() - started

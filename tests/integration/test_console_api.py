@@ -125,7 +125,7 @@ async def test_secret_lifecycle_over_http_and_values_resolve_over_grpc(cvault: V
         assert error_of(await admin.get("/api/v1/secrets/orders_api_key")) == (
             404,
             "NOT_FOUND",
-            "SECRET_NOT_FOUND",
+            "SECRET_DELETED",  # scheduled for deletion, restorable (issue 11)
         )
         assert (await admin.get("/api/v1/stats")).json()["totalSecrets"] == "0"
 

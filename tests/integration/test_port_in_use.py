@@ -69,7 +69,8 @@ async def test_second_vault_on_a_taken_port_exits_with_one_line(
         assert "Traceback" not in done.output
         await _still_serves(first.address, token)
     finally:
-        assert await first.stop() == 0
+        # On failure, show why the first vault did not stop cleanly (its own log).
+        assert await first.stop() == 0, first.stderr()[-4000:]
 
 
 async def test_port_in_use_by_another_program(pg: EmbeddedPostgres) -> None:
