@@ -38,6 +38,7 @@ from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
 from tests.support.cli import ServeProcess, cli_env, start_serve
+from tests.support.faults import child_pids, postmaster_pid
 from tests.support.vault import create_database, sql, start_embedded
 from vaultsvc.auth import hash_token, new_token
 from vaultsvc.crypto import generate_master_key
@@ -145,25 +146,6 @@ def _kill(serve: ServeProcess) -> None:
         serve.proc.send_signal(signal.SIGKILL)
 
 
-def postmaster_pid(pg: EmbeddedPostgres) -> int:
-    return int((pg.pgdata / "postmaster.pid").read_text().splitlines()[0])
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
-        if int(stat.rpartition(")")[2].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -176,7 +158,7 @@ def _alive(pid: int) -> bool:
 async def kill_postgres(pg: EmbeddedPostgres, timeout: float = 60) -> None:
     """SIGKILL the postmaster, then wait until its backends have all exited."""
     pid = postmaster_pid(pg)
-    children = _children(pid)
+    children = child_pids(pid)
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while any(_alive(p) for p in (pid, *children)):

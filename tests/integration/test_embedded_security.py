@@ -31,6 +31,7 @@ from interakt.vault.v1 import secret_service_pb2 as pb
 from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
 from tests.support.cli import start_serve as support_start_serve
+from tests.support.faults import child_pids
 from vaultsvc.auth import hash_token, new_token
 from vaultsvc.crypto import generate_master_key
 from vaultsvc.storage import embedded
@@ -140,18 +141,6 @@ def environ_names(raw: bytes) -> dict[str, bytes]:
 
 def read_environ(pid: int) -> bytes:
     return Path(f"/proc/{pid}/environ").read_bytes()
-
-
-def child_pids(pid: int) -> list[int]:
-    children = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            lines = status.read_text().splitlines()
-        except OSError:
-            continue
-        if f"PPid:\t{pid}" in lines:
-            children.append(int(status.parent.name))
-    return children
 
 
 def all_cmdlines() -> dict[str, bytes]:

@@ -22,7 +22,8 @@ def postmaster_pid(pg: EmbeddedPostgres) -> int:
     return int((pg.pgdata / "postmaster.pid").read_text().splitlines()[0])
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """Every process whose parent is ``pid`` (read from /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -40,14 +41,14 @@ def _children(pid: int) -> list[int]:
 def postgres_pids(pg: EmbeddedPostgres) -> list[int]:
     """The postmaster and every process it forked (backends, checkpointer, walwriter...)."""
     root = postmaster_pid(pg)
-    return [root, *_children(root)]
+    return [root, *child_pids(root)]
 
 
 def freeze(pg: EmbeddedPostgres) -> list[int]:
     """SIGSTOP the postmaster first (it forks no more), then all its children."""
     root = postmaster_pid(pg)
     os.kill(root, signal.SIGSTOP)
-    pids = [root, *_children(root)]
+    pids = [root, *child_pids(root)]
     for pid in pids[1:]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGSTOP)
