@@ -355,6 +355,16 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0.05, maximum=86400,
     ),
     Setting(
+        "audit_retention_days", "VAULT_AUDIT_RETENTION_DAYS", "audit_retention_days", "int",
+        365, "days audit events are kept; older ones are deleted by a background job (one "
+        "replica at a time, in batches); 0 = keep forever", minimum=0, maximum=36500,
+    ),
+    Setting(
+        "audit_retention_interval", "VAULT_AUDIT_RETENTION_INTERVAL",
+        "audit_retention_interval", "float", 3600.0,
+        "seconds between runs of the audit retention job", minimum=0.05, maximum=86400,
+    ),
+    Setting(
         "identify_rate_per_principal", "VAULT_IDENTIFY_RATE_PER_PRINCIPAL",
         "identify_rate_per_principal", "int", 30,
         "IdentifySecretValue calls per minute per principal (counted in Postgres)",
@@ -480,6 +490,8 @@ class Settings:
     max_versions: int = _D["max_versions"]
     delete_recovery_days: int = _D["delete_recovery_days"]
     purge_interval: float = _D["purge_interval"]
+    audit_retention_days: int = _D["audit_retention_days"]
+    audit_retention_interval: float = _D["audit_retention_interval"]
     identify_rate_per_principal: int = _D["identify_rate_per_principal"]
     identify_rate_vault: int = _D["identify_rate_vault"]
     console_listen: str | None = _D["console.listen"]

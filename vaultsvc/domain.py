@@ -147,6 +147,22 @@ def validate_filter(text: str, what: str) -> str:
 
 
 @dataclass(frozen=True)
+class AuditFilter:
+    """What ListAuditEvents keeps (every set field must match; validated by the vault)."""
+
+    secret_name: str = ""
+    principal: str = ""
+    start_time: datetime | None = None
+    """Inclusive."""
+    end_time: datetime | None = None
+    """Exclusive."""
+    method: str = ""
+    """A full ``/pkg.Service/Method`` or a bare ``Method``."""
+    outcome: str = ""
+    tool: str = ""
+
+
+@dataclass(frozen=True)
 class SecretMeta:
     id: uuid.UUID
     name: str

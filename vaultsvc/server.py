@@ -55,6 +55,7 @@ from vaultsvc.storage.repository import Repository
 from vaultsvc.vault import Lifecycle, Vault
 from vaultsvc.vault.cache import SealedRowCache
 from vaultsvc.vault.purge import Purger
+from vaultsvc.vault.retention import AuditRetention
 
 _log = logging.getLogger("vaultsvc.server")
 
@@ -98,6 +99,8 @@ class Runtime:
     """Closed by :func:`stop_server`: new calls get UNAVAILABLE instead of CANCELLED."""
     console: ConsoleServer | None = None
     """The admin console and JSON API (``console_listen``), in this process and loop."""
+    retention: AuditRetention | None = None
+    """Deletes audit events past ``audit_retention_days`` (one process at a time)."""
 
     @property
     def address(self) -> str:
@@ -130,6 +133,11 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         )
         vault = Vault(repository, Envelope(keyring), cache, Lifecycle.from_settings(settings))
         purger = Purger(vault, interval=settings.purge_interval)
+        retention = AuditRetention(
+            db,
+            retention_days=settings.audit_retention_days,
+            interval=settings.audit_retention_interval,
+        )
         changes = None
         if settings.cache_enabled and db.url is not None:
             changes = ChangeListener(
@@ -211,6 +219,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         await server.start()
         await health_servicer.start(SERVICE_NAMES)
         purger.start()
+        retention.start()
         _log.info(
             "worker listening" if shared_port else "vault listening",
             extra={"listen": f"{host}:{port}", "tls": credentials is not None},
@@ -230,6 +239,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             changes,
             drain,
             console,
+            retention,
         )
     except BaseException:
         await resources.aclose()
@@ -245,6 +255,8 @@ async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     # calls still arriving meanwhile are served as usual.
     await asyncio.sleep(min(runtime.settings.shutdown_delay, grace))
     await runtime.purger.stop()
+    if runtime.retention is not None:
+        await runtime.retention.stop()
     # Then refuse new calls with UNAVAILABLE (retryable) and let grpc hand over what it has
     # queued, so that its shutdown finds (almost) nothing to drop as CANCELLED.
     runtime.drain.close()

@@ -6,6 +6,7 @@ an input may be a secret value. Ours name the field, never its content.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -27,6 +28,11 @@ _INTEGER_TYPES = frozenset(
         FieldDescriptor.TYPE_SINT32,
         FieldDescriptor.TYPE_SINT64,
     }
+)
+_TIMESTAMP = "google.protobuf.Timestamp"
+#: What a Timestamp query parameter may be (protobuf's parser accepts a little more).
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})", re.ASCII
 )
 _FIELD_REASONS = {"page_size": Reason.INVALID_PAGE_SIZE, "page_token": Reason.INVALID_PAGE_TOKEN}
 
@@ -99,11 +105,20 @@ def from_query(cls: type[M], query: Mapping[str, str], *, what: str) -> M:
             if text not in ("true", "false"):
                 raise InvalidArgument(f"query parameter {field.json_name} must be true or false")
             value = text == "true"
+        elif field.message_type is not None and field.message_type.full_name == _TIMESTAMP:
+            if not _RFC3339.fullmatch(text):
+                raise InvalidArgument(
+                    f"query parameter {field.json_name} must be an RFC 3339 time such as "
+                    "2026-01-31T12:00:00Z",
+                    reason=_FIELD_REASONS.get(field.name, Reason.INVALID_FILTER),
+                )
         elif field.type != FieldDescriptor.TYPE_STRING:
             raise InvalidArgument(f"query parameter {field.json_name} is not supported")
         try:
             json_format.ParseDict({field.json_name: value}, message, ignore_unknown_fields=False)
         except json_format.ParseError:
+            if field.message_type is not None:  # a time protobuf refuses (out of range)
+                reason = Reason.INVALID_FILTER
             raise InvalidArgument(
                 f"query parameter {field.json_name} is out of range", reason=reason
             ) from None

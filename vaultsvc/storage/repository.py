@@ -20,7 +20,14 @@ from typing import Any
 import asyncpg
 
 from vaultsvc.crypto import NONCE_HARD_LIMIT, NONCE_WARN_THRESHOLD, SealedValue, SecretContext
-from vaultsvc.domain import AuditRecord, ConfigRecord, SecretMeta, ValueMatch, VersionRecord
+from vaultsvc.domain import (
+    AuditFilter,
+    AuditRecord,
+    ConfigRecord,
+    SecretMeta,
+    ValueMatch,
+    VersionRecord,
+)
 from vaultsvc.errors import (
     Aborted,
     AlreadyExists,
@@ -251,6 +258,54 @@ def audit_columns(records: Sequence[AuditRecord]) -> list[list[Any]]:
 
 async def _insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
     await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
+
+
+#: The bare method name of ``/pkg.Service/Method``, exactly as the ``audit_events_method``
+#: index (migration V10) computes it: a query must spell it the same to use the index.
+AUDIT_BARE_METHOD_SQL = "regexp_replace(method, '^.*/', '')"
+
+
+def audit_query(
+    query: AuditFilter, before: tuple[datetime, int] | None, limit: int
+) -> tuple[str, list[Any]]:
+    """The SELECT of one ListAuditEvents page (``limit`` + 1 rows) and its parameters.
+
+    Each filter has an index that yields rows in (time, id) order: the time range
+    ``audit_events_time``, principal, method (by its bare name), outcome and tool their own;
+    the secret name the GIN index on ``secret_names``."""
+    conditions: list[str] = []
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if query.secret_name:
+        conditions.append(f"secret_names && {arg([query.secret_name.lower()])}::text[]")
+    if query.principal:
+        conditions.append(f"principal = {arg(query.principal)}")
+    if query.method:
+        bare = query.method.rpartition("/")[2]
+        conditions.append(f"{AUDIT_BARE_METHOD_SQL} = {arg(bare)}")
+        if bare != query.method:
+            conditions.append(f"method = {arg(query.method)}")
+    if query.outcome:
+        conditions.append(f"outcome = {arg(query.outcome)}")
+    if query.tool:
+        conditions.append(f"tool = {arg(query.tool)}")
+    if query.start_time is not None:
+        conditions.append(f"time >= {arg(query.start_time)}")
+    if query.end_time is not None:
+        conditions.append(f"time < {arg(query.end_time)}")
+    if before is not None:
+        conditions.append(f"(time, id) < ({arg(before[0])}, {arg(before[1])})")
+    where = " AND ".join(conditions) or "TRUE"
+    sql = (
+        "SELECT id, time, principal, method, outcome, secret_names, tool, request_id, "
+        "peer, client_request_id, missing_count, count, match_count "
+        f"FROM audit_events WHERE {where} ORDER BY time DESC, id DESC LIMIT {arg(limit + 1)}"
+    )
+    return sql, args
 
 
 class Repository:
@@ -1111,33 +1166,15 @@ class Repository:
 
     async def list_audit(
         self,
-        secret_name: str,
-        principal: str,
+        query: AuditFilter,
         before: tuple[datetime, int] | None,
         limit: int,
     ) -> tuple[list[tuple[int, AuditRecord]], bool]:
         """Newest first by event time (buffered resolve events are written late, so the id
         alone is not time order); ``before`` is the (time, id) of the previous page's last."""
-        conditions: list[str] = []
-        args: list[Any] = []
-        if secret_name:
-            args.append([secret_name.lower()])
-            conditions.append(f"secret_names && ${len(args)}::text[]")
-        if principal:
-            args.append(principal)
-            conditions.append(f"principal = ${len(args)}")
-        if before is not None:
-            args.extend(before)
-            conditions.append(f"(time, id) < (${len(args) - 1}, ${len(args)})")
-        args.append(limit + 1)
-        where = " AND ".join(conditions) or "TRUE"
+        sql, args = audit_query(query, before, limit)
         async with self.db.connection() as conn:
-            rows = await conn.fetch(
-                "SELECT id, time, principal, method, outcome, secret_names, tool, request_id, "
-                "peer, client_request_id, missing_count, count, match_count "
-                f"FROM audit_events WHERE {where} ORDER BY time DESC, id DESC LIMIT ${len(args)}",
-                *args,
-            )
+            rows = await conn.fetch(sql, *args)
         out = [
             (
                 int(r["id"]),

@@ -7,18 +7,16 @@ replicas may run the job at once without waiting on each other or doing a row tw
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 
 from vaultsvc.domain import AuditRecord
-from vaultsvc.errors import VaultError
 from vaultsvc.names import name_key
 from vaultsvc.vault import Vault
 from vaultsvc.vault.cache import SECRET_KIND
+from vaultsvc.vault.jobs import PeriodicJob
 
 _log = logging.getLogger("vaultsvc.purge")
 
@@ -46,7 +44,7 @@ class Purger:
         self.interval = interval
         self.clock = clock
         self.batch_size = batch_size
-        self._task: asyncio.Task[None] | None = None
+        self._job = PeriodicJob("purge", self.run_once, interval=interval, log=_log)
 
     async def purge_expired(self) -> list[str]:
         """Purge every secret past its purge time now; the names purged by this caller."""
@@ -81,22 +79,7 @@ class Purger:
         await self.backfill_fingerprints()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="vaultsvc-purge")
+        self._job.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except VaultError as exc:
-                _log.warning("purge run failed; retrying later", extra={"reason": exc.reason})
-            except Exception as exc:
-                _log.error("purge run failed", extra={"error": type(exc).__name__})
-            await asyncio.sleep(self.interval)
+        await self._job.stop()

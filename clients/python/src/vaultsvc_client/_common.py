@@ -6,6 +6,7 @@ import ipaddress
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias, cast
 
@@ -297,6 +298,35 @@ def encoding_name(encoding: int) -> str:
         if number == encoding:
             return name
     return str(encoding)
+
+
+def audit_events_request(
+    secret_name: str,
+    principal: str,
+    page_size: int,
+    page_token: str,
+    *,
+    start_time: datetime | None,
+    end_time: datetime | None,
+    method: str,
+    outcome: str,
+    tool: str,
+) -> audit_pb.ListAuditEventsRequest:
+    """A ListAuditEvents request; times without a zone are taken as UTC."""
+    request = audit_pb.ListAuditEventsRequest(
+        secret_name=secret_name,
+        principal=principal,
+        page_size=page_size,
+        page_token=page_token,
+        method=method,
+        outcome=outcome,
+        tool=tool,
+    )
+    if start_time is not None:
+        request.start_time.FromDatetime(start_time)
+    if end_time is not None:
+        request.end_time.FromDatetime(end_time)
+    return request
 
 
 def template_fields(fields: FieldsLike) -> list[resolver_pb.TemplateField]:

@@ -14,6 +14,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -36,6 +37,7 @@ from ._common import (
     FieldsLike,
     RetryPolicy,
     TLSConfig,
+    audit_events_request,
     auth_metadata,
     channel_security,
     check_timeout,
@@ -464,11 +466,30 @@ class AsyncVaultClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str = "",
         *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        method: str = "",
+        outcome: str = "",
+        tool: str = "",
         timeout: float | None = None,
     ) -> AsyncAuditEventsPager:
-        """Audit events, newest first, as a pager (the reply has no ``total_size``: None)."""
+        """Audit events, newest first, as a pager (the reply has no ``total_size``: None).
+
+        Every filter given must match: ``start_time`` (inclusive) to ``end_time``
+        (exclusive; times without a zone are UTC), ``method`` (``/pkg.Service/Method`` or a
+        bare ``Method``), ``outcome`` (a status code name such as ``"NOT_FOUND"``), ``tool``.
+        A page token only works with the filters it was issued for."""
         pager = self.iter_audit_events(
-            secret_name, principal, page_size, page_token, timeout=timeout
+            secret_name,
+            principal,
+            page_size,
+            page_token,
+            start_time=start_time,
+            end_time=end_time,
+            method=method,
+            outcome=outcome,
+            tool=tool,
+            timeout=timeout,
         )
         await pager._first_page()
         return pager
@@ -480,13 +501,26 @@ class AsyncVaultClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str = "",
         *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        method: str = "",
+        outcome: str = "",
+        tool: str = "",
         timeout: float | None = None,
     ) -> AsyncAuditEventsPager:
         """Like :meth:`list_audit_events`, but nothing is fetched until iterated."""
 
         async def fetch(token: str) -> audit_pb.ListAuditEventsResponse:
-            request = audit_pb.ListAuditEventsRequest(
-                secret_name=secret_name, principal=principal, page_size=page_size, page_token=token
+            request = audit_events_request(
+                secret_name,
+                principal,
+                page_size,
+                token,
+                start_time=start_time,
+                end_time=end_time,
+                method=method,
+                outcome=outcome,
+                tool=tool,
             )
             return await self._call(self._audit.ListAuditEvents, request, timeout)
 

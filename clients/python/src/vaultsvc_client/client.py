@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -28,6 +29,7 @@ from ._common import (
     FieldsLike,
     RetryPolicy,
     TLSConfig,
+    audit_events_request,
     auth_metadata,
     channel_security,
     check_timeout,
@@ -452,11 +454,30 @@ class VaultClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str = "",
         *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        method: str = "",
+        outcome: str = "",
+        tool: str = "",
         timeout: float | None = None,
     ) -> AuditEventsPager:
-        """Audit events, newest first, as a pager (the reply has no ``total_size``: None)."""
+        """Audit events, newest first, as a pager (the reply has no ``total_size``: None).
+
+        Every filter given must match: ``start_time`` (inclusive) to ``end_time``
+        (exclusive; times without a zone are UTC), ``method`` (``/pkg.Service/Method`` or a
+        bare ``Method``), ``outcome`` (a status code name such as ``"NOT_FOUND"``), ``tool``.
+        A page token only works with the filters it was issued for."""
         pager = self.iter_audit_events(
-            secret_name, principal, page_size, page_token, timeout=timeout
+            secret_name,
+            principal,
+            page_size,
+            page_token,
+            start_time=start_time,
+            end_time=end_time,
+            method=method,
+            outcome=outcome,
+            tool=tool,
+            timeout=timeout,
         )
         pager._first_page()
         return pager
@@ -468,13 +489,26 @@ class VaultClient:
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str = "",
         *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        method: str = "",
+        outcome: str = "",
+        tool: str = "",
         timeout: float | None = None,
     ) -> AuditEventsPager:
         """Like :meth:`list_audit_events`, but nothing is fetched until iterated."""
 
         def fetch(token: str) -> audit_pb.ListAuditEventsResponse:
-            request = audit_pb.ListAuditEventsRequest(
-                secret_name=secret_name, principal=principal, page_size=page_size, page_token=token
+            request = audit_events_request(
+                secret_name,
+                principal,
+                page_size,
+                token,
+                start_time=start_time,
+                end_time=end_time,
+                method=method,
+                outcome=outcome,
+                tool=tool,
             )
             return self._call(self._audit.ListAuditEvents, request, timeout)
 

@@ -94,12 +94,34 @@ class ListAuditEventsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     SECRET_NAME_FIELD_NUMBER: _builtins.int
     PRINCIPAL_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
     secret_name: _builtins.str
     """Only events naming this secret (ignoring case)."""
     principal: _builtins.str
     """Only events of this principal."""
+    method: _builtins.str
+    """Only events of this method: the full "/interakt.vault.v1.SecretService/CreateSecret"
+    or the bare "CreateSecret" (any service); also "UNAUTHENTICATED" for the aggregated
+    refused calls.
+    """
+    outcome: _builtins.str
+    """Only events with this outcome: a gRPC status code name, e.g. "OK", "NOT_FOUND"."""
+    tool: _builtins.str
+    """Only events of calls made with this tool id."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only events at or after this time (inclusive)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only events before this time (exclusive); must be after `start_time`."""
+
     def __init__(
         self,
         *,
@@ -107,10 +129,15 @@ class ListAuditEventsRequest(_message.Message):
         page_token: _builtins.str = ...,
         secret_name: _builtins.str = ...,
         principal: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        method: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        tool: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "secret_name", b"secret_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "method", b"method", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "secret_name", b"secret_name", "start_time", b"start_time", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
