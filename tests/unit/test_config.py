@@ -278,6 +278,14 @@ CASES: tuple[Case, ...] = (
         bad=(("0", "0.01"), ("86401", "1e6")), wrong_type=('"5"',), env_wrong_type=("hourly",),
     ),
     Case(
+        "audit_retention_days", "30", 30, "0", 0,
+        bad=(("-1", "36501"),), wrong_type=("30.0",), env_wrong_type=("forever",),
+    ),
+    Case(
+        "audit_retention_interval", "60", 60.0, "0.5", 0.5,
+        bad=(("0", "0.01"), ("86401", "1e6")), wrong_type=('"60"',), env_wrong_type=("hourly",),
+    ),
+    Case(
         "identify_rate_per_principal", "5", 5, "100", 100,
         bad=(("0", "-1"),), wrong_type=("5.0",), env_wrong_type=("lots",),
     ),

@@ -93,7 +93,10 @@ def register(groups: Any) -> None:
         help="with --follow: seconds between polls (default 2)",
     )
     audit.add_argument(
-        "--limit", type=non_negative_int, default=50, help="at most N events (0: all; default 50; not with --follow)"
+        "--limit",
+        type=non_negative_int,
+        default=50,
+        help="at most N events (0: all; default 50; not with --follow)",
     )
     audit.add_argument(
         "--page-size", type=positive_int, default=100, help="events per request (default 100)"
