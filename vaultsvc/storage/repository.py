@@ -261,7 +261,7 @@ async def _insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
 
 
 #: The bare method name of ``/pkg.Service/Method``, exactly as the ``audit_events_method``
-#: index (migration V10; renumbered at merge) computes it: a query must spell it the same to use the index.
+#: index (migration V10) computes it: a query must spell it the same to use the index.
 AUDIT_BARE_METHOD_SQL = "regexp_replace(method, '^.*/', '')"
 
 
