@@ -131,6 +131,20 @@ async def test_one_vault_through_haproxy_and_pgbouncer_transaction_mode(cluster:
                 *(_resolved(resolver, name) for name in [*values, "shared"])
             )
             assert resolved == [*values.values(), winning_value]
+        # Paging through the balancer: each page may come from another replica (and the
+        # name search runs on PostgreSQL 15's pg_trgm).
+        listed: list[str] = []
+        token = ""
+        while True:
+            page = await admin.ListSecrets(
+                pb.ListSecretsRequest(page_size=5, page_token=token, name_contains="APP_"),
+                timeout=10,
+            )
+            listed += [s.name for s in page.secrets]
+            token = page.next_page_token
+            if not token:
+                break
+        assert sorted(listed) == sorted(values)
         served = cluster.served_by_replica()
         assert len(served) == REPLICAS and all(n > 0 for n in served.values()), served
 

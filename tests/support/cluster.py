@@ -352,6 +352,7 @@ async def running_cluster(
             VAULT_DATABASE_POOLER="transaction",
             VAULT_DATABASE_DIRECT_URL=cluster.direct_url,
             VAULT_DATABASE_POOL_MIN_SIZE="4",
+            VAULT_SERVER_SHUTDOWN_DELAY="0.2",
             **(extra_env or {}),
         )
         # Started together: migrations run once, under their advisory lock, on PG 15.
@@ -374,10 +375,10 @@ async def running_cluster(
         await _wait_for_socket(cluster.haproxy, cluster.haproxy_stats)
         yield cluster
     finally:
-        for replica in cluster.replicas:
-            if replica.proc.returncode is None:
-                with contextlib.suppress(Exception):
-                    await replica.stop(timeout=15)
+        await asyncio.gather(
+            *(r.stop(timeout=15) for r in cluster.replicas if r.proc.returncode is None),
+            return_exceptions=True,
+        )
         for daemon in (cluster.haproxy, pgbouncer):
             if daemon is not None:
                 daemon.stop()
