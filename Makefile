@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
-.PHONY: faults run test install system-deps node-deps bench-console proto proto-baseline clients dist lint typecheck bench bench-search faults-audit bench-visibility clean
+.PHONY: faults run test install system-deps cluster-deps cluster-test node-deps bench-console proto proto-baseline clients dist lint typecheck bench bench-search faults-audit bench-visibility clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,21 @@ test: $(STAMP) node-deps system-deps
 	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pytest -q
 
 ## Debian's chromium for the console's browser tests (Playwright drives it; no browser
-## download ever). CI runs as root; elsewhere install it once with sudo.
-system-deps:
+## download ever), and the cluster test's servers (cluster-deps). CI runs as root;
+## elsewhere install them once with sudo.
+system-deps: cluster-deps
 	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y --no-install-recommends chromium)
+
+## Debian 12's PostgreSQL 15, pgbouncer and haproxy for the cluster test (tests/cluster/).
+cluster-deps:
+	@test -x /usr/lib/postgresql/15/bin/postgres && test -x /usr/sbin/pgbouncer && test -x /usr/sbin/haproxy || \
+	  (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15 pgbouncer haproxy)
+
+## The whole cluster test: PostgreSQL 15 + pgbouncer (transaction mode) + 3 replicas +
+## haproxy; consistency, a Postgres restart, a replica killed under load (~1 min).
+## `make test` runs its first part only (docs/pgbouncer.md).
+cluster-test: $(STAMP) cluster-deps
+	$(PY) -m pytest -q -p no:cacheprovider -m 'cluster or not cluster' tests/cluster
 
 ## Node dependencies: the Node client's, and the pinned buf CLI that lints protos/ (tools/buf).
 ## The suite needs both: without npm this step fails instead of letting tests skip.

@@ -135,6 +135,21 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True, default_doc="unset",
     ),
     Setting(
+        "database.direct_url", "VAULT_DATABASE_DIRECT_URL", "database.direct_url", "str", None,
+        "a Postgres URL that reaches the server itself, never through a transaction pooler: "
+        "for what needs a session (the change listener's LISTEN); required when `pooler` is "
+        "`transaction`",
+        secret=True, default_doc="`database.url`",
+    ),
+    Setting(
+        "database.pooler", "VAULT_DATABASE_POOLER", "database.pooler", "choice", "none",
+        "what `database.url` reaches: `none` (Postgres itself) or `transaction` (a pooler "
+        "such as pgbouncer in transaction mode: no prepared statements, no startup "
+        "parameters, timeouts set per transaction, every unit of work in a transaction); see "
+        "docs/pgbouncer.md",
+        choices=("none", "transaction"),
+    ),
+    Setting(
         "database.pool_min_size", "VAULT_DATABASE_POOL_MIN_SIZE", "database.pool_min_size",
         "int", 1, "connections the pool keeps open", minimum=0,
     ),
@@ -163,7 +178,7 @@ SETTINGS: tuple[Setting, ...] = (
         "database.statement_cache_size", "VAULT_DATABASE_STATEMENT_CACHE_SIZE",
         "database.statement_cache_size", "int", 100,
         "prepared statements cached per connection; 0 turns the cache off "
-        "(needed behind pgbouncer in transaction mode)", minimum=0,
+        "(`pooler = transaction` turns it off)", minimum=0,
     ),
     Setting(
         "database.operation_timeout", "VAULT_DATABASE_OPERATION_TIMEOUT",
@@ -421,6 +436,8 @@ _D: Mapping[str, Any] = {s.key: s.default for s in SETTINGS}
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str | None = _D["database.url"]
+    direct_url: str | None = _D["database.direct_url"]
+    pooler: str = _D["database.pooler"]
     pool_min_size: int = _D["database.pool_min_size"]
     pool_max_size: int = _D["database.pool_max_size"]
     connect_timeout: float = _D["database.connect_timeout"]
@@ -558,6 +575,12 @@ def _assemble(values: Mapping[str, Any], given: set[str], *, tls_table: bool) ->
         raise ConfigError(
             f"database.pool_min_size ({database['pool_min_size']}) must not exceed "
             f"database.pool_max_size ({database['pool_max_size']})"
+        )
+    if database["pooler"] == "transaction" and not (database["url"] and database["direct_url"]):
+        raise ConfigError(
+            "database.pooler = transaction needs database.url (the pooler) and "
+            "database.direct_url (Postgres itself, for LISTEN): VAULT_DATABASE_URL, "
+            "VAULT_DATABASE_DIRECT_URL"
         )
     if tls_table or any(key.startswith("tls.") for key in given):
         if tls["cert_file"] is None or tls["key_file"] is None:

@@ -141,7 +141,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         changes = None
         if settings.cache_enabled and db.url is not None:
             changes = ChangeListener(
-                db.url,
+                db.direct_url,
                 cache,
                 check_interval=settings.cache_check_interval,
                 connect_timeout=settings.database.connect_timeout,
@@ -153,6 +153,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
                 db.url,
                 connect_timeout=settings.database.connect_timeout,
                 write_timeout=settings.audit_write_timeout,
+                behind_pooler=db.behind_pooler,
             ),
             queue_size=settings.audit_buffer_size,
             write_timeout=settings.audit_write_timeout,

@@ -123,6 +123,10 @@ CASES: tuple[Case, ...] = (
         "postgresql://b@h/e", "postgresql://b@h/e", wrong_type=("5",),
     ),
     Case(
+        "database.direct_url", '"postgresql://a@pg/f"', "postgresql://a@pg/f",
+        "postgresql://b@pg/e", "postgresql://b@pg/e", wrong_type=("5",),
+    ),
+    Case(
         "database.pool_min_size", "4", 4, "2", 2,
         bad=(("-1", "-1"),), wrong_type=("1.5", '"4"', "true"),
         env_wrong_type=("four", "1.5"),
@@ -306,6 +310,7 @@ CASES: tuple[Case, ...] = (
 BY_KEY = {case.key: case for case in CASES}
 # Settings tested by their own tables below (they need files, or are lists).
 OTHER_TABLES = {
+    "database.pooler",  # needs two URLs: test_a_transaction_pooler_needs_a_direct_url
     "master_keys",
     "tokens",
     "tls.cert_file",
@@ -472,6 +477,27 @@ def test_pool_min_size_may_not_exceed_pool_max_size(tmp_path: Path) -> None:
     )
     assert message == ("database.pool_min_size (5) must not exceed database.pool_max_size (4)")
     assert load(tmp_path, "[database]\npool_min_size = 4\npool_max_size = 4\n")
+
+
+def test_a_transaction_pooler_needs_a_direct_url(tmp_path: Path) -> None:
+    assert load(tmp_path).database.pooler == "none"
+    pooler = '[database]\npooler = "transaction"\nurl = "postgresql://v@pgbouncer/v"\n'
+    message = error_of(tmp_path, pooler)
+    assert message == (
+        "database.pooler = transaction needs database.url (the pooler) and "
+        "database.direct_url (Postgres itself, for LISTEN): VAULT_DATABASE_URL, "
+        "VAULT_DATABASE_DIRECT_URL"
+    )
+    assert error_of(tmp_path, VAULT_DATABASE_POOLER="Transaction") == message
+    settings = load(tmp_path, pooler, VAULT_DATABASE_DIRECT_URL="postgresql://v@pg/v").database
+    assert (settings.pooler, settings.url, settings.direct_url) == (
+        "transaction",
+        "postgresql://v@pgbouncer/v",
+        "postgresql://v@pg/v",
+    )
+    assert error_of(tmp_path, '[database]\npooler = "session"\n') == (
+        "database.pooler must be none or transaction, got 'session'"
+    )
 
 
 # ------------------------------------------------------------------ unknown keys

@@ -2,7 +2,11 @@
 through the main pool, so a slow ``secrets`` query or an exhausted pool cannot starve
 them. Every wait is bounded by the write timeout (server-side ``statement_timeout`` and a
 client-side bound that drops the connection); any failure is UNAVAILABLE
-``AUDIT_UNAVAILABLE`` with the Postgres error class logged, never its text."""
+``AUDIT_UNAVAILABLE`` with the Postgres error class logged, never its text.
+
+Behind a transaction pooler (``behind_pooler``) the connection carries no startup
+parameter but ``application_name`` and no prepared statement: each batch is its own
+transaction, its ``statement_timeout`` set by ``SET LOCAL``."""
 
 from __future__ import annotations
 
@@ -24,8 +28,16 @@ _log = logging.getLogger("vaultsvc.audit")
 class AuditStore:
     """One dedicated connection, opened lazily and replaced after any failure."""
 
-    def __init__(self, url: str, *, connect_timeout: float, write_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        write_timeout: float,
+        behind_pooler: bool = False,
+    ) -> None:
         self._url = url
+        self._behind_pooler = behind_pooler
         self._connect_timeout = min(connect_timeout, write_timeout)
         self._write_timeout = write_timeout
         self._conn: Any = None
@@ -36,15 +48,29 @@ class AuditStore:
 
     async def _connection(self) -> Any:
         if self._conn is None or self._conn.is_closed():
+            server_settings = {"application_name": "vaultsvc-audit"}
+            if not self._behind_pooler:
+                server_settings["statement_timeout"] = str(self._timeout_ms)
             self._conn = await asyncpg.connect(
                 self._url,
                 timeout=self._connect_timeout,
-                server_settings={
-                    "application_name": "vaultsvc-audit",
-                    "statement_timeout": str(max(int(self._write_timeout * 1000), 1)),
-                },
+                statement_cache_size=0 if self._behind_pooler else 100,
+                server_settings=server_settings,
             )
         return self._conn
+
+    @property
+    def _timeout_ms(self) -> int:
+        return max(int(self._write_timeout * 1000), 1)
+
+    async def _write(self, conn: Any, records: Sequence[AuditRecord]) -> None:
+        if not self._behind_pooler:
+            await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
+            return
+        # SET LOCAL only lasts for a transaction: the pooler hands the server connection on.
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL statement_timeout = {self._timeout_ms}")
+            await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
 
     async def insert(self, records: Sequence[AuditRecord]) -> None:
         """Commit ``records`` in ONE statement (its own transaction, durable on return)."""
@@ -53,7 +79,7 @@ class AuditStore:
             # (where even the cancel request would hang) and the connect.
             async with asyncio.timeout(self._write_timeout + 0.5):
                 conn = await self._connection()
-                await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
+                await self._write(conn, records)
         except asyncio.CancelledError:
             self._drop()
             raise

@@ -58,9 +58,22 @@ async def release_without_reset_query(conn: Any) -> None:
     RESET ALL`` on every release: one round trip per query. Pooled connections hold none
     of that state: advisory locks are transaction-scoped (``pg_advisory_xact_lock``),
     cursors only live inside transactions, LISTEN happens on the listener's own connection
-    (:mod:`vaultsvc.storage.notify`), and session settings come from the connect-time
-    ``server_settings`` (never ``SET``).
+    (:mod:`vaultsvc.storage.notify`), and settings come from the connect-time
+    ``server_settings`` or ``SET LOCAL`` (never a session ``SET``).
     """
+
+
+def session_timeouts(settings: DatabaseSettings) -> dict[str, str]:
+    """The server-side bounds every pool connection runs under."""
+    return {
+        "statement_timeout": str(settings.statement_timeout_ms),
+        "idle_in_transaction_session_timeout": str(max(settings.statement_timeout_ms * 3, 30_000)),
+    }
+
+
+def set_local_sql(values: dict[str, str]) -> str:
+    """``SET LOCAL`` for each of ``values`` (integers), as one simple-protocol round trip."""
+    return "; ".join(f"SET LOCAL {name} = {int(value)}" for name, value in values.items())
 
 
 class Database:
@@ -76,12 +89,26 @@ class Database:
     frozen database never answers.
     """
 
-    def __init__(self, pool: asyncpg.Pool, settings: DatabaseSettings, url: str = "") -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: DatabaseSettings,
+        url: str = "",
+        direct_url: str = "",
+    ) -> None:
         self.pool = pool
         self.settings = settings
         self.url = url
-        """Where the pool connects, for the connections kept outside it (the audit writer's
-        and the change listener's); empty when unknown."""
+        """Where the pool connects, for the connections kept outside it (the audit writer's);
+        empty when unknown."""
+        self.direct_url = direct_url or url
+        """Postgres itself, never a transaction pooler: for what needs a session (LISTEN)."""
+        self.behind_pooler = settings.pooler == "transaction"
+        """``url`` is a transaction pooler (pgbouncer ``pool_mode = transaction``): no
+        prepared statements, no startup parameters but ``application_name``, and every unit of
+        work inside one transaction whose timeouts are set by ``SET LOCAL`` (a session
+        ``SET`` would stay on a server connection the pooler hands to other clients)."""
+        self._set_local = set_local_sql(session_timeouts(settings))
         self.breaker = CircuitBreaker(
             self._probe,
             failure_threshold=settings.breaker_failures,
@@ -90,6 +117,10 @@ class Database:
 
     @classmethod
     async def connect(cls, url: str, settings: DatabaseSettings) -> Database:
+        pooled = settings.pooler == "transaction"
+        server_settings = {"application_name": "vaultsvc"}
+        if not pooled:
+            server_settings.update(session_timeouts(settings))
         pool = await asyncio.wait_for(
             asyncpg.create_pool(
                 url,
@@ -98,43 +129,53 @@ class Database:
                 timeout=settings.connect_timeout,
                 command_timeout=settings.command_timeout,
                 max_inactive_connection_lifetime=300,
-                statement_cache_size=settings.statement_cache_size,
+                statement_cache_size=0 if pooled else settings.statement_cache_size,
                 reset=release_without_reset_query,
-                server_settings={
-                    "application_name": "vaultsvc",
-                    "statement_timeout": str(settings.statement_timeout_ms),
-                    "idle_in_transaction_session_timeout": str(
-                        max(settings.statement_timeout_ms * 3, 30_000)
-                    ),
-                },
+                server_settings=server_settings,
             ),
             timeout=settings.connect_timeout * 2 + 1,
         )
-        return cls(pool, settings, url)
+        return cls(pool, settings, url, settings.direct_url or url)
 
     @asynccontextmanager
     async def connection(self, *, timeout: Any = _DEFAULT) -> AsyncIterator[Any]:
         """A pool connection for one unit of work, bounded by ``operation_timeout``
-        (``timeout=None``: no overall bound, for migrations at start-up)."""
+        (``timeout=None``: no overall bound, for migrations at start-up). Behind a
+        transaction pooler it is also one transaction (see :meth:`transaction`)."""
         self.breaker.check()
         async with translate_db_errors(), self._bounded(timeout) as conn:
-            yield conn
+            if self.behind_pooler:
+                async with self._in_transaction(conn, "read_committed"):
+                    yield conn
+            else:
+                yield conn
 
     @asynccontextmanager
     async def transaction(self, *, isolation: str = "read_committed") -> AsyncIterator[Any]:
         """One transaction, committed when the block ends normally and rolled back when it
         raises; a connection that broke or timed out is terminated instead (Postgres rolls
         back an aborted session itself)."""
-        async with self.connection() as conn:
-            tx = conn.transaction(isolation=isolation)
-            await tx.start()
-            try:
-                yield conn
-            except BaseException as exc:
-                if not conn.is_closed() and not _poisons(exc):
-                    await tx.rollback()
-                raise
-            await tx.commit()
+        self.breaker.check()
+        async with (
+            translate_db_errors(),
+            self._bounded(_DEFAULT) as conn,
+            self._in_transaction(conn, isolation),
+        ):
+            yield conn
+
+    @asynccontextmanager
+    async def _in_transaction(self, conn: Any, isolation: str) -> AsyncIterator[None]:
+        tx = conn.transaction(isolation=isolation)
+        await tx.start()
+        try:
+            if self.behind_pooler:
+                await conn.execute(self._set_local)
+            yield
+        except BaseException as exc:
+            if not conn.is_closed() and not _poisons(exc):
+                await tx.rollback()
+            raise
+        await tx.commit()
 
     @asynccontextmanager
     async def _bounded(self, timeout: Any) -> AsyncIterator[Any]:

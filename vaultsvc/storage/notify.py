@@ -13,6 +13,9 @@ interval later.
 When the connection drops the cache is bypassed and cleared (a warning), the connection
 is re-opened with backoff, and the cache is trusted again (from empty) once LISTEN is back
 (an info line).
+
+``LISTEN`` needs a session: the listener connects to ``database.direct_url`` (Postgres
+itself), never through a transaction pooler such as pgbouncer in transaction mode.
 """
 
 from __future__ import annotations
