@@ -300,6 +300,8 @@ BY_KEY = {case.key: case for case in CASES}
 OTHER_TABLES = {
     "master_keys",
     "tokens",
+    "master_keys_file",  # tests/unit/test_config_secret_files.py
+    "tokens_file",
     "tls.cert_file",
     "tls.key_file",
     "tls.client_ca_file",
