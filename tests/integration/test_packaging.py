@@ -139,7 +139,8 @@ def interpreter_for(user: User, env: dict[str, str]) -> str:
     minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
     candidates = [sys._base_executable, f"/usr/bin/{minor}", f"/usr/local/bin/{minor}"]
     for candidate in candidates:
-        probe = [*user.prefix, candidate, "-c", "import ensurepip, venv"]
+        # Through sh, as the install script runs it (sh checks the path itself).
+        probe = [*user.prefix, "sh", "-c", '"$0" -c "import ensurepip, venv"', candidate]
         if Path(candidate).is_file() and run(probe, user.home, env, ok=False).returncode == 0:
             return candidate
     raise AssertionError(f"none of {candidates} can be run by uid {user.uid} with ensurepip")
