@@ -99,7 +99,7 @@ async def test_pg_dump_of_a_live_vault_restores_and_only_its_master_keys_read_it
         (stranger.spec, "master key 'k-new' still wraps"),
     ):
         done = await run_cli(["serve"], serve_env(restored, wrong, tmp_path), SERVE_TIMEOUT)
-        assert done.returncode != 0, done.output
+        assert done.returncode == 2, done.output  # EXIT_CONFIG: start-up refused
         assert "vaultsvc: error:" in done.stderr and expected in done.stderr, done.stderr
         assert "vault listening" not in done.output
         assert_no_key_material(done.output, old, primary, impostor, stranger)
