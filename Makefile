@@ -4,23 +4,32 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.runtime
+DIST   ?= dist
 PROTOS := $(wildcard protos/interakt/vault/v1/*.proto)
 
 .PHONY: faults run test install system-deps cluster-deps cluster-test node-deps bench-console proto proto-baseline clients dist lint typecheck bench bench-search faults-audit bench-visibility clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade "pip>=24"
+	$(PIP) install --upgrade "pip>=24"
 
-# The contract (interakt-vault-api) first: the server and the client pin it.
-$(STAMP): $(VENV)/bin/python pyproject.toml clients/python/pyproject.toml api/python/pyproject.toml
+# What the vault needs to run, and vaultctl (the dev vault's banner uses it): the contract
+# (interakt-vault-api) first, since the server and the client pin it. No dev toolchain, and
+# pip's progress stays visible: this is the first thing a new user waits for.
+$(RUNTIME): $(VENV)/bin/python pyproject.toml clients/python/pyproject.toml api/python/pyproject.toml
+	$(PIP) install -e ./api/python -e ./clients/python -e .
+	@touch $(RUNTIME)
+
+# The dev toolchain (mypy, ruff, hypothesis, playwright, ...) on top: only for tests and lints.
+$(STAMP): $(RUNTIME)
 	$(PIP) install --quiet -e ./api/python -e ./clients/python -e ".[dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 ## Start a throwaway development vault on 127.0.0.1:50051 (embedded Postgres, generated key and tokens).
-run: $(STAMP)
+run: $(RUNTIME)
 	$(PY) -m vaultsvc dev
 
 ## Run the whole test suite.
@@ -66,10 +75,11 @@ clients: proto
 	$(PY) clients/python/tools/unasync.py
 	@if command -v npm >/dev/null 2>&1; then npm ci --prefix clients/node --no-audit --no-fund; fi
 
-## Wheels of the contract, the server and the client plus every dependency, into dist/:
-## then `pip install --no-index --find-links dist vaultsvc` works offline.
-dist: $(STAMP)
-	$(PIP) wheel --quiet --wheel-dir dist ./api/python . ./clients/python
+## Wheels of the contract, the server and the client plus every dependency, into dist/
+## (deploy/wheelhouse.sh, which the Dockerfile's build stage runs too): then
+## `pip install --no-index --find-links dist vaultsvc` installs the server alone, offline.
+dist: $(VENV)/bin/python
+	PYTHON=$(PY) sh deploy/wheelhouse.sh $(DIST)
 
 ## Fault experiments under load (a few minutes, root: SIGSTOP/kill -9 Postgres, read-only,
 ## a tmpfs tablespace that fills up, kill -9 the vault): prints experiment → what clients

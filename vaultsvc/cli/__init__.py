@@ -4,6 +4,10 @@
 - :mod:`~vaultsvc.cli.migrate`: ``migrate``
 - :mod:`~vaultsvc.cli.token`: ``token create``
 - :mod:`~vaultsvc.cli.keys`: ``keys generate|status|rewrap``
+- :mod:`~vaultsvc.cli.health`: ``health`` (the container HEALTHCHECK)
+
+The ``vaultsvc`` console script (``[project.scripts]``) is :func:`console_main`: the same
+commands, plus ``--version``.
 
 Each group's ``register`` adds its parsers; shared flags are declared once in
 :mod:`~vaultsvc.cli.common`.
@@ -12,26 +16,45 @@ Each group's ``register`` adds its parsers; shared flags are declared once in
 from __future__ import annotations
 
 import argparse
+from importlib import metadata
 
-from vaultsvc.cli import keys, migrate, serve, token
+from vaultsvc.cli import health, keys, migrate, serve, token
 from vaultsvc.cli.common import EXIT_INTERRUPTED, fail
 from vaultsvc.crypto import KeyringError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m vaultsvc", description="The Interakt secrets vault."
-    )
+def version() -> str:
+    """This installation's version of vaultsvc (and of the contract it serves)."""
+    try:
+        own = metadata.version("vaultsvc")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        own = "unknown (not installed)"
+    try:
+        api = metadata.version("interakt-vault-api")
+    except metadata.PackageNotFoundError:
+        api = "unknown"
+    return f"vaultsvc {own} (interakt-vault-api {api})"
+
+
+def build_parser(prog: str = "python -m vaultsvc") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="The Interakt secrets vault.")
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
     serve.register(sub)
     migrate.register(sub)
     token.register(sub)
     keys.register(sub)
+    health.register(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def console_main() -> int:
+    """The ``vaultsvc`` command."""
+    return main(prog="vaultsvc")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m vaultsvc") -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         return int(args.func(args))
     except KeyringError as exc:
@@ -40,4 +63,4 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "console_main", "main", "version"]

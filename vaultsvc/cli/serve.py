@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,14 @@ from typing import Any
 from vaultsvc.auth import ADMIN, RESOLVER, VIEWER, TokenEntry, hash_token, new_token
 from vaultsvc.bootstrap import StartupError
 from vaultsvc.cli.common import EXIT_PORT_IN_USE, Subparsers, add_config_flag, fail
-from vaultsvc.config import SETTINGS_BY_KEY, ConfigError, Settings, describe, load_settings
+from vaultsvc.config import (
+    SETTINGS,
+    SETTINGS_BY_KEY,
+    ConfigError,
+    Settings,
+    describe,
+    load_settings,
+)
 from vaultsvc.crypto import generate_master_key, parse_master_keys
 from vaultsvc.logs import configure_logging
 from vaultsvc.ports import PortInUse
@@ -35,7 +43,13 @@ def register(sub: Subparsers) -> None:
     )
     serve.set_defaults(func=cmd_serve)
 
-    dev = sub.add_parser("dev", help="run a throwaway development vault (NOT for production)")
+    dev = sub.add_parser(
+        "dev",
+        help="run a throwaway development vault (NOT for production)",
+        description=DEV_DESCRIPTION,
+        epilog=dev_environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     dev.set_defaults(func=cmd_dev)
 
 
@@ -122,6 +136,40 @@ BANNER = r"""
 #: Where ``dev`` serves the console unless VAULT_CONSOLE_LISTEN says otherwise.
 DEV_CONSOLE_LISTEN = "127.0.0.1:8250"
 
+#: Settings ``dev`` makes itself (its generated key and tokens): their variables are ignored.
+DEV_IGNORED = ("master_keys", "master_keys_file", "tokens", "tokens_file")
+#: ``dev``'s own defaults where they differ from ``serve``'s.
+DEV_DEFAULTS = {"log_format": "text", "console.listen": DEV_CONSOLE_LISTEN}
+
+DEV_DESCRIPTION = """\
+Run a throwaway development vault: embedded PostgreSQL in the data directory, one
+generated master key and an admin, a viewer and a resolver token, kept in
+<data_dir>/dev-credentials.json (mode 0600) and printed at start, so the vault and its
+secrets survive restarts. NOT for production: use `serve` with your own keys there.
+
+Options: only -h/--help. Everything else comes from the environment (below); a
+VAULT_* variable nobody reads is warned about. Ctrl-C (or SIGTERM) stops the vault."""
+
+
+def dev_environment_help() -> str:
+    """The environment ``dev`` reads, from the settings table (so it cannot drift)."""
+    lines = ["environment (the settings of `serve`; dev's own defaults shown):"]
+    for setting in SETTINGS:
+        if setting.key in DEV_IGNORED:
+            continue
+        default = DEV_DEFAULTS.get(setting.key)
+        text = setting.help + (f" [dev default: {default}]" if default else "")
+        lines.append(f"  {setting.env}")
+        lines += textwrap.wrap(text, 88, initial_indent="      ", subsequent_indent="      ")
+    ignored = ", ".join(SETTINGS_BY_KEY[key].env for key in DEV_IGNORED)
+    lines += [
+        "",
+        f"ignored: {ignored} (dev uses its generated key and tokens)",
+        "the full meaning of each: the Configuration table of the README "
+        "(`python -m vaultsvc.config` prints it)",
+    ]
+    return "\n".join(lines)
+
 
 def _dev_credentials(data_dir: Path) -> dict[str, Any]:
     """Load or create the development key and tokens (file mode 0600)."""
@@ -143,9 +191,8 @@ def _dev_credentials(data_dir: Path) -> dict[str, Any]:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     try:
-        base = load_settings(
-            None, {k: v for k, v in os.environ.items() if k != "VAULT_MASTER_KEYS"}
-        )
+        ignored = {SETTINGS_BY_KEY[key].env for key in DEV_IGNORED}
+        base = load_settings(None, {k: v for k, v in os.environ.items() if k not in ignored})
     except ConfigError as exc:
         return fail(str(exc))
     creds = _dev_credentials(base.data_dir)
@@ -157,7 +204,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             TokenEntry(principal=f"dev-{role}", role=role, sha256=hash_token(token))
             for role, token in tokens.items()
         ),
-        log_format=os.environ.get("VAULT_LOG_FORMAT", "text"),
+        log_format=base.log_format if os.environ.get("VAULT_LOG_FORMAT") else "text",
         console_listen=base.console_listen or DEV_CONSOLE_LISTEN,
     )
     host = settings.listen.rpartition(":")[0]
