@@ -5,6 +5,9 @@ the audit trail, and a token cache that is not trusted while its change listener
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -412,3 +415,59 @@ async def test_with_the_cache_off_database_tokens_are_looked_up_per_call(
     await access(vault).RevokeToken(tpb.RevokeTokenRequest(id=created.info.id))
     assert await refusal(vault, created.token) == (Code.UNAUTHENTICATED, "unknown token")
     assert token_cache(vault).stats.lookups == 2
+
+
+async def vaultctl(vault: VaultHandle, token: str, *args: str) -> tuple[int, str, str]:
+    """``vaultctl *args`` as a subprocess (this test's loop serves the vault meanwhile)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAULT_")}
+    env.update(VAULT_ADDR=vault.address, VAULT_TOKEN=token)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vaultsvc_client.cli",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_vaultctl_tokens_create_list_revoke(make_vault: VaultFactory) -> None:
+    (vault,) = await replicas(make_vault, 1)
+    await secrets_admin(vault).CreateSecret(spb.CreateSecretRequest(name="api", value="k"))
+    operator = vault.tokens[OPERATOR]
+
+    code, out, err = await vaultctl(
+        vault, operator, "tokens", "create", "ci", "--role", "resolver", "--expires-in", "2h"
+    )
+    assert code == 0, err
+    token = out.strip()
+    assert out == token + "\n" and token.startswith("vt_"), "the token alone on stdout"
+    assert "WARNING" in err and "shown only now" in err and token not in err
+    assert await resolves(vault, token) == "k"
+
+    code, out, err = await vaultctl(vault, operator, "--json", "tokens", "list")
+    assert code == 0, err
+    (listed,) = json.loads(out)["tokens"]
+    assert listed["principal"] == "ci" and listed["role"] == "resolver"
+    assert listed["fingerprint"] == token_fingerprint(token) and listed["expire_time"]
+    assert token not in out and hash_token(token).hex() not in out
+    code, table, _ = await vaultctl(vault, operator, "tokens", "list")
+    assert code == 0 and listed["id"] in table and token not in table
+
+    code, out, err = await vaultctl(
+        vault, vault.tokens[ADMIN], "tokens", "create", "x", "--role", "operator"
+    )
+    assert code != 0 and "operator role" in err and out == ""
+    code, _, err = await vaultctl(
+        vault, operator, "tokens", "create", "x", "--role", "viewer", "--expires-in", "soon"
+    )
+    assert code == 2 and "--expires-in" in err
+
+    code, out, err = await vaultctl(vault, operator, "tokens", "revoke", listed["id"], "--yes")
+    assert code == 0 and f"revoked token {listed['id']}" in out, err
+    assert await refusal(vault, token) == (Code.UNAUTHENTICATED, "unknown token")
