@@ -181,7 +181,7 @@ NOT_IDEMPOTENT = [
     ),
     # A retried create could mint a second token, the first one lost.
     Rpc("CreateToken", lambda c: c.create_token("ci", "resolver"), access_pb.CreateTokenResponse()),
-    Rpc("RevokeToken", lambda c: c.revoke_token("id"), empty_pb2.Empty()),
+    Rpc("RevokeToken", lambda c: c.revoke_token("id"), access_pb.RevokeTokenResponse()),
 ]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
-from google.protobuf import empty_pb2
 from interakt.vault.v1 import access_service_pb2 as tpb
 from interakt.vault.v1 import access_service_pb2_grpc as tgrpc
 
@@ -72,7 +71,9 @@ class AccessServicer(tgrpc.AccessServiceServicer):
             tokens=[token_info(r) for r in records], next_page_token=next_token
         )
 
-    async def RevokeToken(self, request: tpb.RevokeTokenRequest, context: Any) -> empty_pb2.Empty:
+    async def RevokeToken(
+        self, request: tpb.RevokeTokenRequest, context: Any
+    ) -> tpb.RevokeTokenResponse:
         await self.tokens.revoke(_caller(), request.id, audit_record())
         mark_audited()
-        return empty_pb2.Empty()
+        return tpb.RevokeTokenResponse()

@@ -22,29 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interakt/vault/v1/access_service.proto\x12\x11interakt.vault.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x07 \x03(\t\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\"\x8b\x01\n\x12\x43reateTokenRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x05 \x03(\t\"P\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12*\n\x04info\x18\x02 \x01(\x0b\x32\x1c.interakt.vault.v1.TokenInfo\":\n\x11ListTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x12ListTokensResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.interakt.vault.v1.TokenInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t2\x96\x02\n\rAccessService\x12\\\n\x0b\x43reateToken\x12%.interakt.vault.v1.CreateTokenRequest\x1a&.interakt.vault.v1.CreateTokenResponse\x12Y\n\nListTokens\x12$.interakt.vault.v1.ListTokensRequest\x1a%.interakt.vault.v1.ListTokensResponse\x12L\n\x0bRevokeToken\x12%.interakt.vault.v1.RevokeTokenRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interakt/vault/v1/access_service.proto\x12\x11interakt.vault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x07 \x03(\t\x12\x13\n\x0b\x66ingerprint\x18\x08 \x01(\t\"\x8b\x01\n\x12\x43reateTokenRequest\x12\x11\n\tprincipal\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x05 \x03(\t\"P\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12*\n\x04info\x18\x02 \x01(\x0b\x32\x1c.interakt.vault.v1.TokenInfo\":\n\x11ListTokensRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x12ListTokensResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.interakt.vault.v1.TokenInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x15\n\x13RevokeTokenResponse2\xa6\x02\n\rAccessService\x12\\\n\x0b\x43reateToken\x12%.interakt.vault.v1.CreateTokenRequest\x1a&.interakt.vault.v1.CreateTokenResponse\x12Y\n\nListTokens\x12$.interakt.vault.v1.ListTokensRequest\x1a%.interakt.vault.v1.ListTokensResponse\x12\\\n\x0bRevokeToken\x12%.interakt.vault.v1.RevokeTokenRequest\x1a&.interakt.vault.v1.RevokeTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interakt.vault.v1.access_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOKENINFO']._serialized_start=124
-  _globals['_TOKENINFO']._serialized_end=336
-  _globals['_CREATETOKENREQUEST']._serialized_start=339
-  _globals['_CREATETOKENREQUEST']._serialized_end=478
-  _globals['_CREATETOKENRESPONSE']._serialized_start=480
-  _globals['_CREATETOKENRESPONSE']._serialized_end=560
-  _globals['_LISTTOKENSREQUEST']._serialized_start=562
-  _globals['_LISTTOKENSREQUEST']._serialized_end=620
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=622
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=713
-  _globals['_REVOKETOKENREQUEST']._serialized_start=715
-  _globals['_REVOKETOKENREQUEST']._serialized_end=747
-  _globals['_ACCESSSERVICE']._serialized_start=750
-  _globals['_ACCESSSERVICE']._serialized_end=1028
+  _globals['_TOKENINFO']._serialized_start=95
+  _globals['_TOKENINFO']._serialized_end=307
+  _globals['_CREATETOKENREQUEST']._serialized_start=310
+  _globals['_CREATETOKENREQUEST']._serialized_end=449
+  _globals['_CREATETOKENRESPONSE']._serialized_start=451
+  _globals['_CREATETOKENRESPONSE']._serialized_end=531
+  _globals['_LISTTOKENSREQUEST']._serialized_start=533
+  _globals['_LISTTOKENSREQUEST']._serialized_end=591
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=593
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=684
+  _globals['_REVOKETOKENREQUEST']._serialized_start=686
+  _globals['_REVOKETOKENREQUEST']._serialized_end=718
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=720
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=741
+  _globals['_ACCESSSERVICE']._serialized_start=744
+  _globals['_ACCESSSERVICE']._serialized_end=1038
 # @@protoc_insertion_point(module_scope)

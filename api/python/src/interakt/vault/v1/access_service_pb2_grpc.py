@@ -3,7 +3,6 @@
 import grpc
 import warnings
 
-from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from interakt.vault.v1 import access_service_pb2 as interakt_dot_vault_dot_v1_dot_access__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -52,7 +51,7 @@ class AccessServiceStub:
         self.RevokeToken = channel.unary_unary(
                 '/interakt.vault.v1.AccessService/RevokeToken',
                 request_serializer=interakt_dot_vault_dot_v1_dot_access__service__pb2.RevokeTokenRequest.SerializeToString,
-                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                response_deserializer=interakt_dot_vault_dot_v1_dot_access__service__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
 
 
@@ -101,7 +100,7 @@ def add_AccessServiceServicer_to_server(servicer, server):
             'RevokeToken': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeToken,
                     request_deserializer=interakt_dot_vault_dot_v1_dot_access__service__pb2.RevokeTokenRequest.FromString,
-                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+                    response_serializer=interakt_dot_vault_dot_v1_dot_access__service__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -188,7 +187,7 @@ class AccessService:
             target,
             '/interakt.vault.v1.AccessService/RevokeToken',
             interakt_dot_vault_dot_v1_dot_access__service__pb2.RevokeTokenRequest.SerializeToString,
-            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            interakt_dot_vault_dot_v1_dot_access__service__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

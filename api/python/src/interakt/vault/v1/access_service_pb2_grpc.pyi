@@ -4,7 +4,6 @@ isort:skip_file
 """
 
 from collections import abc as _abc
-from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 from interakt.vault.v1 import access_service_pb2 as _access_service_pb2
 import abc as _abc_1
@@ -44,7 +43,7 @@ class AccessServiceStub:
     """
     ListTokens: _grpc.UnaryUnaryMultiCallable[_access_service_pb2.ListTokensRequest, _access_service_pb2.ListTokensResponse]
     """Lists the database tokens (metadata and a fingerprint; never a token or its hash)."""
-    RevokeToken: _grpc.UnaryUnaryMultiCallable[_access_service_pb2.RevokeTokenRequest, _empty_pb2.Empty]
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_access_service_pb2.RevokeTokenRequest, _access_service_pb2.RevokeTokenResponse]
     """Revokes a token at once, on every replica."""
 
 @_typing.type_check_only
@@ -62,7 +61,7 @@ class AccessServiceAsyncStub(AccessServiceStub):
     """
     ListTokens: _aio.UnaryUnaryMultiCallable[_access_service_pb2.ListTokensRequest, _access_service_pb2.ListTokensResponse]  # type: ignore[assignment]
     """Lists the database tokens (metadata and a fingerprint; never a token or its hash)."""
-    RevokeToken: _aio.UnaryUnaryMultiCallable[_access_service_pb2.RevokeTokenRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_access_service_pb2.RevokeTokenRequest, _access_service_pb2.RevokeTokenResponse]  # type: ignore[assignment]
     """Revokes a token at once, on every replica."""
 
 class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -95,7 +94,7 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _access_service_pb2.RevokeTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+    ) -> _typing.Union[_access_service_pb2.RevokeTokenResponse, _abc.Awaitable[_access_service_pb2.RevokeTokenResponse]]:
         """Revokes a token at once, on every replica."""
 
 def add_AccessServiceServicer_to_server(servicer: AccessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
