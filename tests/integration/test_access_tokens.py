@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import grpc
 from google.protobuf import timestamp_pb2
 from interakt.vault.v1 import access_service_pb2 as tpb
@@ -33,7 +34,7 @@ from vaultsvc.auth import (
     new_token,
     token_fingerprint,
 )
-from vaultsvc.vault.tokens import TokenCache
+from vaultsvc.vault.tokens import LOOKUP_CONCURRENCY, MAX_LOOKUP_WAITERS, TokenCache
 
 Code = grpc.StatusCode
 
@@ -481,3 +482,35 @@ async def test_vaultctl_tokens_create_list_revoke(make_vault: VaultFactory) -> N
     code, out, err = await vaultctl(vault, operator, "tokens", "revoke", listed["id"], "--yes")
     assert code == 0 and f"revoked token {listed['id']}" in out, err
     assert await refusal(vault, token) == (Code.UNAUTHENTICATED, "unknown token")
+
+
+async def test_lookups_without_a_trusted_set_are_bounded(make_vault: VaultFactory) -> None:
+    """Without a listener every unknown token is a query: at most LOOKUP_CONCURRENCY run,
+    MAX_LOOKUP_WAITERS more wait, the rest are shed at once; configured tokens never wait."""
+    (vault,) = await replicas(make_vault, 1, cache_enabled=False)
+    blocker = await asyncpg.connect(vault.database_url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("LOCK TABLE access_tokens IN ACCESS EXCLUSIVE MODE")
+        extra = 5
+        calls = [
+            asyncio.ensure_future(refusal(vault, new_token()))
+            for _ in range(LOOKUP_CONCURRENCY + MAX_LOOKUP_WAITERS + extra)
+        ]
+        deadline = time.monotonic() + 10
+        while token_cache(vault).stats.shed < extra:
+            assert time.monotonic() < deadline, "nothing was shed"
+            await asyncio.sleep(0.01)
+        # Bootstrap credentials do not queue behind the stuck lookups.
+        listed = await secrets_admin(vault).ListSecrets(spb.ListSecretsRequest(), timeout=5)
+        assert listed.secrets == []
+        await tx.rollback()
+    finally:
+        await blocker.close()
+    outcomes = await asyncio.gather(*calls)
+    assert outcomes.count((Code.UNAUTHENTICATED, "unknown token")) == (
+        LOOKUP_CONCURRENCY + MAX_LOOKUP_WAITERS
+    )
+    shed = [o for o in outcomes if o is not None and o[0] == Code.UNAVAILABLE]
+    assert len(shed) == extra and token_cache(vault).stats.shed == extra

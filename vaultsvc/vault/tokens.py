@@ -16,7 +16,8 @@ on every replica as soon as the notification arrives, and an unknown token -- a 
 them included -- costs a dict lookup, never a query. Expiry is checked on every use
 against the clock. The set is trusted only while the change listener listens: without it
 (or with more tokens than fit) every call with a non-configured token looks its hash up in
-the database, at most ``LOOKUP_CONCURRENCY`` queries at a time per process.
+the database, at most ``LOOKUP_CONCURRENCY`` queries at a time per process, with at most
+``MAX_LOOKUP_WAITERS`` calls waiting for one (more are shed with UNAVAILABLE ``OVERLOADED``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from vaultsvc.auth import (
 )
 from vaultsvc.config import PRINCIPAL_PATTERN, ConfigError, validate_scopes
 from vaultsvc.domain import AuditRecord, validate_description, validate_page_size
-from vaultsvc.errors import InvalidArgument, PermissionDenied, Reason, VaultError
+from vaultsvc.errors import InvalidArgument, PermissionDenied, Reason, Unavailable, VaultError
 from vaultsvc.storage.notify import ChangeSink
 from vaultsvc.storage.tokens import TokenRecord, TokenTable
 from vaultsvc.vault.paging import decode_page_token, encode_page_token
@@ -49,6 +50,9 @@ TOKEN_KIND: Final = "t"  # noqa: S105 (a change kind, not a password)
 """Change-notification kind of ``access_tokens`` rows (key: the token id)."""
 LOOKUP_CONCURRENCY: Final = 4
 """Database lookups of tokens one process runs at once while its token set is not usable."""
+MAX_LOOKUP_WAITERS: Final = 64
+"""Calls waiting for such a lookup beyond which more are shed (UNAVAILABLE ``OVERLOADED``):
+unauthenticated work has no admission queue, so this one is bounded here."""
 MAX_SCOPES: Final = 100
 
 
@@ -58,6 +62,8 @@ class TokenCacheStats:
     refused_loads: int = 0
     lookups: int = 0
     """Per-call database lookups (the set was not usable)."""
+    shed: int = 0
+    """Calls refused because too many waited for a lookup."""
     invalidations: int = 0
 
 
@@ -188,6 +194,7 @@ class AccessTokens:
         self.table = table
         self.cache = cache
         self._lookups = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+        self._waiting = 0
         self._loading: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------- authenticating
@@ -203,9 +210,23 @@ class AccessTokens:
             await self._load()
         if self.cache.usable:
             return self.cache.get(digest)
-        async with self._lookups:
+        if self._waiting >= MAX_LOOKUP_WAITERS:
+            self.cache.stats.shed += 1
+            raise Unavailable(
+                "too many token lookups waiting; retry shortly",
+                reason=Reason.OVERLOADED,
+                retry_delay=0.1,
+            )
+        self._waiting += 1
+        try:
+            await self._lookups.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             self.cache.stats.lookups += 1
             return await self.table.find(digest)
+        finally:
+            self._lookups.release()
 
     async def _load(self) -> None:
         """One load for every caller waiting on it; a failed load leaves the per-call path."""
