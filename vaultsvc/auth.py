@@ -7,13 +7,19 @@ import hmac
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from vaultsvc.errors import PermissionDenied, Reason, Unauthenticated
 
 ADMIN = "admin"
 VIEWER = "viewer"
 RESOLVER = "resolver"
-ROLES = frozenset({ADMIN, VIEWER, RESOLVER})
+OPERATOR = "operator"
+"""Manages tokens (AccessService) and nothing else; may mint resolver tokens, so an
+operator credential can lead to values: it belongs with the key custodians."""
+ROLES = frozenset({ADMIN, VIEWER, RESOLVER, OPERATOR})
+#: The roles of the tokens an admin may create and revoke; the others need an operator.
+ADMIN_MINTABLE_ROLES = frozenset({ADMIN, VIEWER})
 
 _PKG = "/interakt.vault.v1."
 
@@ -39,6 +45,10 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     _PKG + "ResolverService/ResolveTemplate": frozenset({RESOLVER}),
     _PKG + "ResolverService/CheckTemplate": frozenset({ADMIN, VIEWER, RESOLVER}),
     _PKG + "AuditService/ListAuditEvents": frozenset({ADMIN}),
+    # Admins for admin and viewer tokens only (checked per token: vaultsvc.vault.tokens).
+    _PKG + "AccessService/CreateToken": frozenset({ADMIN, OPERATOR}),
+    _PKG + "AccessService/ListTokens": frozenset({ADMIN, OPERATOR}),
+    _PKG + "AccessService/RevokeToken": frozenset({ADMIN, OPERATOR}),
 }
 
 #: Open to everyone, never audited: standard health checking and server reflection.
@@ -84,20 +94,47 @@ def new_token() -> str:
     return "vt_" + secrets.token_urlsafe(32)
 
 
+_FINGERPRINT_DOMAIN = b"vaultsvc token fingerprint\0"
+
+
+def token_fingerprint(token: str) -> str:
+    """A short non-secret identifier of ``token`` (12 hex characters of a hash separate
+    from the lookup hash): tells tokens apart in a list, and the holder of a token can
+    compute it to find theirs. 48 bits of a hash of a 256-bit token reveal nothing of it."""
+    return hashlib.sha256(_FINGERPRINT_DOMAIN + token.encode("utf-8")).hexdigest()[:12]
+
+
+class TokenStore(Protocol):
+    """Tokens kept outside the configuration (the database: ``vaultsvc.vault.tokens``)."""
+
+    async def lookup(self, digest: bytes) -> Principal | None:
+        """The principal of the valid (unexpired, unrevoked) token whose SHA-256 is ``digest``."""
+        ...
+
+
 class TokenAuthenticator:
     """Looks a bearer token up among configured SHA-256 hashes in constant time."""
 
-    def __init__(self, entries: Iterable[TokenEntry]) -> None:
+    def __init__(self, entries: Iterable[TokenEntry], store: TokenStore | None = None) -> None:
         self._entries: Sequence[TokenEntry] = tuple(entries)
+        self.store = store
+        """Database tokens, asked only by :meth:`authenticate_call` when no configured
+        (bootstrap) token matches."""
 
     def authenticate(self, authorization: str | None) -> Principal:
-        if not authorization:
-            raise Unauthenticated("missing authorization metadata (expected 'Bearer <token>')")
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
-            raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>')")
-        found = self.lookup_hash(hash_token(token))
+        """Configured tokens only (the console's sign-in)."""
+        found = self.lookup_hash(_bearer_digest(authorization))
+        if found is None:
+            raise Unauthenticated("unknown token")
+        return found
+
+    async def authenticate_call(self, authorization: str | None) -> Principal:
+        """Configured tokens, then the database's: an RPC's credential. An expired,
+        revoked and unknown token get the same answer."""
+        digest = _bearer_digest(authorization)
+        found = self.lookup_hash(digest)
+        if found is None and self.store is not None:
+            found = await self.store.lookup(digest)
         if found is None:
             raise Unauthenticated("unknown token")
         return found
@@ -114,6 +151,16 @@ class TokenAuthenticator:
             if hmac.compare_digest(entry.sha256, digest):
                 found = entry
         return None if found is None else Principal(found.principal, found.role, found.scopes)
+
+
+def _bearer_digest(authorization: str | None) -> bytes:
+    if not authorization:
+        raise Unauthenticated("missing authorization metadata (expected 'Bearer <token>')")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+        raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>')")
+    return hash_token(token)
 
 
 def authorize(method: str, principal: Principal) -> None:

@@ -41,7 +41,8 @@ from vaultsvc.names import SCOPE_PATTERN
 _log = logging.getLogger(__name__)
 
 _TOKEN_HASH = re.compile(r"^[0-9a-f]{64}$")
-_PRINCIPAL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+PRINCIPAL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+_PRINCIPAL = PRINCIPAL_PATTERN
 _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -370,6 +371,13 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0.05, maximum=60,
     ),
     Setting(
+        "token_cache_max_entries", "VAULT_TOKEN_CACHE_MAX_ENTRIES", "token_cache_max_entries",
+        "int", 10_000,
+        "most database tokens each process keeps in memory (all valid ones while they fit; "
+        "beyond that, every call with a database token looks it up)",
+        minimum=0,
+    ),
+    Setting(
         "max_versions", "VAULT_MAX_VERSIONS", "max_versions", "int", 10,
         "sealed versions kept per secret; older ones are destroyed (value gone, metadata kept)",
         minimum=1, maximum=1000,
@@ -521,6 +529,7 @@ class Settings:
     cache_max_bytes: int = _D["cache.max_bytes"]
     cache_negative_max_entries: int = _D["cache.negative_max_entries"]
     cache_check_interval: float = _D["cache.check_interval"]
+    token_cache_max_entries: int = _D["token_cache_max_entries"]
     max_versions: int = _D["max_versions"]
     delete_recovery_days: int = _D["delete_recovery_days"]
     purge_interval: float = _D["purge_interval"]

@@ -96,6 +96,7 @@ class Reason(StrEnum):
     VERSION_IS_CURRENT = "VERSION_IS_CURRENT"
     VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
     REQUEST_ID_REUSED = "REQUEST_ID_REUSED"
+    OPERATOR_REQUIRED = "OPERATOR_REQUIRED"
 
 
 def listed(names: Sequence[str], separator: str = ", ") -> str:

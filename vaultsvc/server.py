@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from interakt.vault.v1 import (
+    access_service_pb2,
+    access_service_pb2_grpc,
     audit_service_pb2,
     audit_service_pb2_grpc,
     config_service_pb2,
@@ -23,6 +25,7 @@ from interakt.vault.v1 import (
     secret_service_pb2_grpc,
 )
 
+from vaultsvc.api.access import AccessServicer
 from vaultsvc.api.audit import AuditServicer
 from vaultsvc.api.configs import ConfigServicer
 from vaultsvc.api.drain import DrainGate
@@ -52,10 +55,12 @@ from vaultsvc.storage.audit_store import AuditStore
 from vaultsvc.storage.db import Database
 from vaultsvc.storage.notify import ChangeListener
 from vaultsvc.storage.repository import Repository
+from vaultsvc.storage.tokens import TokenTable
 from vaultsvc.vault import Lifecycle, Vault
 from vaultsvc.vault.cache import SealedRowCache
 from vaultsvc.vault.purge import Purger
 from vaultsvc.vault.retention import AuditRetention
+from vaultsvc.vault.tokens import AccessTokens, ChangeRouter, TokenCache
 
 _log = logging.getLogger("vaultsvc.server")
 
@@ -64,6 +69,7 @@ SERVICE_NAMES = (
     config_service_pb2.DESCRIPTOR.services_by_name["ConfigService"].full_name,
     resolver_service_pb2.DESCRIPTOR.services_by_name["ResolverService"].full_name,
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    access_service_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
 )
 
 
@@ -94,13 +100,16 @@ class Runtime:
     purger: Purger
     """Background purge of expired deleted secrets (every replica runs one)."""
     changes: ChangeListener | None = None
-    """Keeps ``vault.cache`` coherent (None when the cache is off)."""
+    """Keeps ``vault.cache`` and the database-token cache coherent (None when the cache
+    is off: database tokens are then looked up on every call)."""
     drain: DrainGate = field(default_factory=DrainGate)
     """Closed by :func:`stop_server`: new calls get UNAVAILABLE instead of CANCELLED."""
     console: ConsoleServer | None = None
     """The admin console and JSON API (``console_listen``), in this process and loop."""
     retention: AuditRetention | None = None
     """Deletes audit events past ``audit_retention_days`` (one process at a time)."""
+    tokens: AccessTokens | None = None
+    """Database tokens (AccessService) and this process's cache of them."""
 
     @property
     def address(self) -> str:
@@ -138,11 +147,13 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             retention_days=settings.audit_retention_days,
             interval=settings.audit_retention_interval,
         )
+        tokens = AccessTokens(TokenTable(db), TokenCache(settings.token_cache_max_entries))
         changes = None
+        # Without a listener (cache off) database tokens are looked up on every call.
         if settings.cache_enabled and db.url is not None:
             changes = ChangeListener(
                 db.direct_url,
-                cache,
+                ChangeRouter(cache, tokens.cache),
                 check_interval=settings.cache_check_interval,
                 connect_timeout=settings.database.connect_timeout,
             )
@@ -162,7 +173,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         )
         frontdoor = FrontDoor(settings)
         drain = DrainGate()
-        authenticator = TokenAuthenticator(settings.tokens)
+        authenticator = TokenAuthenticator(settings.tokens, tokens)
         interceptor = VaultInterceptor(authenticator, audit, settings, frontdoor=frontdoor)
         # No grpc-wide maximum_concurrent_rpcs: it counts calls before any token is checked,
         # health included; the front door's budgets bound each kind of call instead.
@@ -187,6 +198,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             server,
         )
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(vault), server)
+        access_service_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(tokens), server)
         health_servicer = VaultHealth(db, settings.health_db_grace)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -241,6 +253,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             drain,
             console,
             retention,
+            tokens,
         )
     except BaseException:
         await resources.aclose()

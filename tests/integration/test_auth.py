@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from interakt.vault.v1 import access_service_pb2 as tpb
 from interakt.vault.v1 import audit_service_pb2 as apb
 from interakt.vault.v1 import config_service_pb2 as cpb
 from interakt.vault.v1 import resolver_service_pb2 as rpb
@@ -31,6 +33,7 @@ from vaultsvc.api.interceptor import VaultInterceptor
 from vaultsvc.auth import (
     ADMIN,
     METHOD_ROLES,
+    OPERATOR,
     RESOLVER,
     VIEWER,
     Principal,
@@ -64,6 +67,10 @@ API_ROLES: dict[str, set[str]] = {
         PKG + "ConfigService/DeleteConfigValue",
         PKG + "ResolverService/CheckTemplate",
         PKG + "AuditService/ListAuditEvents",
+        # For admin and viewer tokens only (tests/integration/test_access_tokens.py).
+        PKG + "AccessService/CreateToken",
+        PKG + "AccessService/ListTokens",
+        PKG + "AccessService/RevokeToken",
     },
     VIEWER: {
         PKG + "SecretService/GetSecret",
@@ -77,6 +84,11 @@ API_ROLES: dict[str, set[str]] = {
     RESOLVER: {
         PKG + "ResolverService/ResolveTemplate",
         PKG + "ResolverService/CheckTemplate",
+    },
+    OPERATOR: {
+        PKG + "AccessService/CreateToken",
+        PKG + "AccessService/ListTokens",
+        PKG + "AccessService/RevokeToken",
     },
 }
 
@@ -168,7 +180,9 @@ def test_role_table_matches_the_api_contract() -> None:
     for role, allowed in API_ROLES.items():
         granted = {m for m, roles in METHOD_ROLES.items() if role in roles}
         assert granted == allowed, role
-    assert all(roles and roles <= {ADMIN, VIEWER, RESOLVER} for roles in METHOD_ROLES.values())
+    assert all(
+        roles and roles <= {ADMIN, VIEWER, RESOLVER, OPERATOR} for roles in METHOD_ROLES.values()
+    )
     assert ADMIN not in METHOD_ROLES[PKG + "ResolverService/ResolveTemplate"]
 
 
@@ -205,6 +219,7 @@ def test_authenticator_parses_only_well_formed_bearer_headers() -> None:
 SECRET = "matrix_secret"
 SECRET_VALUE = "matrix-value-1"
 CONFIG = "matrix_config"
+MATRIX_TOKEN_ID = "00000000-0000-4000-8000-00000000000a"
 TEMPLATE = [rpb.TemplateField(key="auth", template=f"Bearer {{{{secret:{SECRET}}}}}")]
 
 #: A request per RPC that succeeds for every role allowed to make it (in this order).
@@ -232,6 +247,9 @@ REQUESTS: dict[str, Message] = {
     ),
     PKG + "ResolverService/CheckTemplate": rpb.CheckTemplateRequest(fields=TEMPLATE),
     PKG + "AuditService/ListAuditEvents": apb.ListAuditEventsRequest(),
+    PKG + "AccessService/CreateToken": tpb.CreateTokenRequest(principal="matrix", role=VIEWER),
+    PKG + "AccessService/ListTokens": tpb.ListTokensRequest(),
+    PKG + "AccessService/RevokeToken": tpb.RevokeTokenRequest(id=MATRIX_TOKEN_ID),
 }
 
 
@@ -249,6 +267,13 @@ async def seed(vault: VaultHandle) -> tuple[str, str]:
         cpb.PutConfigValueRequest(key=CONFIG, value="original"),
     )
     assert isinstance(created, spb.Secret)
+    # A database viewer token for RevokeToken (its hash: of no token anyone holds).
+    await vault.sql(
+        "INSERT INTO access_tokens (id, lookup_hash, fingerprint, principal, role) "
+        "VALUES ($1, $2, 'matrix', 'matrix', 'viewer')",
+        uuid.UUID(MATRIX_TOKEN_ID),
+        hash_token(new_token()),
+    )
     return created.etag, "original"
 
 
@@ -256,8 +281,9 @@ def test_requests_cover_every_rpc() -> None:
     assert set(REQUESTS) == set(RPCS)
 
 
-@pytest.mark.parametrize("role", [ADMIN, VIEWER, RESOLVER])
-async def test_every_role_against_every_rpc(vault: VaultHandle, role: str) -> None:
+@pytest.mark.parametrize("role", [ADMIN, VIEWER, RESOLVER, OPERATOR])
+async def test_every_role_against_every_rpc(make_vault: VaultFactory, role: str) -> None:
+    vault = await make_vault(tokens={r: new_token() for r in (ADMIN, VIEWER, RESOLVER, OPERATOR)})
     etag, _ = await seed(vault)
     channel = vault.channel(role)
     outcomes: dict[str, str] = {}

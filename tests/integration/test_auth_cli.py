@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from interakt.vault.v1 import access_service_pb2 as tpb
+from interakt.vault.v1 import access_service_pb2_grpc as tgrpc
 from interakt.vault.v1 import resolver_service_pb2 as rpb
 from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
@@ -149,6 +151,9 @@ async def test_dev_prints_one_working_token_per_role(pg: EmbeddedPostgres, tmp_p
         tokens = dict(re.findall(r"^\s+(admin|viewer|resolver) token\s*:\s*(vt_\S+)$", text, re.M))
         assert set(tokens) == {"admin", "viewer", "resolver"}, text
         assert len(set(tokens.values())) == 3
+        # A fourth line: the operator's token, which mints resolver tokens (AccessService).
+        operator = re.search(r"^\s+operator token\s*:\s*(vt_\S+) ", text, re.M)
+        assert operator is not None and operator.group(1) not in tokens.values(), text
         address = re.search(r"listening on\s*:\s*(127\.0\.0\.1:\d+)", text)
         assert address is not None and not address.group(1).endswith(":0"), text
         # The console asked for port 0: the banner names the port actually bound.
@@ -188,6 +193,12 @@ async def test_dev_prints_one_working_token_per_role(pg: EmbeddedPostgres, tmp_p
                         timeout=10,
                     )
                 assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            minted = await tgrpc.AccessServiceStub(channel).CreateToken(
+                tpb.CreateTokenRequest(principal="dev-ci", role="resolver"),
+                metadata=bearer(operator.group(1)),
+                timeout=10,
+            )
+            assert minted.token.startswith("vt_")
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

@@ -22,6 +22,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import Message
+from interakt.vault.v1 import access_service_pb2 as tpb
+from interakt.vault.v1 import access_service_pb2_grpc as tgrpc
 from interakt.vault.v1 import audit_service_pb2 as apb
 from interakt.vault.v1 import audit_service_pb2_grpc as agrpc
 from interakt.vault.v1 import config_service_pb2 as cpb
@@ -31,7 +33,8 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
-from tests.support.vault import LogCapture, VaultHandle
+from tests.support.vault import LogCapture, VaultFactory, VaultHandle
+from vaultsvc.auth import ADMIN, OPERATOR, RESOLVER, VIEWER, hash_token, new_token
 from vaultsvc.crypto import Envelope, SealedValue, SecretContext
 from vaultsvc.logs import JsonFormatter, TextFormatter
 from vaultsvc.storage.embedded import EmbeddedPostgres
@@ -569,6 +572,80 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
     assert "exploding" not in logs and "decryption exploded" not in logs
     assert '"error": "RuntimeError"' in logs, "the forced exception was logged, by type only"
     assert find_canary(forms, logs) == []
+
+
+async def test_a_minted_token_appears_only_in_its_create_response(
+    make_vault: VaultFactory, pg: EmbeddedPostgres, log_capture: LogCapture
+) -> None:
+    """The token AccessService mints is a canary too: returned once by CreateToken, then
+    never in a reply, status, audit event, log line or the database; its hash (which the
+    database keeps) never leaves the vault either."""
+    roles = (ADMIN, VIEWER, RESOLVER, OPERATOR)
+    vault = await make_vault(tokens={role: new_token() for role in roles})
+    ex = Exchange()
+    operator = tgrpc.AccessServiceStub(vault.channel(OPERATOR))
+    admin_access = tgrpc.AccessServiceStub(vault.channel(ADMIN))
+    admin = sgrpc.SecretServiceStub(vault.channel(ADMIN))
+    await ex.ok("secret", admin.CreateSecret(spb.CreateSecretRequest(name="api", value="v")))
+
+    created = await operator.CreateToken(
+        tpb.CreateTokenRequest(principal="ci", role=RESOLVER, description="planted")
+    )
+    token = created.token
+    digest = hash_token(token)
+    token_forms = canary_forms(token)
+    hash_forms = [digest, digest.hex().encode(), digest.hex().upper().encode()]
+    hash_forms += [base64.b64encode(b"\0" * s + digest)[4:-4] for s in range(3)]
+    forms = token_forms + hash_forms
+    assert find_canary(forms, created.SerializeToString()), "the one place it appears"
+    info = created.info
+
+    minted = rgrpc.ResolverServiceStub(vault.channel(token=token))
+    await ex.ok(
+        "resolve with it",
+        minted.ResolveTemplate(rpb.ResolveTemplateRequest(fields=[field_("f", "{{secret:api}}")])),
+        may_hold_value=True,
+    )
+    await ex.ok("list", operator.ListTokens(tpb.ListTokensRequest()))
+    await ex.ok("admin list", admin_access.ListTokens(tpb.ListTokensRequest(page_size=1)))
+    await ex.fails(
+        "admin revoke",
+        admin_access.RevokeToken(tpb.RevokeTokenRequest(id=info.id)),
+        Code.PERMISSION_DENIED,
+    )
+    await ex.fails(
+        "minted token on AccessService",
+        tgrpc.AccessServiceStub(vault.channel(token=token)).ListTokens(tpb.ListTokensRequest()),
+        Code.PERMISSION_DENIED,
+    )
+    for label, variant in (("longer", token + "x"), ("shorter", token[:-1])):
+        await ex.fails(
+            f"{label} token",
+            rgrpc.ResolverServiceStub(vault.channel(token=variant)).CheckTemplate(
+                rpb.CheckTemplateRequest(fields=[field_("f", "x")])
+            ),
+            Code.UNAUTHENTICATED,
+        )
+    await ex.ok("revoke", operator.RevokeToken(tpb.RevokeTokenRequest(id=info.id)))
+    await ex.fails(
+        "revoked token",
+        minted.CheckTemplate(rpb.CheckTemplateRequest(fields=[field_("f", "x")])),
+        Code.UNAUTHENTICATED,
+    )
+    await vault.runtime.audit.flush()
+    await ex.ok(
+        "audit",
+        agrpc.AuditServiceStub(vault.channel(ADMIN)).ListAuditEvents(apb.ListAuditEventsRequest()),
+    )
+
+    leaks = [label for label, data in ex.forbidden if find_canary(forms, data)]
+    assert leaks == [], f"the token or its hash reached: {leaks}"
+    rows = await vault.sql("SELECT * FROM audit_events")
+    assert any(f"token:{info.id}" in r["secret_names"] for r in rows)
+    assert find_canary(forms, repr([dict(r) for r in rows])) == []
+    dump = await pg_dump(pg, vault.database_url)
+    assert b"access_tokens" in dump and find_canary(token_forms, dump) == []
+    assert find_canary(forms, log_capture.text()) == []
 
 
 # --------------------------------------------------------------- log hygiene

@@ -15,6 +15,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from interakt.vault.v1 import (
+    access_service_pb2_grpc,
     audit_service_pb2_grpc,
     config_service_pb2_grpc,
     resolver_service_pb2_grpc,
@@ -113,6 +114,7 @@ async def start_fake(
     config_service_pb2_grpc.add_ConfigServiceServicer_to_server(fake, server)
     resolver_service_pb2_grpc.add_ResolverServiceServicer_to_server(fake, server)
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(fake, server)
+    access_service_pb2_grpc.add_AccessServiceServicer_to_server(fake, server)
     if server_credentials is None:
         port = server.add_insecure_port("127.0.0.1:0")
     else:

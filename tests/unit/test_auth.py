@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from interakt.vault.v1 import (
+    access_service_pb2,
     audit_service_pb2,
     config_service_pb2,
     resolver_service_pb2,
@@ -14,6 +15,7 @@ from interakt.vault.v1 import (
 from vaultsvc.auth import (
     ADMIN,
     METHOD_ROLES,
+    OPERATOR,
     RESOLVER,
     ROLES,
     VIEWER,
@@ -27,7 +29,7 @@ from vaultsvc.auth import (
 )
 from vaultsvc.errors import PermissionDenied, Reason, Unauthenticated
 
-A, V, R = ADMIN, VIEWER, RESOLVER
+A, V, R, OP = ADMIN, VIEWER, RESOLVER, OPERATOR
 
 #: The role table of the README ("Roles"), written out independently of vaultsvc.auth.
 EXPECTED = {
@@ -49,12 +51,23 @@ EXPECTED = {
     "ResolverService/ResolveTemplate": {R},
     "ResolverService/CheckTemplate": {A, V, R},
     "AuditService/ListAuditEvents": {A},
+    # Operators manage tokens and nothing else; admins only admin and viewer tokens
+    # (checked per token, tests/integration/test_access_tokens.py).
+    "AccessService/CreateToken": {A, OP},
+    "AccessService/ListTokens": {A, OP},
+    "AccessService/RevokeToken": {A, OP},
 }
 
 
 def _served_methods() -> set[str]:
     methods = set()
-    for module in (secret_service_pb2, config_service_pb2, resolver_service_pb2, audit_service_pb2):
+    for module in (
+        secret_service_pb2,
+        config_service_pb2,
+        resolver_service_pb2,
+        audit_service_pb2,
+        access_service_pb2,
+    ):
         for service in module.DESCRIPTOR.services_by_name.values():
             methods.update(f"/{service.full_name}/{m.name}" for m in service.methods)
     return methods

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf import empty_pb2
+from interakt.vault.v1 import access_service_pb2 as access_pb
 from interakt.vault.v1 import audit_service_pb2 as audit_pb
 from interakt.vault.v1 import config_service_pb2 as config_pb
 from interakt.vault.v1 import resolver_service_pb2 as resolver_pb
@@ -162,6 +163,7 @@ IDEMPOTENT = [
         lambda c: c.list_secret_versions("a"),
         secret_pb.ListSecretVersionsResponse(),
     ),
+    Rpc("ListTokens", lambda c: c.list_tokens(), access_pb.ListTokensResponse()),
 ]
 
 NOT_IDEMPOTENT = [
@@ -177,6 +179,9 @@ NOT_IDEMPOTENT = [
         lambda c: c.identify_secret_value("v"),
         secret_pb.IdentifySecretValueResponse(),
     ),
+    # A retried create could mint a second token, the first one lost.
+    Rpc("CreateToken", lambda c: c.create_token("ci", "resolver"), access_pb.CreateTokenResponse()),
+    Rpc("RevokeToken", lambda c: c.revoke_token("id"), access_pb.RevokeTokenResponse()),
 ]
 
 
@@ -630,3 +635,23 @@ async def test_from_channel_leaves_the_channel_open(fake: FakeVault) -> None:
         assert (await stub_client.get_vault_stats()).total_secrets == 2
     finally:
         await channel.close()
+
+
+async def test_create_token_sends_expiry_and_scopes(fake: FakeVault) -> None:
+    fake.reply("CreateToken", access_pb.CreateTokenResponse(token="vt_x"))
+    ends = datetime.datetime(2031, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    async with AsyncVaultClient(fake.address) as client:
+        reply = await client.create_token(
+            "ci", "resolver", description="d", expire_time=ends, scopes=["pay_*"]
+        )
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await client.create_token("ci", "viewer", expire_time=datetime.datetime(2031, 1, 2))
+    assert reply.token == "vt_x"
+    (call,) = fake.calls_to("CreateToken")
+    assert (call.request.principal, call.request.role, call.request.description) == (
+        "ci",
+        "resolver",
+        "d",
+    )
+    assert list(call.request.scopes) == ["pay_*"]
+    assert call.request.expire_time.ToDatetime(tzinfo=datetime.UTC) == ends

@@ -266,6 +266,10 @@ CASES: tuple[Case, ...] = (
         bad=(("-1", "-7"),), wrong_type=("[50]",), env_wrong_type=("none",),
     ),
     Case(
+        "token_cache_max_entries", "200", 200, "3", 3,
+        bad=(("-1", "-3"),), wrong_type=('"many"',), env_wrong_type=("many",),
+    ),
+    Case(
         "cache.check_interval", "0.25", 0.25, "5", 5.0,
         bad=(("0.01", "61"), ("0", "-1")), wrong_type=('"1"',), env_wrong_type=("often",),
     ),
@@ -574,6 +578,7 @@ def test_variables_of_other_tools_are_ignored_quietly(
 
 TOKENS_GOOD = [
     (f"ci-bot:resolver:{HASH_A}", [("ci-bot", "resolver", HASH_A)]),
+    (f"keyholder:operator:{HASH_B}", [("keyholder", "operator", HASH_B.lower())]),
     (f" a@x.io : admin : {HASH_B} ,, b.c:viewer:{HASH_A},",
      [("a@x.io", "admin", HASH_B.lower()), ("b.c", "viewer", HASH_A)]),
 ]  # fmt: skip
@@ -585,6 +590,7 @@ TOKENS_BAD = [
     ("ci-bot:admin:abc123", "VAULT_TOKENS entry 1: principal ci-bot needs the token's SHA-256"),
     (f"ci-bot:admin:{'g' * 64}", "VAULT_TOKENS entry 1: principal ci-bot needs the token's"),
     (f"-x:admin:{HASH_A}", "VAULT_TOKENS entry 1: invalid principal name"),
+    (f"ops:operator:{HASH_A}:payments_*", "VAULT_TOKENS entry 1: principal ops has role operator;"),
     (f"a:b:admin:{HASH_A}", "VAULT_TOKENS entry 1: invalid principal name"),
 ]
 

@@ -130,7 +130,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             response_serializer=handler.response_serializer,
         )
 
-    def _principal(self, metadata: dict[str, Any], context: Any) -> Principal:
+    async def _principal(self, metadata: dict[str, Any], context: Any) -> Principal:
         if sum(1 for key, _ in context.invocation_metadata() or () if key == "authorization") > 1:
             raise Unauthenticated(
                 "more than one authorization header: send exactly one 'Bearer <token>'"
@@ -144,7 +144,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     return principal
         if isinstance(authorization, bytes):
             raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>')")
-        return self.authenticator.authenticate(authorization)
+        return await self.authenticator.authenticate_call(authorization)
 
     async def _handle(self, inner: Handler, method: str, requests: Any, context: Any) -> Any:
         # An admitted call holds its slot until its reply is decided, audit commit included:
@@ -173,7 +173,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         error: VaultError | None = None
         response: Any = None
         try:
-            principal = self._principal(metadata, context)
+            principal = await self._principal(metadata, context)
             call.set_principal(principal.name, principal.role, principal.scopes)
             authorize(method, principal)
             # Fail fast, before any work, when this call's event could not be committed.

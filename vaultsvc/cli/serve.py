@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vaultsvc.auth import ADMIN, RESOLVER, VIEWER, TokenEntry, hash_token, new_token
+from vaultsvc.auth import ADMIN, OPERATOR, RESOLVER, VIEWER, TokenEntry, hash_token, new_token
 from vaultsvc.bootstrap import StartupError
 from vaultsvc.cli.common import EXIT_PORT_IN_USE, Subparsers, add_config_flag, fail
 from vaultsvc.config import (
@@ -176,14 +176,20 @@ def _dev_credentials(data_dir: Path) -> dict[str, Any]:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private when we create it
     path = data_dir / "dev-credentials.json"
     if path.exists():
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    key_id, key = generate_master_key()
-    creds = {
-        "warning": "development only; never use these outside a throwaway dev vault",
-        "master_keys": f"{key_id}:{key}",
-        "tokens": {role: new_token() for role in (ADMIN, VIEWER, RESOLVER)},
-    }
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        creds = dict(json.loads(path.read_text(encoding="utf-8")))
+        if OPERATOR in creds["tokens"]:
+            return creds
+        # Written before the operator role existed: add its token (the file stays 0600).
+        creds["tokens"][OPERATOR] = new_token()
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    else:
+        key_id, key = generate_master_key()
+        creds = {
+            "warning": "development only; never use these outside a throwaway dev vault",
+            "master_keys": f"{key_id}:{key}",
+            "tokens": {role: new_token() for role in (ADMIN, VIEWER, RESOLVER, OPERATOR)},
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(creds, handle, indent=2)
     return creds
@@ -220,6 +226,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         f"  admin token    : {tokens[ADMIN]}",
         f"  viewer token   : {tokens[VIEWER]}",
         f"  resolver token : {tokens[RESOLVER]}",
+        f"  operator token : {tokens[OPERATOR]} (creates resolver tokens: vaultctl tokens)",
         "",
         "  try:",
         f"    export VAULT_ADDR={host}:{{port}} VAULT_TOKEN={tokens[ADMIN]}",

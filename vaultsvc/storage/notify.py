@@ -31,7 +31,7 @@ _log = logging.getLogger("vaultsvc.storage")
 
 CHANNEL = "vault_changes"
 _CURRENT_SEQ = "SELECT change_seq FROM change_state WHERE id = 1"
-_KINDS = frozenset({"s", "c"})
+_KINDS = frozenset({"s", "c", "t"})  # t: access_tokens (V9), key = the token id
 
 
 class ChangeSink(Protocol):

@@ -13,6 +13,7 @@ from typing import Any, TypeAlias, cast
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
+from interakt.vault.v1 import access_service_pb2 as access_pb
 from interakt.vault.v1 import audit_service_pb2 as audit_pb
 from interakt.vault.v1 import config_service_pb2 as config_pb
 from interakt.vault.v1 import resolver_service_pb2 as resolver_pb
@@ -163,6 +164,10 @@ RPC_POLICIES: Mapping[str, RpcPolicy] = {
     "ResolverService.ResolveTemplate": READ,
     "ResolverService.CheckTemplate": READ,
     "AuditService.ListAuditEvents": READ,
+    # A retried create could mint two tokens (the first one lost): never retried.
+    "AccessService.CreateToken": WRITE,
+    "AccessService.ListTokens": READ,
+    "AccessService.RevokeToken": WRITE,
 }
 """Every RPC of the contract, declared once: ``Service.Method`` -> policy."""
 
@@ -171,6 +176,7 @@ SERVICES: tuple[ServiceDescriptor, ...] = (
     config_pb.DESCRIPTOR.services_by_name["ConfigService"],
     resolver_pb.DESCRIPTOR.services_by_name["ResolverService"],
     audit_pb.DESCRIPTOR.services_by_name["AuditService"],
+    access_pb.DESCRIPTOR.services_by_name["AccessService"],
 )
 
 

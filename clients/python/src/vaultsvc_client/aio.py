@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from grpc import aio
+from interakt.vault.v1 import access_service_pb2 as access_pb
+from interakt.vault.v1 import access_service_pb2_grpc as access_grpc
 from interakt.vault.v1 import audit_service_pb2 as audit_pb
 from interakt.vault.v1 import audit_service_pb2_grpc as audit_grpc
 from interakt.vault.v1 import config_service_pb2 as config_pb
@@ -54,6 +57,7 @@ __all__ = [
     "AsyncPager",
     "AsyncSecretVersionsPager",
     "AsyncSecretsPager",
+    "AsyncTokensPager",
     "AsyncVaultClient",
 ]
 
@@ -130,6 +134,7 @@ AsyncSecretsPager = AsyncPager[secret_pb.ListSecretsResponse, secret_pb.Secret]
 AsyncSecretVersionsPager = AsyncPager[secret_pb.ListSecretVersionsResponse, secret_pb.SecretVersion]
 AsyncConfigValuesPager = AsyncPager[config_pb.ListConfigValuesResponse, config_pb.ConfigValue]
 AsyncAuditEventsPager = AsyncPager[audit_pb.ListAuditEventsResponse, audit_pb.AuditEvent]
+AsyncTokensPager = AsyncPager[access_pb.ListTokensResponse, access_pb.TokenInfo]
 
 
 class AsyncVaultClient:
@@ -180,12 +185,14 @@ class AsyncVaultClient:
         self._configs = config_grpc.ConfigServiceStub(channel)
         self._resolver = resolver_grpc.ResolverServiceStub(channel)
         self._audit = audit_grpc.AuditServiceStub(channel)
+        self._access = access_grpc.AccessServiceStub(channel)
         self._policies = policies_by_method(
             {
                 "SecretService": self._secrets,
                 "ConfigService": self._configs,
                 "ResolverService": self._resolver,
                 "AuditService": self._audit,
+                "AccessService": self._access,
             }
         )
 
@@ -526,6 +533,65 @@ class AsyncVaultClient:
 
         return AsyncPager(fetch, _events_of, page_token=page_token)
 
+    # -- AccessService ---------------------------------------------------------------
+
+    async def create_token(
+        self,
+        principal: str,
+        role: str,
+        *,
+        description: str = "",
+        expire_time: datetime | None = None,
+        scopes: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> access_pb.CreateTokenResponse:
+        """A new database token: ``.token`` is shown only here, once (never retried).
+
+        ``expire_time`` must be timezone-aware; None: the token does not expire.
+        """
+        request = access_pb.CreateTokenRequest(
+            principal=principal, role=role, description=description, scopes=list(scopes)
+        )
+        if expire_time is not None:
+            if expire_time.tzinfo is None:
+                raise ValueError("expire_time must be timezone-aware (e.g. datetime.now(UTC))")
+            stamp = timestamp_pb2.Timestamp()
+            stamp.FromDatetime(expire_time)
+            request.expire_time.CopyFrom(stamp)
+        return await self._call(self._access.CreateToken, request, timeout)
+
+    async def list_tokens(
+        self,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> AsyncTokensPager:
+        """Database tokens, oldest first, as a pager (metadata and fingerprints only)."""
+        pager = self.iter_tokens(page_size, page_token, timeout=timeout)
+        await pager._first_page()
+        return pager
+
+    def iter_tokens(
+        self,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        page_token: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> AsyncTokensPager:
+        """Like :meth:`list_tokens`, but nothing is fetched until iterated."""
+
+        async def fetch(token: str) -> access_pb.ListTokensResponse:
+            request = access_pb.ListTokensRequest(page_size=page_size, page_token=token)
+            return await self._call(self._access.ListTokens, request, timeout)
+
+        return AsyncPager(fetch, _tokens_of, page_token=page_token)
+
+    async def revoke_token(self, token_id: str, *, timeout: float | None = None) -> None:
+        """Revokes a database token (by its id, as :meth:`list_tokens` shows it)."""
+        request = access_pb.RevokeTokenRequest(id=token_id)
+        await self._call(self._access.RevokeToken, request, timeout)
+
     # -- plumbing --------------------------------------------------------------------
 
     async def _call(
@@ -574,3 +640,7 @@ def _config_values_of(page: config_pb.ListConfigValuesResponse) -> Sequence[conf
 
 def _events_of(page: audit_pb.ListAuditEventsResponse) -> Sequence[audit_pb.AuditEvent]:
     return page.events
+
+
+def _tokens_of(page: access_pb.ListTokensResponse) -> Sequence[access_pb.TokenInfo]:
+    return page.tokens

@@ -1,7 +1,7 @@
 """vaultctl: the command line for vaultsvc.
 
 One module per command group (``secrets``, ``stats``, ``configs``, ``check``,
-``resolve``, ``audit``, ``completion``); ``options`` holds the parser and the
+``resolve``, ``audit``, ``tokens``, ``completion``); ``options`` holds the parser and the
 connection flags (each declared once with its environment variable),
 ``output`` what is printed, ``stdio`` what is read.
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from ..errors import VaultError
 from ..load.command import add_load_parser
-from . import audit, check, completion, configs, identify, resolve, secrets, stats
+from . import audit, check, completion, configs, identify, resolve, secrets, stats, tokens
 from .exits import (
     EXIT_ALREADY_EXISTS,
     EXIT_CODES,
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
         description="Manage secrets and config values of a vaultsvc vault; check and "
-        "resolve tool templates; read the audit trail.",
+        "resolve tool templates; read the audit trail; manage tokens.",
         epilog=environment_epilog() + "\n\n" + exit_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[global_options(shown=True)],
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.register(groups)
     resolve.register(groups)
     audit.register(groups)
+    tokens.register(groups)
     identify.register(groups)
     load = add_load_parser(groups, parents=[global_options(shown=False)])
     load.epilog = CONNECTION_NOTE + "\n\n" + load.epilog  # load has exit codes of its own

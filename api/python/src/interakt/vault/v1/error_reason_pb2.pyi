@@ -329,6 +329,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
 
     Status code: FAILED_PRECONDITION.
     """
+    OPERATOR_REQUIRED: _ErrorReason.ValueType  # 58
+    """CreateToken or RevokeToken of a resolver or operator token by an admin: those
+    tokens lead to values, so they need the operator role.
+
+    Status code: PERMISSION_DENIED.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The values of `google.rpc.ErrorInfo.reason` in the `vault.interakt` error
@@ -651,5 +657,11 @@ REQUEST_ID_REUSED: ErrorReason.ValueType  # 57
 """CreateSecret with a request_id already used for another secret.
 
 Status code: FAILED_PRECONDITION.
+"""
+OPERATOR_REQUIRED: ErrorReason.ValueType  # 58
+"""CreateToken or RevokeToken of a resolver or operator token by an admin: those
+tokens lead to values, so they need the operator role.
+
+Status code: PERMISSION_DENIED.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
