@@ -28,7 +28,7 @@ def test_every_code_maps_to_the_grpc_code_of_the_same_name() -> None:
 
 
 def test_reason_members_are_their_values() -> None:
-    assert len(Reason) == 57  # REASONS.txt's 56 + REQUEST_ID_REUSED (issue 15)
+    assert len(Reason) == 58  # REASONS.txt's 56 + REQUEST_ID_REUSED (15) + OPERATOR_REQUIRED (13)
     for member in Reason:
         assert member.name == member.value
         assert re.fullmatch(r"[A-Z][A-Z0-9_]*", member.value)
