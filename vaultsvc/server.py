@@ -23,6 +23,7 @@ from interakt.vault.v1 import (
     secret_service_pb2_grpc,
 )
 
+from vaultsvc import telemetry
 from vaultsvc.api.audit import AuditServicer
 from vaultsvc.api.configs import ConfigServicer
 from vaultsvc.api.drain import DrainGate
@@ -52,6 +53,7 @@ from vaultsvc.storage.audit_store import AuditStore
 from vaultsvc.storage.db import Database
 from vaultsvc.storage.notify import ChangeListener
 from vaultsvc.storage.repository import Repository
+from vaultsvc.telemetry import MetricsEndpoint
 from vaultsvc.vault import Lifecycle, Vault
 from vaultsvc.vault.cache import SealedRowCache
 from vaultsvc.vault.purge import Purger
@@ -98,6 +100,8 @@ class Runtime:
     """Closed by :func:`stop_server`: new calls get UNAVAILABLE instead of CANCELLED."""
     console: ConsoleServer | None = None
     """The admin console and JSON API (``console_listen``), in this process and loop."""
+    metrics: MetricsEndpoint | None = None
+    """``/metrics`` (``metrics_listen``; a supervisor's worker only records)."""
 
     @property
     def address(self) -> str:
@@ -120,6 +124,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
     resources = contextlib.AsyncExitStack()
     db = await resources.enter_async_context(opened_database(settings))
     try:
+        metrics = telemetry.start(settings, resources)
         await prepare_database(db, keyring)
         repository = Repository(db)
         cache = SealedRowCache(
@@ -211,9 +216,14 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         await server.start()
         await health_servicer.start(SERVICE_NAMES)
         purger.start()
+        await telemetry.watch(resources, db, vault, audit)
         _log.info(
             "worker listening" if shared_port else "vault listening",
-            extra={"listen": f"{host}:{port}", "tls": credentials is not None},
+            extra={
+                "listen": f"{host}:{port}",
+                "tls": credentials is not None,
+                "metrics": None if metrics is None else metrics.address,
+            },
         )
         return Runtime(
             settings,
@@ -230,6 +240,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             changes,
             drain,
             console,
+            metrics,
         )
     except BaseException:
         await resources.aclose()

@@ -59,6 +59,8 @@ async def _serve(settings: Settings, ready_message: str | None = None) -> None:
     if ready_message:
         console_url = runtime.console.url if runtime.console is not None else "off"
         message = ready_message.replace("{port}", str(runtime.port))
+        metrics_url = runtime.metrics.url if runtime.metrics is not None else "off"
+        message = message.replace("{metrics_url}", metrics_url)
         print(message.replace("{console_url}", console_url), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -121,6 +123,8 @@ BANNER = r"""
 
 #: Where ``dev`` serves the console unless VAULT_CONSOLE_LISTEN says otherwise.
 DEV_CONSOLE_LISTEN = "127.0.0.1:8250"
+#: Where ``dev`` serves Prometheus metrics unless VAULT_METRICS_LISTEN says otherwise.
+DEV_METRICS_LISTEN = "127.0.0.1:9250"
 
 
 def _dev_credentials(data_dir: Path) -> dict[str, Any]:
@@ -159,6 +163,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         ),
         log_format=os.environ.get("VAULT_LOG_FORMAT", "text"),
         console_listen=base.console_listen or DEV_CONSOLE_LISTEN,
+        metrics_listen=base.metrics_listen or DEV_METRICS_LISTEN,
     )
     host = settings.listen.rpartition(":")[0]
     lines = [
@@ -169,6 +174,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         f"  credentials    : {(settings.data_dir / 'dev-credentials.json').resolve()} (mode 0600)",
         f"  listening on   : {host}:{{port}}",
         "  console        : {console_url} (sign in with the admin or viewer token)",
+        "  metrics        : {metrics_url} (Prometheus)",
         "",
         f"  admin token    : {tokens[ADMIN]}",
         f"  viewer token   : {tokens[VIEWER]}",

@@ -17,6 +17,7 @@ from vaultsvc.config import DatabaseSettings
 from vaultsvc.errors import Reason, VaultError
 from vaultsvc.storage.breaker import CircuitBreaker
 from vaultsvc.storage.errors import is_connection_failure, log_database_error, storage_error
+from vaultsvc.telemetry import tracing
 
 _log = logging.getLogger("vaultsvc.storage")
 
@@ -117,7 +118,7 @@ class Database:
         """A pool connection for one unit of work, bounded by ``operation_timeout``
         (``timeout=None``: no overall bound, for migrations at start-up)."""
         self.breaker.check()
-        async with translate_db_errors(), self._bounded(timeout) as conn:
+        async with tracing.span("vault.db"), translate_db_errors(), self._bounded(timeout) as conn:
             yield conn
 
     @asynccontextmanager
