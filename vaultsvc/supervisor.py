@@ -12,6 +12,9 @@ The supervisor:
 
 - prints the ready line (``vault listening`` with the concrete address) once, when every
   worker serves;
+- serves ``/metrics`` (``metrics_listen``) for all workers: their sum, through
+  prometheus_client's multiprocess mode in a private directory it creates and removes
+  (:mod:`vaultsvc.telemetry.endpoint`);
 - forwards SIGTERM and SIGINT to every worker; each drains as a single vault does (health
   NOT_SERVING, then new calls refused with UNAVAILABLE, in-flight calls finish within the
   grace period) and the supervisor exits 0 when they all did;
@@ -365,6 +368,8 @@ class Supervisor:
             self._wake_w.close()
 
     def _supervise(self, settings: Settings, port: PortClaim) -> int:
+        if self._metrics is not None:
+            self._metrics.export()  # only now: the embedded Postgres must not inherit it
         for index in range(1, self.count + 1):
             self._spawn(index, settings)
         announced = False

@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import httpx
 from opentelemetry.sdk.trace import TracerProvider
@@ -14,6 +15,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from vaultsvc.telemetry import tracing
+
+
+@dataclass
+class Telemetry:
+    """What the ``telemetry`` fixture gives a test."""
+
+    metrics_address: str
+    spans: InMemorySpanExporter
+
+    def spans_json(self) -> str:
+        return "".join(span.to_json() for span in self.spans.get_finished_spans())
+
 
 _METRICS = re.compile(r'metrics="([^"]+)"')
 

@@ -126,7 +126,10 @@ class SharedMetrics:
         except BaseException:
             shutil.rmtree(self.directory, ignore_errors=True)
             raise
-        os.environ[MULTIPROC_ENV] = self.directory  # inherited by the spawned workers
+
+    def export(self) -> None:
+        """Point the workers started from now on at the directory (they inherit it)."""
+        os.environ[MULTIPROC_ENV] = self.directory
 
     def worker_exited(self, pid: int | None) -> None:
         if pid is not None:

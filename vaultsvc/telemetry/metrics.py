@@ -149,7 +149,8 @@ def version() -> str:
 
 def known_methods() -> list[str]:
     """Every ``/package.Service/Method`` of the contract's services (the descriptors of
-    ``interakt.vault.v1``) plus gRPC health."""
+    ``interakt.vault.v1``): the RPCs the interceptor sees (health and reflection are not
+    counted)."""
     import interakt.vault.v1 as contract
 
     found: list[str] = []
@@ -159,7 +160,6 @@ def known_methods() -> list[str]:
         module = importlib.import_module(f"{contract.__name__}.{info.name}")
         for service in module.DESCRIPTOR.services_by_name.values():
             found.extend(f"/{service.full_name}/{m.name}" for m in service.methods)
-    found.extend(("/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"))
     return sorted(set(found))
 
 

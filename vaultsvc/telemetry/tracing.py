@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import os
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 ON = False
@@ -185,11 +185,24 @@ class _NoSpan:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    async def __aenter__(self) -> None:
-        return None
+    def __aenter__(self) -> _Done:
+        return _DONE  # no coroutine to create
 
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+    def __aexit__(self, *exc: object) -> _Done:
+        return _DONE
+
+
+class _Done:
+    """An awaitable that is already done (``await`` gives None at once)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        # An empty iterator is all ``await`` needs (a generator would cost one per call).
+        return iter(())  # type: ignore[return-value]
+
+
+_DONE = _Done()
 
 
 class _Span:
