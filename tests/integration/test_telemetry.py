@@ -6,6 +6,7 @@ import asyncio
 import glob
 import os
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -228,3 +229,51 @@ async def test_metrics_port_in_use_is_one_line(pg: EmbeddedPostgres) -> None:
             assert "Traceback" not in done.output
     finally:
         taken.close()
+
+
+# --------------------------------------------------------------- without OpenTelemetry
+
+_WITHOUT_OTEL = """
+import sys
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ImportError("not installed: " + name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+import vaultsvc.cli.serve, vaultsvc.server
+from vaultsvc.telemetry import tracing
+tracing.configure({})
+assert not tracing.ON
+assert not [m for m in sys.modules if m.startswith("opentelemetry")]
+try:
+    tracing.configure({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
+except tracing.TracingUnavailable as exc:
+    print(exc)
+"""
+
+
+async def test_server_needs_no_opentelemetry_while_tracing_is_off() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _WITHOUT_OTEL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert "pip install 'vaultsvc[otel]'" in out.decode()
+
+
+def test_which_otel_variables_turn_tracing_on() -> None:
+    from vaultsvc.telemetry.tracing import wanted
+
+    assert not wanted({})
+    assert wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"})
+    assert wanted({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"})
+    assert wanted({"OTEL_TRACES_EXPORTER": "console"})
+    assert not wanted({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "x"})
+    assert not wanted({"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_EXPORTER": "otlp"})
