@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from tests.support.telemetry import Telemetry, traced
 from tests.support.vault import (
     LogCapture,
     VaultFactory,
@@ -26,6 +27,8 @@ from tests.support.vault import (
     start_vault,
 )
 from vaultsvc.storage.embedded import EmbeddedPostgres
+from vaultsvc.telemetry import metrics
+from vaultsvc.telemetry.endpoint import MetricsEndpoint
 
 # Tests never assert on wall-clock time: Hypothesis' per-example deadline (200 ms) would,
 # and fails at random on a loaded 2-core machine.
@@ -47,6 +50,18 @@ def log_capture() -> Iterator[LogCapture]:
     yield handler
     root.removeHandler(handler)
     root.setLevel(old_level)
+
+
+@pytest.fixture
+def telemetry() -> Iterator[Telemetry]:
+    """Metrics recorded and served on a free port, spans kept in memory, for one test."""
+    metrics.enable()
+    endpoint = MetricsEndpoint("127.0.0.1:0")
+    try:
+        with traced() as exporter:
+            yield Telemetry(endpoint.address, exporter)
+    finally:
+        endpoint.close()
 
 
 @pytest.fixture(scope="session")

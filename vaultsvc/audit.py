@@ -32,6 +32,7 @@ from typing import Protocol
 
 from vaultsvc.domain import AuditRecord
 from vaultsvc.errors import Reason, Unavailable, VaultError
+from vaultsvc.telemetry import metrics
 
 _log = logging.getLogger("vaultsvc.audit")
 
@@ -214,6 +215,7 @@ class AuditWriter:
                 del self._pending[: self._batch_size]
                 self._inflight_since = time.monotonic()
                 self._inflight_ticks = 0
+                metrics.audit_batch(len(batch))
                 try:
                     await self._insert([record for record, _ in batch])
                 except Exception as exc:

@@ -420,6 +420,13 @@ SETTINGS: tuple[Setting, ...] = (
         default_doc="unset (off; `dev`: `127.0.0.1:8250`)",
     ),
     Setting(
+        "metrics_listen", "VAULT_METRICS_LISTEN", "metrics_listen", "address", None,
+        "address of the Prometheus endpoint (`/metrics`, plain HTTP, no token: bind it to a "
+        "private interface); with `workers` > 1 the supervisor serves the sum of all workers "
+        "(port 0: any free port)",
+        default_doc="unset (off; `dev`: `127.0.0.1:9250`)",
+    ),
+    Setting(
         "console.session_ttl", "VAULT_CONSOLE_SESSION_TTL", "console_session_ttl", "float",
         8 * 3600.0, "seconds a console sign-in lasts (it ends sooner when its token is revoked)",
         minimum=1, maximum=7 * 24 * 3600,
@@ -539,6 +546,7 @@ class Settings:
     identify_rate_vault: int = _D["identify_rate_vault"]
     console_listen: str | None = _D["console.listen"]
     console_session_ttl: float = _D["console.session_ttl"]
+    metrics_listen: str | None = _D["metrics_listen"]
 
     def require_keyring(self) -> Keyring:
         if self.keyring is None:

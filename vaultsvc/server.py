@@ -25,6 +25,7 @@ from interakt.vault.v1 import (
     secret_service_pb2_grpc,
 )
 
+from vaultsvc import telemetry
 from vaultsvc.api.access import AccessServicer
 from vaultsvc.api.audit import AuditServicer
 from vaultsvc.api.configs import ConfigServicer
@@ -56,6 +57,7 @@ from vaultsvc.storage.db import Database
 from vaultsvc.storage.notify import ChangeListener
 from vaultsvc.storage.repository import Repository
 from vaultsvc.storage.tokens import TokenTable
+from vaultsvc.telemetry import MetricsEndpoint
 from vaultsvc.vault import Lifecycle, Vault
 from vaultsvc.vault.cache import SealedRowCache
 from vaultsvc.vault.purge import Purger
@@ -110,6 +112,8 @@ class Runtime:
     """Deletes audit events past ``audit_retention_days`` (one process at a time)."""
     tokens: AccessTokens | None = None
     """Database tokens (AccessService) and this process's cache of them."""
+    metrics: MetricsEndpoint | None = None
+    """``/metrics`` (``metrics_listen``; a supervisor's worker only records)."""
 
     @property
     def address(self) -> str:
@@ -132,6 +136,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
     resources = contextlib.AsyncExitStack()
     db = await resources.enter_async_context(opened_database(settings))
     try:
+        metrics = telemetry.start(settings, resources)
         await prepare_database(db, keyring)
         repository = Repository(db)
         cache = SealedRowCache(
@@ -233,9 +238,14 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         await health_servicer.start(SERVICE_NAMES)
         purger.start()
         retention.start()
+        await telemetry.watch(resources, db, vault, audit)
         _log.info(
             "worker listening" if shared_port else "vault listening",
-            extra={"listen": f"{host}:{port}", "tls": credentials is not None},
+            extra={
+                "listen": f"{host}:{port}",
+                "tls": credentials is not None,
+                "metrics": None if metrics is None else metrics.address,
+            },
         )
         return Runtime(
             settings,
@@ -254,6 +264,7 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
             console,
             retention,
             tokens,
+            metrics,
         )
     except BaseException:
         await resources.aclose()

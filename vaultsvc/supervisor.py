@@ -12,6 +12,9 @@ The supervisor:
 
 - prints the ready line (``vault listening`` with the concrete address) once, when every
   worker serves;
+- serves ``/metrics`` (``metrics_listen``) for all workers: their sum, through
+  prometheus_client's multiprocess mode in a private directory it creates and removes
+  (:mod:`vaultsvc.telemetry.endpoint`);
 - forwards SIGTERM and SIGINT to every worker; each drains as a single vault does (health
   NOT_SERVING, then new calls refused with UNAVAILABLE, in-flight calls finish within the
   grace period) and the supervisor exits 0 when they all did;
@@ -52,6 +55,7 @@ from vaultsvc.config import ConfigError, Settings
 from vaultsvc.logs import configure_logging
 from vaultsvc.ports import PortClaim, PortInUse, claim
 from vaultsvc.storage.embedded import EmbeddedPostgres
+from vaultsvc.telemetry.endpoint import SharedMetrics
 
 _log = logging.getLogger("vaultsvc.supervisor")
 
@@ -235,6 +239,7 @@ class Supervisor:
         self.pending_restarts: dict[int, float] = {}
         self.stop_signal: int | None = None
         self._console_port: PortClaim | None = None
+        self._metrics: SharedMetrics | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -321,6 +326,17 @@ class Supervisor:
             raise
         self._console_port = console_port
         embedded: EmbeddedPostgres | None = None
+        try:  # served here, summed over the workers (vaultsvc.telemetry.endpoint)
+            self._metrics = (
+                None
+                if self.settings.metrics_listen is None
+                else SharedMetrics(self.settings.metrics_listen)
+            )
+        except BaseException:
+            port.close()
+            if console_port is not None:
+                console_port.close()
+            raise
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
@@ -329,6 +345,7 @@ class Supervisor:
                 self.settings,
                 listen=port.address,
                 console_listen=None if console_port is None else console_port.address,
+                metrics_listen=None,
             )
             if not settings.database.url:
                 embedded = EmbeddedPostgres(settings.data_dir)
@@ -345,10 +362,14 @@ class Supervisor:
                 console_port.close()
             if embedded is not None:
                 embedded.stop()
+            if self._metrics is not None:
+                self._metrics.close()
             self._wake_r.close()
             self._wake_w.close()
 
     def _supervise(self, settings: Settings, port: PortClaim) -> int:
+        if self._metrics is not None:
+            self._metrics.export()  # only now: the embedded Postgres must not inherit it
         for index in range(1, self.count + 1):
             self._spawn(index, settings)
         announced = False
@@ -398,6 +419,8 @@ class Supervisor:
         """A worker exited on its own: restart it, or give up (the exit code)."""
         code = worker.process.exitcode
         worker.ready.close()
+        if self._metrics is not None:
+            self._metrics.worker_exited(worker.process.pid)
         _log.error(
             "worker died unexpectedly",
             extra={
@@ -433,6 +456,7 @@ class Supervisor:
             extra={
                 "listen": port.address,
                 "console": None if self._console_port is None else self._console_port.address,
+                "metrics": None if self._metrics is None else self._metrics.endpoint.address,
                 "tls": self.settings.tls is not None,
                 "workers": self.count,
             },
@@ -442,4 +466,6 @@ class Supervisor:
             scheme = "https" if self.settings.tls is not None else "http"
             console_url = "off" if console is None else f"{scheme}://{console.address}/"
             message = self.ready_message.replace("{port}", str(port.port))
+            metrics_url = "off" if self._metrics is None else self._metrics.endpoint.url
+            message = message.replace("{metrics_url}", metrics_url)
             print(message.replace("{console_url}", console_url), flush=True)

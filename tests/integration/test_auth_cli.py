@@ -132,6 +132,7 @@ async def test_dev_prints_one_working_token_per_role(pg: EmbeddedPostgres, tmp_p
         "VAULT_DATA_DIR": str(tmp_path / "dev"),
         "VAULT_LISTEN": "127.0.0.1:0",
         "VAULT_CONSOLE_LISTEN": "127.0.0.1:0",
+        "VAULT_METRICS_LISTEN": "127.0.0.1:0",
     }
     env.pop("VAULT_MASTER_KEYS", None)
     env.pop("VAULT_TOKENS", None)
@@ -159,9 +160,14 @@ async def test_dev_prints_one_working_token_per_role(pg: EmbeddedPostgres, tmp_p
         # The console asked for port 0: the banner names the port actually bound.
         console = re.search(r"console\s*:\s*(http://127\.0\.0\.1:([1-9]\d*)/)", text)
         assert console is not None, text
+        # Metrics are on in dev; the banner says where (the port actually bound).
+        metrics = re.search(r"metrics\s*:\s*(http://127\.0\.0\.1:[1-9]\d*/metrics)", text)
+        assert metrics is not None, text
         async with httpx.AsyncClient(timeout=10) as http:
             login = await http.get(console.group(1) + "login")
             assert login.status_code == 200 and "Sign in" in login.text
+            scraped = await http.get(metrics.group(1))
+            assert scraped.status_code == 200 and "vaultsvc_build_info" in scraped.text
 
         creds = tmp_path / "dev" / "dev-credentials.json"
         assert stat.S_IMODE(creds.stat().st_mode) == 0o600

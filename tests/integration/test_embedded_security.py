@@ -82,6 +82,7 @@ async def start_serve(
         **os.environ,
         "VAULT_DATA_DIR": str(data_dir),
         "VAULT_LISTEN": "127.0.0.1:0",
+        "VAULT_METRICS_LISTEN": "127.0.0.1:0",
         "VAULT_MASTER_KEYS": creds.master_keys,
         "VAULT_TOKENS": f"ops:admin:{hash_token(creds.token).hex()}",
         CANARY: "canary-value-that-must-not-reach-postgres",

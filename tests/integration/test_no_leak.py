@@ -33,6 +33,7 @@ from interakt.vault.v1 import resolver_service_pb2_grpc as rgrpc
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
+from tests.support.telemetry import Telemetry, scrape_text
 from tests.support.vault import LogCapture, VaultFactory, VaultHandle
 from vaultsvc.auth import ADMIN, OPERATOR, RESOLVER, VIEWER, hash_token, new_token
 from vaultsvc.crypto import Envelope, SealedValue, SecretContext
@@ -142,6 +143,7 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
     pg: EmbeddedPostgres,
     log_capture: LogCapture,
     monkeypatch: pytest.MonkeyPatch,
+    telemetry: Telemetry,
 ) -> None:
     canary = "CANARY" + secrets.token_hex(12).upper()
     forms = canary_forms(canary)
@@ -572,6 +574,15 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
     assert "exploding" not in logs and "decryption exploded" not in logs
     assert '"error": "RuntimeError"' in logs, "the forced exception was logged, by type only"
     assert find_canary(forms, logs) == []
+
+    # Metrics (scraped over HTTP) and spans saw every call, and never the value.
+    scraped = await scrape_text(telemetry.metrics_address)
+    assert "vaultsvc_grpc_server_handled_total" in scraped
+    assert find_canary(forms, scraped) == []
+    spans = telemetry.spans_json()
+    assert "vault.decrypt" in spans and "vaultsvc.request_id" in spans
+    assert find_canary(forms, spans) == []
+    assert "{{" not in spans and "canary_" not in spans, "no template text, no secret names"
 
 
 async def test_a_minted_token_appears_only_in_its_create_response(

@@ -163,7 +163,11 @@ async def dev_vault(directory: Path) -> AsyncIterator[DevVault]:
             "vaultsvc",
             "dev",
             cwd=directory,
-            env=clean_environment(VAULT_LISTEN="127.0.0.1:0", VAULT_CONSOLE_LISTEN="127.0.0.1:0"),
+            env=clean_environment(
+                VAULT_LISTEN="127.0.0.1:0",
+                VAULT_CONSOLE_LISTEN="127.0.0.1:0",
+                VAULT_METRICS_LISTEN="127.0.0.1:0",
+            ),
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
         )

@@ -306,6 +306,10 @@ CASES: tuple[Case, ...] = (
         bad=(('"localhost"', "localhost"), ('"h:70000"', "h:70000")), wrong_type=("8250",),
     ),
     Case(
+        "metrics_listen", '"127.0.0.1:9250"', "127.0.0.1:9250", "[::1]:0", "[::1]:0",
+        bad=(('"localhost"', "localhost"), ('"h:70000"', "h:70000")), wrong_type=("9250",),
+    ),
+    Case(
         "console.session_ttl", "600", 600.0, "60", 60.0,
         bad=(("0", "0.5"), ("604801", "1e9")), wrong_type=('"600"',), env_wrong_type=("long",),
     ),

@@ -63,6 +63,7 @@ from vaultsvc.errors import (
     Unavailable,
     VaultError,
 )
+from vaultsvc.telemetry import metrics
 
 _log = logging.getLogger("vaultsvc.frontdoor")
 
@@ -92,6 +93,7 @@ class Refusals:
 
     def note(self, kind: str, setting: str, message: str) -> None:
         self.counts[kind] += 1
+        metrics.refused(kind)
         now = time.monotonic()
         if now - self._logged_at.get(kind, -LOG_INTERVAL) < LOG_INTERVAL:
             return

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from vaultsvc import telemetry
 from vaultsvc.api.callflow import settle_audit, submit_quietly
 from vaultsvc.api.frontdoor import FrontDoor, receive_one
 from vaultsvc.api.status import status_for
@@ -170,6 +171,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if isinstance(supplied_id, str):
             call.record.client_request_id = safe_label(supplied_id, _MAX_CLIENT_REQUEST_ID)
         token = current_call.set(call)
+        telemetry.rpc_start(method, metadata)
         error: VaultError | None = None
         response: Any = None
         try:
@@ -229,6 +231,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     @staticmethod
     def _log_access(call: CallContext, outcome: str, reason: str, started: float) -> None:
+        telemetry.rpc_done(call, outcome, started)
         if not _access.isEnabledFor(logging.INFO):
             return
         _access.info(

@@ -73,6 +73,8 @@ async def _serve(settings: Settings, ready_message: str | None = None) -> None:
     if ready_message:
         console_url = runtime.console.url if runtime.console is not None else "off"
         message = ready_message.replace("{port}", str(runtime.port))
+        metrics_url = runtime.metrics.url if runtime.metrics is not None else "off"
+        message = message.replace("{metrics_url}", metrics_url)
         print(message.replace("{console_url}", console_url), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,6 +137,8 @@ BANNER = r"""
 
 #: Where ``dev`` serves the console unless VAULT_CONSOLE_LISTEN says otherwise.
 DEV_CONSOLE_LISTEN = "127.0.0.1:8250"
+#: Where ``dev`` serves Prometheus metrics unless VAULT_METRICS_LISTEN says otherwise.
+DEV_METRICS_LISTEN = "127.0.0.1:9250"
 
 #: Settings ``dev`` makes itself (its generated key and tokens): their variables are ignored.
 DEV_IGNORED = ("master_keys", "master_keys_file", "tokens", "tokens_file")
@@ -212,6 +216,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         ),
         log_format=base.log_format if os.environ.get("VAULT_LOG_FORMAT") else "text",
         console_listen=base.console_listen or DEV_CONSOLE_LISTEN,
+        metrics_listen=base.metrics_listen or DEV_METRICS_LISTEN,
     )
     host = settings.listen.rpartition(":")[0]
     lines = [
@@ -222,6 +227,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         f"  credentials    : {(settings.data_dir / 'dev-credentials.json').resolve()} (mode 0600)",
         f"  listening on   : {host}:{{port}}",
         "  console        : {console_url} (sign in with the admin or viewer token)",
+        "  metrics        : {metrics_url} (Prometheus)",
         "",
         f"  admin token    : {tokens[ADMIN]}",
         f"  viewer token   : {tokens[VIEWER]}",

@@ -17,6 +17,7 @@ from vaultsvc.config import DatabaseSettings
 from vaultsvc.errors import Reason, VaultError
 from vaultsvc.storage.breaker import CircuitBreaker
 from vaultsvc.storage.errors import is_connection_failure, log_database_error, storage_error
+from vaultsvc.telemetry import tracing
 
 _log = logging.getLogger("vaultsvc.storage")
 
@@ -143,7 +144,7 @@ class Database:
         (``timeout=None``: no overall bound, for migrations at start-up). Behind a
         transaction pooler it is also one transaction (see :meth:`transaction`)."""
         self.breaker.check()
-        async with translate_db_errors(), self._bounded(timeout) as conn:
+        async with tracing.span("vault.db"), translate_db_errors(), self._bounded(timeout) as conn:
             if self.behind_pooler:
                 async with self._in_transaction(conn, "read_committed"):
                     yield conn

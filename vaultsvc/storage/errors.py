@@ -28,6 +28,7 @@ from vaultsvc.errors import (
     Unavailable,
     VaultError,
 )
+from vaultsvc.telemetry import metrics
 
 _log = logging.getLogger("vaultsvc.storage")
 
@@ -110,6 +111,17 @@ def sqlstate_class(code: str) -> str:
     return SQLSTATE_CLASSES.get(code[:2], f"class_{code[:2]}")
 
 
+def error_kind(exc: BaseException) -> str:
+    """A bounded name for a database failure (metrics): its SQLSTATE class name,
+    ``timeout``, ``connection`` or ``other``."""
+    code = sqlstate(exc)
+    if code:
+        return sqlstate_class(code)
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "connection" if is_connection_failure(exc) else "other"
+
+
 def is_connection_failure(exc: BaseException) -> bool:
     """The database did not answer or cannot be reached (what the circuit breaker counts)."""
     return isinstance(exc, CONNECTION_ERRORS)  # TimeoutError is an OSError
@@ -132,6 +144,7 @@ def storage_error(exc: BaseException) -> VaultError | None:
     """The domain error for a database failure, or None when it is not one we name."""
     if isinstance(exc, VaultError):
         return exc
+    metrics.db_error(error_kind(exc))
     code = sqlstate(exc)
     if code == DISK_FULL:
         return ResourceExhausted(

@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import asyncpg
 
+from vaultsvc.telemetry import metrics
+
 _log = logging.getLogger("vaultsvc.storage")
 
 CHANNEL = "vault_changes"
@@ -211,6 +213,7 @@ class ChangeListener:
     def check_sequence(self, committed: int) -> None:
         """The periodic check: the committed sequence ahead of the notifications received
         for a whole interval means the last ones were lost."""
+        metrics.change_lag(committed - self._last_seq)
         if committed <= self._last_seq:
             self._suspect_seq = None
             return

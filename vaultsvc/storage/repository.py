@@ -40,6 +40,7 @@ from vaultsvc.errors import (
 from vaultsvc.storage import create_requests
 from vaultsvc.storage.db import Database
 from vaultsvc.storage.errors import audit_refusal, log_database_error
+from vaultsvc.telemetry import metrics
 
 Sealer = Callable[[SecretContext], SealedValue]
 HostsChange = Callable[[str, tuple[str, ...]], tuple[str, ...]]
@@ -118,6 +119,7 @@ class Rewrapped:
 
 def _note_wraps(key_id: str, new_count: int | None, added: int) -> None:
     """Warn once, in the transaction that crosses it, when a key nears its nonce budget."""
+    metrics.wraps(key_id, new_count, added)
     if new_count is None:
         return
     limits = ((NONCE_WARN_THRESHOLD, logging.WARNING), (NONCE_HARD_LIMIT, logging.ERROR))

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from vaultsvc import telemetry
 from vaultsvc.crypto import DecryptionFailed
 from vaultsvc.domain import AuditRecord, validate_destination_host
 from vaultsvc.errors import (
@@ -153,6 +154,7 @@ class Resolution(VaultBase):
         if len(inputs) > MAX_INPUTS:
             raise ResourceExhausted(f"more than {MAX_INPUTS} inputs", reason=Reason.TOO_MANY_INPUTS)
         compiled = self._compile_all(fields)
+        telemetry.placeholders(compiled)
         if strict:
             _refuse_near_misses(fields)
         destination = validate_destination_host(destination_host)
@@ -206,17 +208,18 @@ class Resolution(VaultBase):
         _refuse_unbound_destinations(sealed.values(), dict.fromkeys(destinations))
 
         values: dict[str, str] = {}
-        for key, row in sealed.items():
-            try:
-                values[key] = self.envelope.open(row.sealed, row.context).decode("utf-8")
-            except (DecryptionFailed, UnicodeDecodeError):
-                _log.error("secret failed integrity check", extra={"secret": row.name})
-                raise DataLoss(
-                    f"secret {row.name} cannot be decrypted: its stored data failed the "
-                    "integrity check (tampered, or wrapped under a different key)",
-                    reason=Reason.SECRET_UNREADABLE,
-                    metadata={"names": row.name},
-                ) from None
+        with telemetry.tracing.span("vault.decrypt", "secrets", len(sealed)):
+            for key, row in sealed.items():
+                try:
+                    values[key] = self.envelope.open(row.sealed, row.context).decode("utf-8")
+                except (DecryptionFailed, UnicodeDecodeError):
+                    _log.error("secret failed integrity check", extra={"secret": row.name})
+                    raise DataLoss(
+                        f"secret {row.name} cannot be decrypted: its stored data failed the "
+                        "integrity check (tampered, or wrapped under a different key)",
+                        reason=Reason.SECRET_UNREADABLE,
+                        metadata={"names": row.name},
+                    ) from None
 
         def lookup(kind: PlaceholderKind, name: str) -> str:
             if kind is PlaceholderKind.SECRET:
@@ -228,12 +231,13 @@ class Resolution(VaultBase):
         # A small request can ask for a huge answer (1000 uses of a 3 MiB input): the exact
         # length is computed from the parts and refused before anything is encoded or built
         # (characters never outnumber UTF-8 bytes); the bytes are checked once rendered.
-        rendered = render_fields(
-            [(f.key, t) for f, t in zip(fields, compiled, strict=True)],
-            lookup,
-            max_chars=MAX_REPLY_BYTES,
-            before_render=before_render,
-        )
+        with telemetry.tracing.span("vault.render", "fields", len(fields)):
+            rendered = render_fields(
+                [(f.key, t) for f, t in zip(fields, compiled, strict=True)],
+                lookup,
+                max_chars=MAX_REPLY_BYTES,
+                before_render=before_render,
+            )
         size = sum(len(key.encode("utf-8")) + len(value.encode("utf-8")) for key, value in rendered)
         if size > MAX_REPLY_BYTES:
             raise _rendered_too_large()
