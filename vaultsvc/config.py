@@ -241,9 +241,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "server.adaptive_concurrency", "VAULT_SERVER_ADAPTIVE_CONCURRENCY",
-        "adaptive_concurrency", "bool", True, "adapt the number of calls executing at once "
-        "(at most `max_concurrent_rpcs`) to the measured service time, lowering it while "
-        "calls slow down under load; false: always `max_concurrent_rpcs`",
+        "adaptive_concurrency", "bool", False, "adapt the number of calls executing at once "
+        "(at most `max_concurrent_rpcs`, at least 4) to the measured service time, lowering "
+        "it while calls slow down under load (gradient limit); false: `max_concurrent_rpcs`",
     ),
     Setting(
         "server.receive_timeout", "VAULT_SERVER_RECEIVE_TIMEOUT", "receive_timeout", "float",

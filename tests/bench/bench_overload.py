@@ -6,8 +6,8 @@ share the server's event loop). Load is closed-loop ResolveTemplate calls with a
 deadline at 1x and 10x a base concurrency, spread over connections of 50 calls; a
 bystander (another principal, its own token) makes one call at a time beside them, from
 its own process. Configurations: "unlimited" (admission limits set huge: the behaviour
-before the front door), "fixed" (default limits, no adaptive concurrency limit) and
-"limited" (the defaults). Clients shed with OVERLOADED retry after 50 ms, or
+before the front door), "limited" (the defaults) and "adaptive" (the defaults with the
+adaptive concurrency limit). Clients shed with OVERLOADED retry after 50 ms, or
 (``--polite``) after the RetryInfo delay. Printed: goodput (calls answered OK within
 their deadline, per second), how many were shed (UNAVAILABLE OVERLOADED) and their median
 answer time, how many timed out, every other failure (counted by gRPC code and ErrorInfo
@@ -55,6 +55,11 @@ HUGE = {
     "max_queue_wait": 30.0,
     "adaptive_concurrency": False,
 }
+CONFIGURATIONS: dict[str, dict[str, Any]] = {
+    "unlimited": HUGE,
+    "limited": {},
+    "adaptive": {"adaptive_concurrency": True},
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class Options:
     deadline: float = 0.5
     polite: bool = False
     """Clients wait the RetryInfo delay (with jitter) after OVERLOADED, not just 50 ms."""
+    only: tuple[str, ...] = ()
+    """Run only these configurations (all when empty)."""
 
 
 def _serve(url: str, tokens: dict[str, str], limits: dict[str, Any], ready: Any) -> None:
@@ -263,11 +270,9 @@ def run(opts: Options) -> None:
             f"{'limits':10} {'load':>5} {'conc':>5} {'goodput/s':>9} {'shed':>7} "
             f"{'shed p50':>8} {'late':>7} {'other':>6} {'by p50 ms':>10} {'by p99 ms':>10}"
         )
-        for label, limits in (
-            ("unlimited", HUGE),
-            ("fixed", {"adaptive_concurrency": False}),
-            ("limited", {}),
-        ):
+        for label, limits in CONFIGURATIONS.items():
+            if opts.only and label not in opts.only:
+                continue
             pg.ensure_database(f"bench_{label}")
             tokens = {name: new_token() for name in ROLES}
             receive, send = context.Pipe(duplex=False)
@@ -305,8 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--polite", action="store_true", help="clients honour RetryInfo after OVERLOADED"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=sorted(CONFIGURATIONS),
+        help="run only this configuration (repeatable)",
+    )
     args = parser.parse_args(argv)
-    run(Options(args.base_concurrency, args.seconds, args.deadline, args.polite))
+    run(Options(args.base_concurrency, args.seconds, args.deadline, args.polite, tuple(args.only)))
     return 0
 
 

@@ -191,7 +191,7 @@ async def test_a_new_principal_expects_a_short_wait_behind_a_flood() -> None:
 
 async def test_the_limit_shrinks_when_service_time_rises_and_recovers() -> None:
     clock = Clock()
-    admission = Admission(limit=64, max_queued=10, max_wait=1.0, clock=clock)
+    admission = Admission(limit=64, max_queued=10, max_wait=1.0, clock=clock, adaptive=True)
     for _ in range(LIMIT_WARMUP + 4 * LIMIT_WINDOW):
         await _served(admission, clock, 0.01)
     assert admission.limit == 64  # fast: stays at the ceiling

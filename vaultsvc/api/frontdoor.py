@@ -37,7 +37,9 @@ that cannot run at once waits only if it can still be served in time:
   turn of each other principal per call). A principal with nothing waiting may queue one
   call even when the queue is full: one flooding principal sheds its own excess, not a
   well-behaved neighbour's calls;
-- adaptive limit: ``max_concurrent_rpcs`` is the ceiling; every ``LIMIT_WINDOW`` admitted
+- adaptive limit (``adaptive_concurrency``, off by default: on this 2-core machine
+  ``bench_overload`` could not show that it helps, see the README):
+  ``max_concurrent_rpcs`` is the ceiling; every ``LIMIT_WINDOW`` admitted
   calls the limit takes a gradient step (Netflix concurrency-limits' "gradient" limiter):
   it grows while the service time stays within ``LIMIT_TOLERANCE`` of the unloaded service
   time (the fastest recent call), and shrinks in proportion past it (never below
@@ -138,11 +140,12 @@ class Admission:
     """A bounded, deadline-aware, per-principal fair queue in front of the work (see the
     module docstring).
 
-    ``limit`` calls run (adapted between ``LIMIT_FLOOR`` and ``max_limit`` to the measured
-    service time); a call that cannot run at once is shed at once (UNAVAILABLE
-    ``OVERLOADED``) when the queue is full or when its expected wait would not leave it
-    time to be served; otherwise it waits, at most ``max_wait`` (``STANDING_TARGET`` while
-    the queue is standing) and never past the point where its deadline could still be met.
+    ``limit`` calls run (with ``adaptive``, adapted between ``LIMIT_FLOOR`` and
+    ``max_limit`` to the measured service time); a call that cannot run at once is shed
+    at once (UNAVAILABLE ``OVERLOADED``) when the queue is full or when its expected wait
+    would not leave it time to be served; otherwise it waits, at most ``max_wait``
+    (``STANDING_TARGET`` while the queue is standing) and never past the point where its
+    deadline could still be met.
     Waiting calls are granted round-robin by key (the principal): one principal's flood
     waits behind itself, not in front of everyone else.
     """
@@ -153,7 +156,7 @@ class Admission:
         max_queued: int,
         max_wait: float,
         clock: Callable[[], float] = time.monotonic,
-        adaptive: bool = True,
+        adaptive: bool = False,
     ) -> None:
         self.max_limit = limit
         self.limit: float = limit
@@ -171,15 +174,18 @@ class Admission:
         self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
         self._turns: collections.deque[str] = collections.deque()
         """Keys with waiting calls, in the order their next call is granted."""
+        self._waiting = 0
+        """Waiters in ``_queues`` (one that gave up leaves at once, see :meth:`_forget`)."""
         self._empty_at = clock()
         self.retry_delay = min(1.0, max(0.05, max_wait / 2))
 
     @property
     def queued(self) -> int:
-        return sum(1 for q in self._queues.values() for w in q if not w.done())
+        return self._waiting
 
     def queued_for(self, key: str) -> int:
-        return sum(1 for w in self._queues.get(key, ()) if not w.done())
+        queue = self._queues.get(key)
+        return len(queue) if queue is not None else 0
 
     def standing(self) -> bool:
         """True when the queue has not been empty for ``STANDING_INTERVAL``: arrivals have
@@ -247,6 +253,7 @@ class Admission:
                 queue = self._queues[key] = collections.deque()
                 self._turns.append(key)
             queue.append(waiter)
+            self._waiting += 1
             try:
                 async with asyncio.timeout(allowed):
                     await waiter
@@ -268,8 +275,11 @@ class Admission:
         queue = self._queues.get(key)
         if queue is None:
             return
-        with contextlib.suppress(ValueError):
+        try:
             queue.remove(waiter)
+            self._waiting -= 1
+        except ValueError:
+            pass  # already granted (popped)
         if not queue:
             del self._queues[key]
             with contextlib.suppress(ValueError):
@@ -304,6 +314,7 @@ class Admission:
             queue = self._queues[key]
             while queue:
                 waiter = queue.popleft()
+                self._waiting -= 1
                 if not waiter.done():
                     if queue:
                         self._turns.append(key)  # its next call waits for the next turn
