@@ -271,6 +271,12 @@ SETTINGS: tuple[Setting, ...] = (
         "deadline cannot cover its expected wait is shed at once", minimum=0,
     ),
     Setting(
+        "server.adaptive_concurrency", "VAULT_SERVER_ADAPTIVE_CONCURRENCY",
+        "adaptive_concurrency", "bool", False, "adapt the number of calls executing at once "
+        "(at most `max_concurrent_rpcs`, at least 4) to the measured service time, lowering "
+        "it while calls slow down under load (gradient limit); false: `max_concurrent_rpcs`",
+    ),
+    Setting(
         "server.receive_timeout", "VAULT_SERVER_RECEIVE_TIMEOUT", "receive_timeout", "float",
         10.0, "seconds from a call's start to the arrival of its request message "
         "(DEADLINE_EXCEEDED after)", minimum=0.1,
@@ -517,6 +523,7 @@ class Settings:
     max_concurrent_rpcs: int = _D["server.max_concurrent_rpcs"]
     max_queued_rpcs: int = _D["server.max_queued_rpcs"]
     max_queue_wait: float = _D["server.max_queue_wait"]
+    adaptive_concurrency: bool = _D["server.adaptive_concurrency"]
     receive_timeout: float = _D["server.receive_timeout"]
     max_streams: int = _D["server.max_streams"]
     max_streams_per_connection: int = _D["server.max_streams_per_connection"]

@@ -29,7 +29,7 @@ from vaultsvc import telemetry
 from vaultsvc.api.access import AccessServicer
 from vaultsvc.api.audit import AuditServicer
 from vaultsvc.api.configs import ConfigServicer
-from vaultsvc.api.drain import DrainGate
+from vaultsvc.api.drain import DrainGate, disconnect
 from vaultsvc.api.frontdoor import FrontDoor
 from vaultsvc.api.health import VaultHealth
 from vaultsvc.api.interceptor import VaultInterceptor
@@ -79,7 +79,10 @@ DRAIN_QUIET_SECONDS = 0.25
 DRAIN_MAX_SECONDS = 1.0
 """After health NOT_SERVING and ``shutdown_delay``, new calls are refused with UNAVAILABLE
 until none arrived for ``DRAIN_QUIET_SECONDS`` (at most ``DRAIN_MAX_SECONDS``, and at most
-half the grace left); then grpc's server stops, dropping the calls it holds as CANCELLED."""
+half the grace left); the calls being served finish within the grace period; then the
+clients' connections are closed and grpc's server stops (see :mod:`vaultsvc.api.drain`)."""
+STOP_MARGIN = 0.5
+"""Seconds of the grace period kept for grpc's own stop after the calls being served."""
 
 
 @dataclass
@@ -282,15 +285,26 @@ async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     await runtime.purger.stop()
     if runtime.retention is not None:
         await runtime.retention.stop()
-    # Then refuse new calls with UNAVAILABLE (retryable) and let grpc hand over what it has
-    # queued, so that its shutdown finds (almost) nothing to drop as CANCELLED.
+    # Then refuse new calls with UNAVAILABLE (retryable), and let the calls being served
+    # finish and their replies leave.
     runtime.drain.close()
     if runtime.console is not None:
         # The console's own graceful shutdown (uvicorn) lets its in-flight requests finish.
         await runtime.console.stop()
     left = max(grace - (time.monotonic() - started), 0)
     await runtime.drain.quiet(DRAIN_QUIET_SECONDS, min(DRAIN_MAX_SECONDS, left / 2))
+    left = max(grace - (time.monotonic() - started), 0)
+    if not await runtime.drain.settled(left - STOP_MARGIN):
+        _log.warning(
+            "calls still running at the end of the grace period are cancelled",
+            extra={"calls": runtime.drain.serving},
+        )
+    # grpc's shutdown would answer the calls it holds but has not handed over yet with
+    # CANCELLED; closing the connections first fails them with UNAVAILABLE instead, and
+    # nothing may run between the two (a client could reconnect and send more).
+    closed = disconnect(runtime.port)
     await runtime.server.stop(max(grace - (time.monotonic() - started), 0))
+    _log.debug("connections closed before grpc's stop", extra={"connections": closed})
     await runtime.health.stop()
     await runtime.audit.stop()
     await runtime.resources.aclose()

@@ -4,13 +4,16 @@ Run with ``python -m tests.bench.bench_overload``. It starts its own embedded Po
 and, for each configuration, a vault in a child process (so the load generator does not
 share the server's event loop). Load is closed-loop ResolveTemplate calls with a short
 deadline at 1x and 10x a base concurrency, spread over connections of 50 calls; a
-bystander makes one call at a time beside them, from its own process. Configurations:
-"unlimited" (admission limits set huge: the behaviour before the front door) and
-"limited" (the defaults). Printed: goodput (calls answered OK within their deadline, per
-second), how many were shed (UNAVAILABLE OVERLOADED) and their median answer time, how
-many timed out, every other failure (counted by gRPC code and ErrorInfo reason, listed
-below the table), and the bystander's p50/p99 of successful calls. A script, not a test:
-numbers, not assertions. On a shared machine the numbers swing widely between runs.
+bystander (another principal, its own token) makes one call at a time beside them, from
+its own process. Configurations: "unlimited" (admission limits set huge: the behaviour
+before the front door), "limited" (the defaults) and "adaptive" (the defaults with the
+adaptive concurrency limit). Clients shed with OVERLOADED retry after 50 ms, or
+(``--polite``) after the RetryInfo delay. Printed: goodput (calls answered OK within
+their deadline, per second), how many were shed (UNAVAILABLE OVERLOADED) and their median
+answer time, how many timed out, every other failure (counted by gRPC code and ErrorInfo
+reason, listed below the table), and the bystander's p50/p99 of successful calls. A
+script, not a test: numbers, not assertions. On a shared machine the numbers swing widely
+between runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import collections
 import multiprocessing
+import random
 import shutil
 import statistics
 import sys
@@ -43,7 +47,19 @@ from vaultsvc.server import start_server, stop_server
 from vaultsvc.storage.embedded import EmbeddedPostgres
 
 PER_CONNECTION = 50
-HUGE = {"max_concurrent_rpcs": 100_000, "max_queued_rpcs": 100_000, "max_queue_wait": 30.0}
+ROLES = {"admin": ADMIN, "load": RESOLVER, "bystander": RESOLVER}
+"""Principals: the load and the bystander are different tools (their own tokens)."""
+HUGE = {
+    "max_concurrent_rpcs": 100_000,
+    "max_queued_rpcs": 100_000,
+    "max_queue_wait": 30.0,
+    "adaptive_concurrency": False,
+}
+CONFIGURATIONS: dict[str, dict[str, Any]] = {
+    "unlimited": HUGE,
+    "limited": {},
+    "adaptive": {"adaptive_concurrency": True},
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,10 @@ class Options:
     base_concurrency: int = 30
     seconds: float = 8.0
     deadline: float = 0.5
+    polite: bool = False
+    """Clients wait the RetryInfo delay (with jitter) after OVERLOADED, not just 50 ms."""
+    only: tuple[str, ...] = ()
+    """Run only these configurations (all when empty)."""
 
 
 def _serve(url: str, tokens: dict[str, str], limits: dict[str, Any], ready: Any) -> None:
@@ -60,8 +80,8 @@ def _serve(url: str, tokens: dict[str, str], limits: dict[str, Any], ready: Any)
         database=DatabaseSettings(url=url),
         keyring=parse_master_keys(f"{key_id}:{key}"),
         tokens=tuple(
-            TokenEntry(principal=f"bench-{r}", role=r, sha256=hash_token(t))
-            for r, t in tokens.items()
+            TokenEntry(principal=f"bench-{name}", role=ROLES[name], sha256=hash_token(t))
+            for name, t in tokens.items()
         ),
         log_level="ERROR",
     )
@@ -87,6 +107,16 @@ class Tally:
     """Milliseconds from sending a call to its OVERLOADED answer."""
 
 
+def _retry_delay(err: grpc.aio.AioRpcError) -> float:
+    """The RetryInfo delay of a vault error, in seconds (0 when there is none)."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return 0.0
+
+
 def _reason(err: grpc.aio.AioRpcError) -> str:
     """The ErrorInfo reason of a vault error ("-" when there is none: a grpc-made status)."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
@@ -98,7 +128,12 @@ def _reason(err: grpc.aio.AioRpcError) -> str:
 
 
 async def _load(
-    stub: rpbg.ResolverServiceStub, request: Any, until: float, deadline: float, tally: Tally
+    stub: rpbg.ResolverServiceStub,
+    request: Any,
+    until: float,
+    deadline: float,
+    tally: Tally,
+    polite: bool,
 ) -> None:
     while time.monotonic() < until:
         sent = time.monotonic()
@@ -110,8 +145,10 @@ async def _load(
             if err.code() == grpc.StatusCode.UNAVAILABLE and reason == "OVERLOADED":
                 tally.shed += 1
                 tally.shed_latency.append((time.monotonic() - sent) * 1000)
-                # A harsh client: it backs off briefly, not for the whole RetryInfo delay.
-                await asyncio.sleep(0.05)
+                # A harsh client backs off briefly, not for the whole RetryInfo delay; a
+                # polite one waits that delay, with jitter.
+                pause = _retry_delay(err) * random.uniform(0.5, 1.5) if polite else 0.0
+                await asyncio.sleep(max(pause, 0.05))
             elif err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 tally.late += 1
             else:
@@ -162,7 +199,7 @@ def _bystander_process(address: str, token: str, until: float, results: Any) -> 
 
 
 async def _measure(
-    address: str, token: str, concurrency: int, opts: Options
+    address: str, token: str, bystander_token: str, concurrency: int, opts: Options
 ) -> tuple[str, collections.Counter[str]]:
     metadata = (("authorization", f"Bearer {token}"),)
     # Callers spread over connections of at most PER_CONNECTION calls each, as many clients
@@ -186,14 +223,14 @@ async def _measure(
     tally = Tally()
     receive, send = multiprocessing.get_context("spawn").Pipe(duplex=False)
     bystander = multiprocessing.get_context("spawn").Process(
-        target=_bystander_process, args=(address, token, time.time() + opts.seconds, send)
+        target=_bystander_process, args=(address, bystander_token, time.time() + opts.seconds, send)
     )
     bystander.start()
     until = time.monotonic() + opts.seconds
     started = time.monotonic()
     await asyncio.gather(
         *(
-            _load(Stub(stubs[i % count]), request, until, opts.deadline, tally)  # type: ignore[arg-type]
+            _load(Stub(stubs[i % count]), request, until, opts.deadline, tally, opts.polite)  # type: ignore[arg-type]
             for i in range(concurrency)
         )
     )
@@ -233,9 +270,11 @@ def run(opts: Options) -> None:
             f"{'limits':10} {'load':>5} {'conc':>5} {'goodput/s':>9} {'shed':>7} "
             f"{'shed p50':>8} {'late':>7} {'other':>6} {'by p50 ms':>10} {'by p99 ms':>10}"
         )
-        for label, limits in (("unlimited", HUGE), ("limited", {})):
+        for label, limits in CONFIGURATIONS.items():
+            if opts.only and label not in opts.only:
+                continue
             pg.ensure_database(f"bench_{label}")
-            tokens = {ADMIN: new_token(), RESOLVER: new_token()}
+            tokens = {name: new_token() for name in ROLES}
             receive, send = context.Pipe(duplex=False)
             child = context.Process(
                 target=_serve, args=(pg.uri(f"bench_{label}"), tokens, limits, send)
@@ -243,11 +282,11 @@ def run(opts: Options) -> None:
             child.start()
             try:
                 address = receive.recv()
-                asyncio.run(_seed(address, tokens[ADMIN]))
+                asyncio.run(_seed(address, tokens["admin"]))
                 for factor in (1, 10):
                     concurrency = opts.base_concurrency * factor
                     line, other = asyncio.run(
-                        _measure(address, tokens[RESOLVER], concurrency, opts)
+                        _measure(address, tokens["load"], tokens["bystander"], concurrency, opts)
                     )
                     print(f"{label:10} {factor:>4}x {concurrency:5d} {line}", flush=True)
                     others[f"{label} {factor}x"] = other
@@ -268,8 +307,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-concurrency", type=int, default=Options.base_concurrency)
     parser.add_argument("--seconds", type=float, default=Options.seconds)
     parser.add_argument("--deadline", type=float, default=Options.deadline)
+    parser.add_argument(
+        "--polite", action="store_true", help="clients honour RetryInfo after OVERLOADED"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=sorted(CONFIGURATIONS),
+        help="run only this configuration (repeatable)",
+    )
     args = parser.parse_args(argv)
-    run(Options(args.base_concurrency, args.seconds, args.deadline))
+    run(Options(args.base_concurrency, args.seconds, args.deadline, args.polite, tuple(args.only)))
     return 0
 
 

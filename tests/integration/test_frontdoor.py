@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
@@ -22,6 +23,7 @@ from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
 from tests.support.rpc import expect_error
 from tests.support.vault import LogCapture, VaultFactory, VaultHandle
+from vaultsvc.api import frontdoor
 
 GET_SECRET = "/interakt.vault.v1.SecretService/GetSecret"
 
@@ -299,3 +301,47 @@ async def _burst_until_queued(timed: Any, admission: Any) -> list[tuple[float, A
         if not call.done():
             call.cancel()
     return done
+
+
+async def test_a_flooding_principal_does_not_take_another_principals_turn(
+    make_vault: VaultFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fair turns (issue 15 item 4): one principal's calls fill the admission queue; another
+    principal's call still queues (its fair share) and is served next, not after the flood.
+    (The queue is frozen by a lock here, so the standing-queue rule, which would shed the
+    late arrivals after 50 ms, is pushed out of the way.)"""
+    monkeypatch.setattr(frontdoor, "STANDING_INTERVAL", 600.0)
+    vault = await make_vault(max_concurrent_rpcs=1, max_queued_rpcs=3, max_queue_wait=30.0)
+    admin = sgrpc.SecretServiceStub(vault.channel("admin"))
+    await admin.CreateSecret(spb.CreateSecretRequest(name="k", value="v"))
+    viewer = sgrpc.SecretServiceStub(vault.channel("viewer"))
+    finished: list[str] = []
+
+    async def get(stub: sgrpc.SecretServiceStub, who: str) -> None:
+        await stub.GetSecret(spb.GetSecretRequest(name="k"), timeout=30)
+        finished.append(who)
+
+    blocker = await asyncpg.connect(vault.database_url, timeout=10)
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE secrets IN ACCESS EXCLUSIVE MODE")
+        flood = []
+        for i in range(4):  # one runs (and waits on the lock), three fill the queue
+            flood.append(asyncio.ensure_future(get(viewer, f"viewer-{i}")))
+            await asyncio.sleep(0.1)  # in this order
+        await expect_error(
+            viewer.GetSecret(spb.GetSecretRequest(name="k"), timeout=30),
+            grpc.StatusCode.UNAVAILABLE,
+            "OVERLOADED",
+        )
+        neighbour = asyncio.ensure_future(get(admin, "admin"))
+        await asyncio.sleep(0.3)
+        assert not neighbour.done()  # queued despite the full queue, not shed
+        assert vault.runtime.frontdoor.admission.queued == 4
+        await transaction.rollback()
+    finally:
+        await blocker.close()
+    await asyncio.gather(*flood, neighbour)
+    # The running call, the flood's next turn, then the neighbour: not behind the flood.
+    assert finished == ["viewer-0", "viewer-1", "admin", "viewer-2", "viewer-3"], finished

@@ -11,7 +11,7 @@ import grpc
 from interakt.vault.v1 import secret_service_pb2 as pb
 from interakt.vault.v1 import secret_service_pb2_grpc as pbg
 
-from tests.support.rpc import bearer, error_info
+from tests.support.rpc import bearer, error_info, retry_info
 from tests.support.vault import create_database, start_vault
 from vaultsvc.server import stop_server
 from vaultsvc.storage.embedded import EmbeddedPostgres
@@ -52,6 +52,8 @@ async def test_calls_arriving_during_shutdown_get_unavailable(pg: EmbeddedPostgr
                     assert info.reason == "UNAVAILABLE"
                     assert "shutting down" in str(err.details())
                     assert info.metadata["request_id"]
+                    retry = retry_info(err)  # clients are told when to retry (elsewhere)
+                    assert retry is not None and retry.retry_delay.ToTimedelta().total_seconds() > 0
                     break
                 await asyncio.sleep(0.02)
             assert served > 0, "calls during shutdown_delay are still served"

@@ -7,7 +7,14 @@ import contextlib
 
 import pytest
 
-from vaultsvc.api.frontdoor import STANDING_INTERVAL, STANDING_TARGET, Admission
+from vaultsvc.api.frontdoor import (
+    LIMIT_FLOOR,
+    LIMIT_WARMUP,
+    LIMIT_WINDOW,
+    STANDING_INTERVAL,
+    STANDING_TARGET,
+    Admission,
+)
 from vaultsvc.errors import Reason, Unavailable
 
 
@@ -122,3 +129,81 @@ async def test_a_queued_call_gives_up_when_its_allowed_wait_ends() -> None:
     release.set()
     await running
     assert admission.running == 0
+
+
+async def _hold_as(
+    admission: Admission, key: str, release: asyncio.Event, order: list[str]
+) -> None:
+    async with admission.slot(1e12, key):
+        order.append(key)
+        await release.wait()
+
+
+async def test_waiting_calls_take_turns_by_principal() -> None:
+    admission = Admission(limit=1, max_queued=5, max_wait=60.0)
+    release = asyncio.Event()
+    order: list[str] = []
+    running = asyncio.ensure_future(_hold(admission, 1e12, release))
+    await asyncio.sleep(0)
+    flood = [
+        asyncio.ensure_future(_hold_as(admission, "flooder", release, order)) for _ in range(5)
+    ]
+    await asyncio.sleep(0)
+    assert admission.queued == 5  # the queue is full...
+    with pytest.raises(Unavailable, match="queue full"):
+        async with admission.slot(1e12, "flooder"):
+            pytest.fail("must not be admitted")
+    # ...for the flooder; a principal with nothing waiting still queues its one call.
+    bystander = asyncio.ensure_future(_hold_as(admission, "bystander", release, order))
+    await asyncio.sleep(0)
+    assert admission.queued == 6
+    release.set()
+    await asyncio.gather(running, *flood, bystander)
+    # Granted in turns: the bystander second, not behind the whole flood.
+    assert order == ["flooder", "bystander", "flooder", "flooder", "flooder", "flooder"]
+    assert admission.running == 0 and admission.queued == 0
+
+
+async def test_a_new_principal_expects_a_short_wait_behind_a_flood() -> None:
+    clock = Clock()
+    admission = Admission(limit=1, max_queued=100, max_wait=60.0, clock=clock)
+    await _served(admission, clock, 0.1)
+    release = asyncio.Event()
+    tasks = [asyncio.ensure_future(_hold_as(admission, "flooder", release, [])) for _ in range(9)]
+    await asyncio.sleep(0)
+    assert admission.queued == 8
+    assert admission.position("flooder") == 9
+    assert admission.position("bystander") == 2  # behind one turn of the flooder
+    # 9 x 0.1 s of waiting cannot fit in 0.5 s; 2 x 0.1 s can.
+    with pytest.raises(Unavailable):
+        async with admission.slot(clock.now + 0.5, "flooder"):
+            pytest.fail("must not be admitted")
+    bystander = asyncio.ensure_future(admission.slot(clock.now + 0.5, "bystander").__aenter__())
+    await asyncio.sleep(0)
+    assert admission.queued_for("bystander") == 1
+    bystander.cancel()
+    release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await bystander
+    await asyncio.gather(*tasks)
+    assert admission.running == 0 and admission.queued == 0
+
+
+async def test_the_limit_shrinks_when_service_time_rises_and_recovers() -> None:
+    clock = Clock()
+    admission = Admission(limit=64, max_queued=10, max_wait=1.0, clock=clock, adaptive=True)
+    for _ in range(LIMIT_WARMUP + 4 * LIMIT_WINDOW):
+        await _served(admission, clock, 0.01)
+    assert admission.limit == 64  # fast: stays at the ceiling
+    for _ in range(40 * LIMIT_WINDOW):
+        await _served(admission, clock, 0.2)  # 20x the unloaded service time
+    assert LIMIT_FLOOR <= admission.limit <= 2 * LIMIT_FLOOR
+    for _ in range(80 * LIMIT_WINDOW):
+        await _served(admission, clock, 0.01)  # fast again: back to the ceiling, gradually
+    assert admission.limit == 64
+    fixed = Admission(limit=64, max_queued=10, max_wait=1.0, clock=clock, adaptive=False)
+    for _ in range(LIMIT_WARMUP + 4 * LIMIT_WINDOW):
+        await _served(fixed, clock, 0.01)
+    for _ in range(40 * LIMIT_WINDOW):
+        await _served(fixed, clock, 0.2)
+    assert fixed.limit == 64

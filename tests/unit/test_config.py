@@ -218,6 +218,10 @@ CASES: tuple[Case, ...] = (
         bad=(("-1", "-0.1"),), wrong_type=('"1"',), env_wrong_type=("soon",),
     ),
     Case(
+        "server.adaptive_concurrency", "true", True, "1", True,
+        over="no", from_over=False, wrong_type=('"true"', "1"), env_wrong_type=("maybe",),
+    ),
+    Case(
         "server.receive_timeout", "0.5", 0.5, "30", 30.0,
         bad=(("0", "0.01"),), wrong_type=('"5"',), env_wrong_type=("slow",),
     ),

@@ -1,23 +1,44 @@
-"""The drain gate: once a vault is stopping, new calls are refused with UNAVAILABLE.
+"""Draining a stopping vault so that no client sees CANCELLED (issue 15 item 12).
 
-grpc's own shutdown drops the calls it has accepted but not yet handed to the application
-with CANCELLED, which clients do not retry. So before the grpc server is stopped, the gate
-closes: every new call (health and reflection excepted) gets UNAVAILABLE at once, with the
-usual ``ErrorInfo`` (reason ``UNAVAILABLE``) and a request id, while calls already running
-finish within the grace period. Cheap refusals also keep the event loop from falling behind,
-so hardly any call is still waiting inside grpc when the server stops.
+Why calls got CANCELLED: grpc core hands a call to the application only when the
+application asks for the next one (grpc.aio asks one at a time, from the event loop); calls
+that arrived but were not yet asked for wait inside grpc. When the server's shutdown starts,
+grpc destroys every such waiting call, and a call destroyed before its handler ran ends
+with status CANCELLED ("CANCELLED"); so does a call that reaches the server after the
+shutdown started but before the client has read the GOAWAY (grpc/grpc#41785). Clients on a
+busy connection always have a few calls in that state, so each graceful stop cancelled
+some, and clients do not retry CANCELLED.
 
-It is the first interceptor of the server (see :func:`vaultsvc.server.start_server`); while
-the gate is open it adds one attribute check per call.
+So the vault never starts grpc's shutdown while a connection can still bring calls. It
+drains in phases (:func:`vaultsvc.server.stop_server`):
+
+1. health NOT_SERVING, calls served as usual for ``shutdown_delay`` (load balancers move);
+2. the gate closes: every new call (health and reflection excepted) is refused at once with
+   UNAVAILABLE (reason ``UNAVAILABLE``, a RetryInfo and a request id), which clients retry
+   elsewhere; the vault waits (bounded) until no refusal happened for a short while and
+   until every call it was serving has finished and its reply has left (:meth:`settled`);
+3. it closes its clients' connections itself (:func:`disconnect`, a TCP shutdown of the
+   accepted sockets of its port): a client sees its connection close, which fails any call
+   still in transit with UNAVAILABLE, and it reconnects to another instance;
+4. only then grpc's server stops: nothing is left to cancel, and the listening socket closes
+   before a reconnecting client could get a call through.
+
+The gate is the first interceptor of the server (see :func:`vaultsvc.server.start_server`);
+while open it counts the calls being served (one wrapper per method, built once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,15 +50,25 @@ from vaultsvc.errors import Reason, Unavailable
 _log = logging.getLogger("vaultsvc.server")
 
 SHUTTING_DOWN_MESSAGE = "the vault is shutting down; retry (another instance will answer)"
+RETRY_DELAY = 1.0
+"""Seconds a refused client is told to wait (RetryInfo): long enough for it to go quiet."""
+_LISTEN_STATE = "0A"
+"""``st`` of a listening socket in ``/proc/net/tcp``."""
 
 
 class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Refuses new calls with UNAVAILABLE once :meth:`close` is called."""
+    """Counts the calls being served; refuses new calls with UNAVAILABLE once :meth:`close`
+    is called."""
 
     def __init__(self) -> None:
         self.closed = False
         self.refused = 0
+        self.serving = 0
+        """Calls admitted past the gate and not yet finished (reply sent or call ended)."""
         self._last_refusal = 0.0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._counted: dict[str, tuple[Any, Any]] = {}
 
     def close(self) -> None:
         if not self.closed:
@@ -58,13 +89,55 @@ class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 return False
             await asyncio.sleep(min(calm_at, deadline) - now)
 
+    async def settled(self, budget: float) -> bool:
+        """Wait (at most ``budget`` seconds) until no call is being served. True if none."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(budget, 0.0)):
+                await self._idle.wait()
+        return self.serving == 0
+
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
     ) -> Any:
         handler = await continuation(handler_call_details)
-        if not self.closed or handler is None or is_open_method(handler_call_details.method):
+        method: str = handler_call_details.method
+        if handler is None or is_open_method(method):
             return handler
-        return self._refusal(handler)
+        if self.closed:
+            return self._refusal(handler)
+        cached = self._counted.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        counted = self._counting(handler)
+        self._counted[method] = (handler, counted)
+        return counted
+
+    def _done(self, _: object) -> None:
+        self.serving -= 1
+        if self.serving == 0:
+            self._idle.set()
+
+    def _counting(self, handler: Any) -> Any:
+        """``handler``, counted in :attr:`serving` until grpc reports the call done."""
+        inner = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+
+        async def counted(request: Any, context: Any) -> Any:
+            self.serving += 1
+            self._idle.clear()
+            context.add_done_callback(self._done)
+            result = inner(request, context)
+            if inspect.isasyncgen(result):
+                async for response in result:
+                    await context.write(response)
+                return None
+            return await result
+
+        return _same_shape(handler, counted)
 
     def _refusal(self, handler: Any) -> Any:
         """A handler of the same shape as ``handler`` that only refuses."""
@@ -73,25 +146,85 @@ class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             self.refused += 1
             self._last_refusal = time.monotonic()
             request_id = uuid.uuid4().hex
-            status = status_for(
-                Unavailable(SHUTTING_DOWN_MESSAGE, reason=Reason.UNAVAILABLE), request_id
+            error = Unavailable(
+                SHUTTING_DOWN_MESSAGE, reason=Reason.UNAVAILABLE, retry_delay=RETRY_DELAY
             )
+            status = status_for(error, request_id)
             await context.abort(
                 status.code,
                 status.details,
                 (*status.trailing_metadata, ("x-request-id", request_id)),
             )
 
-        if handler.unary_unary is not None:
-            make = grpc.unary_unary_rpc_method_handler
-        elif handler.unary_stream is not None:
-            make = grpc.unary_stream_rpc_method_handler
-        elif handler.stream_unary is not None:
-            make = grpc.stream_unary_rpc_method_handler
-        else:
-            make = grpc.stream_stream_rpc_method_handler
-        return make(
-            refuse,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return _same_shape(handler, refuse)
+
+
+def _same_shape(handler: Any, behavior: Callable[..., Awaitable[Any]]) -> Any:
+    if handler.unary_unary is not None:
+        make = grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream is not None:
+        make = grpc.unary_stream_rpc_method_handler
+    elif handler.stream_unary is not None:
+        make = grpc.stream_unary_rpc_method_handler
+    else:
+        make = grpc.stream_stream_rpc_method_handler
+    return make(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def accepted_sockets(port: int, proc: Path = Path("/proc/self")) -> dict[int, int]:
+    """This process's TCP sockets accepted on ``port`` (local port ``port``, not listening),
+    as inode -> file descriptor, from ``/proc/self/net/tcp{,6}`` and ``/proc/self/fd``."""
+    inodes: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / "net" / table).read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10:
+                continue
+            local_port = int(fields[1].rpartition(":")[2], 16)
+            if local_port == port and fields[3] != _LISTEN_STATE:
+                inodes.add(int(fields[9]))
+    found: dict[int, int] = {}
+    if not inodes:
+        return found
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(proc / "fd"):
+            with contextlib.suppress(OSError, ValueError):
+                target = os.readlink(entry.path)
+                if target.startswith("socket:["):
+                    inode = int(target[8:-1])
+                    if inode in inodes:
+                        found[inode] = int(entry.name)
+    return found
+
+
+def disconnect(port: int) -> int:
+    """Shut down (TCP FIN, both directions) every connection this process accepted on
+    ``port``; returns how many. grpc then sees its connections end, the clients see them
+    close (a call in transit fails with UNAVAILABLE) and reconnect elsewhere. Each socket
+    is reached through a duplicate of its descriptor, checked to be the same socket."""
+    closed = 0
+    for inode, fd in accepted_sockets(port).items():
+        try:
+            dup = os.dup(fd)
+        except OSError:
+            continue  # closed meanwhile
+        try:
+            if os.fstat(dup).st_ino != inode:
+                continue  # the descriptor was reused for something else meanwhile
+            with socket.socket(fileno=dup) as sock:
+                dup = -1  # the socket object owns (and closes) the duplicate now
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                    closed += 1
+        finally:
+            if dup >= 0:
+                os.close(dup)
+    return closed

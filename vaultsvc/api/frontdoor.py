@@ -31,9 +31,21 @@ that cannot run at once waits only if it can still be served in time:
   allowed ``STANDING_TARGET`` of wait instead of ``max_queue_wait``; a burst into an idle
   queue still gets the full wait;
 - a queued call gives up (OVERLOADED) when its allowed wait ends, so it never takes a slot
-  it could not use. FIFO; the limit itself is static (``max_concurrent_rpcs``): the
-  deadline rule, not a latency gradient, keeps queueing bounded, which is simpler to reason
-  about and to test.
+  it could not use;
+- fair turns: waiting calls are granted round-robin by principal, and a call's expected
+  wait counts its position in that order (behind its own principal's waiting calls, one
+  turn of each other principal per call). A principal with nothing waiting may queue one
+  call even when the queue is full: one flooding principal sheds its own excess, not a
+  well-behaved neighbour's calls;
+- adaptive limit (``adaptive_concurrency``, off by default: on this 2-core machine
+  ``bench_overload`` could not show that it helps, see the README):
+  ``max_concurrent_rpcs`` is the ceiling; every ``LIMIT_WINDOW`` admitted
+  calls the limit takes a gradient step (Netflix concurrency-limits' "gradient" limiter):
+  it grows while the service time stays within ``LIMIT_TOLERANCE`` of the unloaded service
+  time (the fastest recent call), and shrinks in proportion past it (never below
+  ``LIMIT_FLOOR``). On one event loop more concurrency past that point only makes every
+  admitted call slower and late; with the lower limit the excess waits in the queue,
+  where the deadline rule above sheds it at once.
 
 Every refusal is counted in :attr:`FrontDoor.refused` and logged, at most once per
 ``LOG_INTERVAL`` seconds per kind (with the count since the previous line).
@@ -54,6 +66,7 @@ from typing import Any
 import grpc
 
 from vaultsvc.api.status import status_for
+from vaultsvc.audit import current_call
 from vaultsvc.config import Settings
 from vaultsvc.errors import (
     DeadlineExceeded,
@@ -112,15 +125,31 @@ STANDING_TARGET = 0.05
 """Longest queue wait a call is given while the queue is standing (seconds)."""
 EWMA_WEIGHT = 0.2
 """Weight of the newest admitted call's duration in the service-time estimate."""
+LIMIT_WARMUP = 32
+"""Admitted calls measured before the concurrency limit starts to adapt."""
+LIMIT_WINDOW = 16
+"""The concurrency limit is recomputed once per this many admitted calls."""
+LIMIT_TOLERANCE = 3.0
+"""Service time, as a multiple of the unloaded one, above which the limit shrinks."""
+LIMIT_FLOOR = 4
+"""The adaptive concurrency limit never goes below this (nor above ``max_concurrent_rpcs``)."""
+BASELINE_DRIFT = 1.02
+"""Per window, the unloaded service time estimate rises by this factor unless a faster call
+lowers it again: an old minimum (a cold cache, an idle database) is forgotten gradually."""
 
 
 class Admission:
-    """A bounded, deadline-aware FIFO queue in front of the work (see the module docstring).
+    """A bounded, deadline-aware, per-principal fair queue in front of the work (see the
+    module docstring).
 
-    ``limit`` calls run; a call that cannot run at once is shed at once (UNAVAILABLE
-    ``OVERLOADED``) when the queue is full or when its expected wait would not leave it
-    time to be served; otherwise it waits, at most ``max_wait`` (``STANDING_TARGET`` while
-    the queue is standing) and never past the point where its deadline could still be met.
+    ``limit`` calls run (with ``adaptive``, adapted between ``LIMIT_FLOOR`` and
+    ``max_limit`` to the measured service time); a call that cannot run at once is shed
+    at once (UNAVAILABLE ``OVERLOADED``) when the queue is full or when its expected wait
+    would not leave it time to be served; otherwise it waits, at most ``max_wait``
+    (``STANDING_TARGET`` while the queue is standing) and never past the point where its
+    deadline could still be met.
+    Waiting calls are granted round-robin by key (the principal): one principal's flood
+    waits behind itself, not in front of everyone else.
     """
 
     def __init__(
@@ -129,21 +158,36 @@ class Admission:
         max_queued: int,
         max_wait: float,
         clock: Callable[[], float] = time.monotonic,
+        adaptive: bool = False,
     ) -> None:
-        self.limit = limit
+        self.max_limit = limit
+        self.limit: float = limit
+        """The concurrency limit now (see :meth:`_adapt`)."""
+        self.adaptive = adaptive and limit > LIMIT_FLOOR
         self.max_queued = max_queued
         self.max_wait = max_wait
         self.running = 0
         self.service_time = 0.0
         """EWMA of how long admitted calls held their slot (0 until one finished)."""
+        self.baseline = 0.0
+        """The unloaded service time: the fastest recent admitted call (0 until one)."""
+        self._samples = 0
         self._clock = clock
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._queues: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._turns: collections.deque[str] = collections.deque()
+        """Keys with waiting calls, in the order their next call is granted."""
+        self._waiting = 0
+        """Waiters in ``_queues`` (one that gave up leaves at once, see :meth:`_forget`)."""
         self._empty_at = clock()
         self.retry_delay = min(1.0, max(0.05, max_wait / 2))
 
     @property
     def queued(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return self._waiting
+
+    def queued_for(self, key: str) -> int:
+        queue = self._queues.get(key)
+        return len(queue) if queue is not None else 0
 
     def standing(self) -> bool:
         """True when the queue has not been empty for ``STANDING_INTERVAL``: arrivals have
@@ -157,6 +201,13 @@ class Admission:
         """Seconds until the call at ``position`` (1 = next) gets a slot, estimated from the
         service time: slots free at ``limit / service_time`` per second."""
         return self.service_time * position / self.limit
+
+    def position(self, key: str) -> int:
+        """Where a new call of ``key`` would stand: behind its own waiting calls, each of
+        which waits for one turn of every other key with calls waiting."""
+        own = self.queued_for(key)
+        others = sum(1 for k in self._turns if k != key)
+        return min(self.queued, own * (others + 1) + others) + 1
 
     def allowed_wait(self, deadline: float) -> float:
         """How long a call arriving now may wait: its budget minus one service time (a call
@@ -172,34 +223,46 @@ class Admission:
             retry_delay=self.retry_delay,
         )
 
-    def _check_admissible(self, deadline: float) -> float:
-        """The wait allowed to a call that must queue; OVERLOADED at once when it may not."""
-        if self.queued >= self.max_queued:
+    def _check_admissible(self, deadline: float, key: str) -> float:
+        """The wait allowed to a call that must queue; OVERLOADED at once when it may not.
+        A key with no call waiting may queue one even in a full queue (its fair share)."""
+        if self.queued >= self.max_queued and self.queued_for(key):
             raise self._overloaded("admission queue full")
         allowed = self.allowed_wait(deadline)
-        if allowed <= 0 or self.expected_wait(self.queued + 1) > allowed:
+        if allowed <= 0 or self.expected_wait(self.position(key)) > allowed:
             raise self._overloaded("the wait for a slot would outlast the call's deadline")
         return allowed
 
+    def precheck(self, deadline: float, key: str = "") -> None:
+        """OVERLOADED now if a call of ``key`` arriving now would be shed: lets a call be
+        refused before its request message is read and decoded (:meth:`slot` decides)."""
+        if self.running >= self.limit or self._turns:
+            self._check_admissible(deadline, key)
+
     @contextlib.asynccontextmanager
-    async def slot(self, deadline: float) -> AsyncIterator[None]:
-        """Hold one execution slot (see the class docstring); ``deadline`` is monotonic."""
-        if self.running < self.limit and not self.queued:
+    async def slot(self, deadline: float, key: str = "") -> AsyncIterator[None]:
+        """Hold one execution slot (see the class docstring); ``deadline`` is monotonic;
+        ``key`` names whose call it is (the principal), for fair turns in the queue."""
+        if self.running < self.limit and not self._turns:
             self.running += 1
         else:
-            allowed = self._check_admissible(deadline)
+            allowed = self._check_admissible(deadline, key)
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if not self.queued:
                 self._empty_at = self._clock()
-            self._waiters.append(waiter)
+            queue = self._queues.get(key)
+            if queue is None:
+                queue = self._queues[key] = collections.deque()
+                self._turns.append(key)
+            queue.append(waiter)
+            self._waiting += 1
             try:
                 async with asyncio.timeout(allowed):
                     await waiter
             except BaseException as exc:
                 if waiter.done() and not waiter.cancelled():
                     self._release()  # granted just as we gave up: pass it on
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                self._forget(key, waiter)
                 if isinstance(exc, TimeoutError):
                     raise self._overloaded("queued too long") from None
                 raise
@@ -207,21 +270,63 @@ class Admission:
         try:
             yield
         finally:
-            took = self._clock() - granted
-            if self.service_time == 0.0:
-                self.service_time = took
-            else:
-                self.service_time += EWMA_WEIGHT * (took - self.service_time)
+            self._observe(self._clock() - granted)
             self._release()
 
+    def _forget(self, key: str, waiter: asyncio.Future[None]) -> None:
+        queue = self._queues.get(key)
+        if queue is None:
+            return
+        try:
+            queue.remove(waiter)
+            self._waiting -= 1
+        except ValueError:
+            pass  # already granted (popped)
+        if not queue:
+            del self._queues[key]
+            with contextlib.suppress(ValueError):
+                self._turns.remove(key)
+
+    def _observe(self, took: float) -> None:
+        if self.service_time == 0.0:
+            self.service_time = self.baseline = took
+        else:
+            self.service_time += EWMA_WEIGHT * (took - self.service_time)
+            self.baseline = min(self.baseline, took)
+        self._samples += 1
+        if self.adaptive and self._samples >= LIMIT_WARMUP and self._samples % LIMIT_WINDOW == 0:
+            self._adapt()
+
+    def _adapt(self) -> None:
+        """Gradient step (as in Netflix's concurrency-limits): while the service time stays
+        within ``LIMIT_TOLERANCE`` of the unloaded one, the limit grows by its square root
+        (room to probe); past it, the limit shrinks in proportion, so that work waits in
+        the queue, where it can be shed, not in the event loop, where it only runs late."""
+        if self.service_time <= 0.0:
+            return
+        gradient = max(0.5, min(1.0, LIMIT_TOLERANCE * self.baseline / self.service_time))
+        target = self.limit * gradient + self.limit**0.5
+        smoothed = 0.8 * self.limit + 0.2 * target
+        self.limit = max(float(LIMIT_FLOOR), min(float(self.max_limit), smoothed))
+        self.baseline *= BASELINE_DRIFT
+
     def _release(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot moves to the waiter
-                if not self.queued:
-                    self._empty_at = self._clock()
-                return
+        while self._turns:
+            key = self._turns.popleft()
+            queue = self._queues[key]
+            while queue:
+                waiter = queue.popleft()
+                self._waiting -= 1
+                if not waiter.done():
+                    if queue:
+                        self._turns.append(key)  # its next call waits for the next turn
+                    else:
+                        del self._queues[key]
+                    waiter.set_result(None)  # the slot moves to the waiter
+                    if not self._turns:
+                        self._empty_at = self._clock()
+                    return
+            del self._queues[key]
         self.running -= 1
 
 
@@ -326,7 +431,10 @@ class FrontDoor:
         self.settings = settings
         self.refused = Refusals()
         self.admission = Admission(
-            settings.max_concurrent_rpcs, settings.max_queued_rpcs, settings.max_queue_wait
+            settings.max_concurrent_rpcs,
+            settings.max_queued_rpcs,
+            settings.max_queue_wait,
+            adaptive=settings.adaptive_concurrency,
         )
         self.streams = Budget(settings.max_streams)
         self.replies = ReplyBudget(settings.max_reply_bytes_in_flight, self.refused)
@@ -349,10 +457,22 @@ class FrontDoor:
     def receive_deadline(self, started: float) -> float:
         return started + self.settings.receive_timeout
 
+    def precheck(self, deadline: float) -> None:
+        """Shed the current call before its request message is read when admission would
+        shed it anyway (the cheapest refusal: an overloaded process reads nothing more)."""
+        call = current_call.get(None)
+        try:
+            self.admission.precheck(deadline, call.principal if call else "")
+        except Unavailable:
+            self.refused.note("overloaded", "max_concurrent_rpcs/max_queued_rpcs", "overload")
+            raise
+
     @contextlib.asynccontextmanager
     async def admitted(self, deadline: float) -> AsyncIterator[None]:
+        """An execution slot for the current call (its principal takes fair turns)."""
+        call = current_call.get(None)
         try:
-            async with self.admission.slot(deadline):
+            async with self.admission.slot(deadline, call.principal if call else ""):
                 yield
         except Unavailable as exc:
             if exc.reason is Reason.OVERLOADED:

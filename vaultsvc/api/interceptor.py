@@ -185,6 +185,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 self.rpc_timeout_cap if remaining is None else min(remaining, self.rpc_timeout_cap)
             )
             deadline = started + budget
+            self.frontdoor.precheck(deadline)  # shed before reading the message
             request = await receive_one(
                 requests, min(deadline, self.frontdoor.receive_deadline(started))
             )
