@@ -179,38 +179,47 @@ class Admission:
             raise self._overloaded("the wait for a slot would outlast the call's deadline")
         return allowed
 
-    @contextlib.asynccontextmanager
-    async def slot(self, deadline: float) -> AsyncIterator[None]:
-        """Hold one execution slot (see the class docstring); ``deadline`` is monotonic."""
+    async def acquire(self, deadline: float) -> float:
+        """Take one execution slot (see the class docstring); ``deadline`` is monotonic.
+        Returns when it was granted, to hand back to :meth:`release` exactly once."""
         if self.running < self.limit and not self.queued:
             self.running += 1
+            return self._clock()
+        allowed = self._check_admissible(deadline)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.queued:
+            self._empty_at = self._clock()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(allowed):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # granted just as we gave up: pass it on
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise self._overloaded("queued too long") from None
+            raise
+        return self._clock()
+
+    def release(self, granted: float) -> None:
+        """Give back the slot :meth:`acquire` granted at ``granted``."""
+        took = self._clock() - granted
+        if self.service_time == 0.0:
+            self.service_time = took
         else:
-            allowed = self._check_admissible(deadline)
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if not self.queued:
-                self._empty_at = self._clock()
-            self._waiters.append(waiter)
-            try:
-                async with asyncio.timeout(allowed):
-                    await waiter
-            except BaseException as exc:
-                if waiter.done() and not waiter.cancelled():
-                    self._release()  # granted just as we gave up: pass it on
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-                if isinstance(exc, TimeoutError):
-                    raise self._overloaded("queued too long") from None
-                raise
-        granted = self._clock()
+            self.service_time += EWMA_WEIGHT * (took - self.service_time)
+        self._release()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, deadline: float) -> AsyncIterator[None]:
+        """Hold one execution slot for the block (:meth:`acquire` and :meth:`release`)."""
+        granted = await self.acquire(deadline)
         try:
             yield
         finally:
-            took = self._clock() - granted
-            if self.service_time == 0.0:
-                self.service_time = took
-            else:
-                self.service_time += EWMA_WEIGHT * (took - self.service_time)
-            self._release()
+            self.release(granted)
 
     def _release(self) -> None:
         while self._waiters:
@@ -347,15 +356,27 @@ class FrontDoor:
     def receive_deadline(self, started: float) -> float:
         return started + self.settings.receive_timeout
 
-    @contextlib.asynccontextmanager
-    async def admitted(self, deadline: float) -> AsyncIterator[None]:
+    async def admit(self, deadline: float) -> float:
+        """Take an admission slot (:meth:`Admission.acquire`), counting OVERLOADED refusals;
+        the result goes back to :meth:`dismiss` exactly once. The gRPC hot path uses this
+        pair: no context-manager objects per call."""
         try:
-            async with self.admission.slot(deadline):
-                yield
+            return await self.admission.acquire(deadline)
         except Unavailable as exc:
             if exc.reason is Reason.OVERLOADED:
                 self.refused.note("overloaded", "max_concurrent_rpcs/max_queued_rpcs", "overload")
             raise
+
+    def dismiss(self, granted: float) -> None:
+        self.admission.release(granted)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, deadline: float) -> AsyncIterator[None]:
+        granted = await self.admit(deadline)
+        try:
+            yield
+        finally:
+            self.dismiss(granted)
 
     def open_method(self, method: str, handler: Any) -> Any:
         """Health and reflection: no token, no admission queue; streams capped; the request

@@ -234,7 +234,7 @@ class Resolution(VaultBase):
             max_chars=MAX_REPLY_BYTES,
             before_render=before_render,
         )
-        size = sum(len(key.encode("utf-8")) + len(value.encode("utf-8")) for key, value in rendered)
+        size = sum(_utf8_length(key) + _utf8_length(value) for key, value in rendered)
         if size > MAX_REPLY_BYTES:
             raise _rendered_too_large()
         return rendered
@@ -392,6 +392,11 @@ def _refuse_too_large(f: Field) -> None:
         raise ResourceExhausted(
             f"field {f.key!r} is larger than 1 MiB", reason=Reason.TEMPLATE_TOO_LARGE
         )
+
+
+def _utf8_length(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; an ASCII string (the usual reply) is not encoded for it."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def _rendered_too_large() -> ResourceExhausted:
