@@ -388,7 +388,7 @@ def _refuse_too_many_fields(fields: Sequence[Field]) -> None:
 
 
 def _refuse_too_large(f: Field) -> None:
-    if len(f.template.encode("utf-8")) > MAX_TEMPLATE_BYTES:
+    if _utf8_length(f.template) > MAX_TEMPLATE_BYTES:
         raise ResourceExhausted(
             f"field {f.key!r} is larger than 1 MiB", reason=Reason.TEMPLATE_TOO_LARGE
         )
