@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import pytest
 
+import vaultsvc.templates.compiler as compiler_module
 from vaultsvc.api.frontdoor import FrontDoor
 from vaultsvc.audit import STALL_TICK, AuditWriter
 from vaultsvc.config import Settings
@@ -31,7 +32,8 @@ from vaultsvc.domain import AuditRecord, safe_label
 from vaultsvc.errors import InvalidArgument, Reason, Unavailable
 from vaultsvc.logs import _dumps
 from vaultsvc.storage.repository import SealedRow
-from vaultsvc.templates import Encoding, compile_template
+from vaultsvc.templates import CACHEABLE_TEMPLATE_LENGTH, Encoding, compile_template
+from vaultsvc.templates.compiler import CACHE_SIZE
 from vaultsvc.templates.hosts import normalise_host
 
 
@@ -86,12 +88,45 @@ def test_a_cached_row_builds_its_context_once_and_a_new_version_gets_its_own() -
     assert row == SealedRow(id=secret_id, name="db_password", value_version=3, sealed=sealed)
 
 
+# ------------------------------------------------- compiled-template cache
+
+
+def _no_config(key: str) -> str:
+    raise AssertionError(f"config {key} read")
+
+
+def test_compiled_templates_are_cached_by_text_and_encoding_bounded_and_small_only() -> None:
+    cached = compiler_module._analyse_cached
+    cached.cache_clear()
+    text = "https://api.example.com/{{input.id}}?k={{secret:k}}"
+    as_url = compile_template(text, Encoding.URL)
+    assert compile_template(text, Encoding.URL) is as_url  # a hit: the same object
+    as_raw = compile_template(text, Encoding.RAW)  # same text, another encoding: its own
+    assert as_raw is not as_url
+    assert (as_url.destination_host(_no_config), as_raw.encoding) == (
+        "api.example.com",
+        Encoding.RAW,
+    )
+    assert cached.cache_info().currsize == 2
+    # Bounded: CACHE_SIZE entries at most, least recently used out first.
+    for i in range(CACHE_SIZE + 10):
+        compile_template(f"Bearer {{{{secret:k{i}}}}}", Encoding.HEADER)
+    assert cached.cache_info().currsize == CACHE_SIZE
+    assert compile_template(text, Encoding.URL) is not as_url  # evicted, compiled again
+    # A large template is never kept (its text would pin memory).
+    large = "x" * CACHEABLE_TEMPLATE_LENGTH + "{{secret:k}}"
+    before = cached.cache_info().currsize
+    misses = cached.cache_info().misses
+    compile_template(large, Encoding.RAW)
+    assert cached.cache_info().currsize == before and cached.cache_info().misses == misses
+
+
 # ------------------------------------------------------- compiled URL hosts
 
 
 def test_a_literal_origin_host_is_worked_out_at_compile_time_a_config_one_per_call() -> None:
     literal = compile_template("https://API.Example.COM:8443/v1?k={{secret:k}}", Encoding.URL)
-    assert literal.destination_host(lambda key: pytest.fail("no config read")) == (
+    assert literal.destination_host(_no_config) == (
         normalise_host("API.Example.COM:8443", allow_port=True)
     )
     assert (
