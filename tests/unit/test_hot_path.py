@@ -13,12 +13,12 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 import vaultsvc.templates.compiler as compiler_module
-from vaultsvc.api.frontdoor import FrontDoor
+from vaultsvc.api.frontdoor import FrontDoor, receive_one
 from vaultsvc.audit import STALL_TICK, AuditWriter
 from vaultsvc.config import Settings
 from vaultsvc.crypto import (
@@ -29,7 +29,7 @@ from vaultsvc.crypto import (
     parse_master_keys,
 )
 from vaultsvc.domain import AuditRecord, safe_label
-from vaultsvc.errors import InvalidArgument, Reason, Unavailable
+from vaultsvc.errors import DeadlineExceeded, InvalidArgument, Reason, Unavailable
 from vaultsvc.logs import _dumps
 from vaultsvc.storage.repository import SealedRow
 from vaultsvc.templates import CACHEABLE_TEMPLATE_LENGTH, Encoding, compile_template
@@ -237,3 +237,39 @@ async def test_a_commit_counts_free_loop_ticks_only_while_it_is_in_flight() -> N
         assert writer._inflight_ticks == 0
     finally:
         await writer.stop()
+
+
+# ------------------------------------------------------------- request iterator
+
+
+class _Requests:
+    """Like grpc's request iterator: each ``aiter`` is a fresh async generator."""
+
+    def __init__(self, messages: list[str], wait: float = 0.0) -> None:
+        self.messages = messages
+        self.wait = wait
+        self.generators: list[AsyncIterator[str]] = []
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        generator = self._generate()
+        self.generators.append(generator)
+        return generator
+
+    async def _generate(self) -> AsyncIterator[str]:
+        await asyncio.sleep(self.wait)
+        for message in self.messages:
+            yield message
+
+
+async def test_receive_one_closes_the_request_iterator_on_every_outcome() -> None:
+    requests = _Requests(["first", "second"])
+    assert await receive_one(requests, time.monotonic() + 5) == "first"
+    empty = _Requests([])
+    with pytest.raises(InvalidArgument):
+        await receive_one(empty, time.monotonic() + 5)
+    slow = _Requests(["late"], wait=5)
+    with pytest.raises(DeadlineExceeded):
+        await receive_one(slow, time.monotonic() + 0.01)
+    for source in (requests, empty, slow):
+        (generator,) = source.generators
+        assert generator.ag_frame is None  # type: ignore[attr-defined]  # closed, not left to GC

@@ -48,7 +48,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -302,17 +302,26 @@ class Budget:
         self.held -= 1
 
 
-async def receive_one(requests: AsyncIterator[Any], deadline: float) -> Any:
-    """The single request message of a unary method, by ``deadline`` (monotonic)."""
+async def receive_one(requests: AsyncIterable[Any], deadline: float) -> Any:
+    """The single request message of a unary method, by ``deadline`` (monotonic).
+
+    grpc's request iterator is an async generator left suspended after the one message:
+    it is closed here, at once, rather than by the event loop's finaliser hook when it is
+    collected (which wakes the loop through its self-pipe and runs a task per call)."""
+    iterator = aiter(requests)
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            return await anext(aiter(requests))
+            return await anext(iterator)
     except TimeoutError:
         raise DeadlineExceeded(
             "the request message did not arrive in time", reason=Reason.DEADLINE_EXCEEDED
         ) from None
     except StopAsyncIteration:
         raise InvalidArgument("the request message is missing") from None
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
 
 
 async def abort(context: Any, error: VaultError) -> None:
