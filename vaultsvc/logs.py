@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii  # as json.dumps
+#: ``json.dumps(..., default=str, ensure_ascii=False)`` without building an encoder per line.
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -30,7 +32,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # The type only: exception texts can quote data.
             payload["exc_type"] = record.exc_info[0].__name__
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        return _JSON.encode(payload)
 
 
 def _dumps(value: Any) -> str:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 
 import pytest
 
@@ -30,7 +32,7 @@ from vaultsvc.crypto import (
 )
 from vaultsvc.domain import AuditRecord, safe_label
 from vaultsvc.errors import DeadlineExceeded, InvalidArgument, Reason, Unavailable
-from vaultsvc.logs import _dumps
+from vaultsvc.logs import JsonFormatter, _dumps
 from vaultsvc.storage.repository import SealedRow
 from vaultsvc.templates import CACHEABLE_TEMPLATE_LENGTH, Encoding, compile_template
 from vaultsvc.templates.compiler import CACHE_SIZE
@@ -273,3 +275,14 @@ async def test_receive_one_closes_the_request_iterator_on_every_outcome() -> Non
     for source in (requests, empty, slow):
         (generator,) = source.generators
         assert generator.ag_frame is None  # type: ignore[attr-defined]  # closed, not left to GC
+
+
+def test_the_json_log_line_is_what_json_dumps_gives() -> None:
+    record = logging.LogRecord("vaultsvc.access", logging.INFO, __file__, 1, "rpc", None, None)
+    when = datetime.fromtimestamp(0, UTC)
+    record.__dict__.update(secret_names=["a", "é"], peer="ipv4:127.0.0.1:1\n", when=when)
+    line = JsonFormatter().format(record)
+    payload = json.loads(line)
+    assert payload["secret_names"] == ["a", "é"] and payload["when"] == str(when)
+    assert line == json.dumps(payload, default=str, ensure_ascii=False)
+    assert "\n" not in line
