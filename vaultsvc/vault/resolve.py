@@ -474,10 +474,11 @@ def _refuse_unbound_destinations(rows: Iterable[SealedRow], destinations: Iterab
     """PERMISSION_DENIED ``SECRET_HOST_NOT_ALLOWED`` unless every destination of the request
     matches the ``allowed_hosts`` of every bound secret it uses (names the secret and the
     host, never a value). A bound secret in a request without any destination is refused."""
+    bound = [row for row in rows if row.allowed_hosts]
+    if not bound:
+        return
     hosts = list(destinations)
-    for row in sorted(rows, key=lambda r: r.name.lower()):
-        if not row.allowed_hosts:
-            continue
+    for row in sorted(bound, key=lambda r: r.name.lower()):
         if not hosts:
             raise PermissionDenied(
                 f"secret {row.name} is bound to destination hosts, and this request names"
