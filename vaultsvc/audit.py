@@ -141,6 +141,7 @@ class AuditWriter:
         self._idle.set()
         self._inflight_since: float | None = None
         self._inflight_ticks = 0
+        self._ticker: asyncio.TimerHandle | None = None
         self._healthy = True
         self._stopped = False
         self._task: asyncio.Task[None] | None = None
@@ -200,9 +201,11 @@ class AuditWriter:
         """Return once ``record`` is durable; UNAVAILABLE AUDIT_UNAVAILABLE if it is not."""
         done = self.submit(record)
         try:
-            # Bounded beyond the batch in flight plus this one; the sink bounds each.
+            # Bounded beyond the batch in flight plus this one; the sink bounds each. Not
+            # shielded: a waiter that goes away cancels only its own future; its record is
+            # queued regardless and is still written with its batch.
             async with asyncio.timeout(2 * self._write_timeout + 1.0):
-                await asyncio.shield(done)
+                await done
         except TimeoutError:
             raise _refused() from None
 
@@ -237,17 +240,22 @@ class AuditWriter:
             self._idle.set()
 
     async def _insert(self, records: list[AuditRecord]) -> None:
-        """The sink's insert, counting ``STALL_TICK``s the loop was free while it ran."""
-        insert = asyncio.ensure_future(self.sink.insert(records))
+        """The sink's insert, counting ``STALL_TICK``s the loop was free while it ran.
+
+        Awaited directly (no task, no polling): one timer is armed per commit and only
+        re-armed from its own callback, so a commit that ends within a tick costs one
+        cancelled timer, and a tick counts only when the loop was free to run it."""
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.call_later(STALL_TICK, self._tick, loop)
         try:
-            while True:
-                done, _ = await asyncio.wait({insert}, timeout=STALL_TICK)
-                if done:
-                    return insert.result()
-                self._inflight_ticks += 1
+            await self.sink.insert(records)
         finally:
-            if not insert.done():
-                insert.cancel()
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._inflight_ticks += 1
+        self._ticker = loop.call_later(STALL_TICK, self._tick, loop)
 
     def _failed(self) -> None:
         if self._healthy:

@@ -33,6 +33,8 @@ def safe_label(text: str, limit: int = MAX_LABEL_CHARS) -> str:
     Only used for names that failed validation (valid names are already safe): control
     characters (CR, LF, ...) become ``?`` and the text is cut to ``limit`` characters.
     """
+    if len(text) <= limit and text.isprintable():
+        return text  # the usual case (and on every call's hot path): nothing to clean
     cleaned = "".join(c if c.isprintable() else "?" for c in text[:limit])
     return cleaned + ("..." if len(text) > limit else "")
 

@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii  # as json.dumps
+#: ``json.dumps(..., default=str, ensure_ascii=False)`` without building an encoder per line.
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -28,7 +32,15 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             # The type only: exception texts can quote data.
             payload["exc_type"] = record.exc_info[0].__name__
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        return _JSON.encode(payload)
+
+
+def _dumps(value: Any) -> str:
+    """``json.dumps(value, default=str)``; a str (most fields of a line) without building
+    an encoder: the same C function json.dumps uses for it."""
+    if type(value) is str:
+        return _encode_str(value)
+    return json.dumps(value, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -38,7 +50,7 @@ class TextFormatter(logging.Formatter):
         }
         line = f"{record.levelname:7} {record.name}: {record.getMessage()}"
         if extras:
-            line += " " + " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in extras.items())
+            line += " " + " ".join(f"{k}={_dumps(v)}" for k, v in extras.items())
         return line.replace("\r", "\\r").replace("\n", "\\n")
 
 

@@ -60,7 +60,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -235,43 +235,52 @@ class Admission:
 
     def precheck(self, deadline: float, key: str = "") -> None:
         """OVERLOADED now if a call of ``key`` arriving now would be shed: lets a call be
-        refused before its request message is read and decoded (:meth:`slot` decides)."""
+        refused before its request message is read and decoded (:meth:`acquire` decides)."""
         if self.running >= self.limit or self._turns:
             self._check_admissible(deadline, key)
 
-    @contextlib.asynccontextmanager
-    async def slot(self, deadline: float, key: str = "") -> AsyncIterator[None]:
-        """Hold one execution slot (see the class docstring); ``deadline`` is monotonic;
-        ``key`` names whose call it is (the principal), for fair turns in the queue."""
+    async def acquire(self, deadline: float, key: str = "") -> float:
+        """Take one execution slot (see the class docstring); ``deadline`` is monotonic;
+        ``key`` names whose call it is (the principal), for fair turns in the queue.
+        Returns when it was granted, to hand back to :meth:`release` exactly once."""
         if self.running < self.limit and not self._turns:
             self.running += 1
-        else:
-            allowed = self._check_admissible(deadline, key)
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            if not self.queued:
-                self._empty_at = self._clock()
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = collections.deque()
-                self._turns.append(key)
-            queue.append(waiter)
-            self._waiting += 1
-            try:
-                async with asyncio.timeout(allowed):
-                    await waiter
-            except BaseException as exc:
-                if waiter.done() and not waiter.cancelled():
-                    self._release()  # granted just as we gave up: pass it on
-                self._forget(key, waiter)
-                if isinstance(exc, TimeoutError):
-                    raise self._overloaded("queued too long") from None
-                raise
-        granted = self._clock()
+            return self._clock()
+        allowed = self._check_admissible(deadline, key)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.queued:
+            self._empty_at = self._clock()
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = collections.deque()
+            self._turns.append(key)
+        queue.append(waiter)
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(allowed):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # granted just as we gave up: pass it on
+            self._forget(key, waiter)
+            if isinstance(exc, TimeoutError):
+                raise self._overloaded("queued too long") from None
+            raise
+        return self._clock()
+
+    def release(self, granted: float) -> None:
+        """Give back the slot :meth:`acquire` granted at ``granted``."""
+        self._observe(self._clock() - granted)
+        self._release()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, deadline: float, key: str = "") -> AsyncIterator[None]:
+        """Hold one execution slot for the block (:meth:`acquire` and :meth:`release`)."""
+        granted = await self.acquire(deadline, key)
         try:
             yield
         finally:
-            self._observe(self._clock() - granted)
-            self._release()
+            self.release(granted)
 
     def _forget(self, key: str, waiter: asyncio.Future[None]) -> None:
         queue = self._queues.get(key)
@@ -400,17 +409,26 @@ class Budget:
         self.held -= 1
 
 
-async def receive_one(requests: AsyncIterator[Any], deadline: float) -> Any:
-    """The single request message of a unary method, by ``deadline`` (monotonic)."""
+async def receive_one(requests: AsyncIterable[Any], deadline: float) -> Any:
+    """The single request message of a unary method, by ``deadline`` (monotonic).
+
+    grpc's request iterator is an async generator left suspended after the one message:
+    it is closed here, at once, rather than by the event loop's finaliser hook when it is
+    collected (which wakes the loop through its self-pipe and runs a task per call)."""
+    iterator = aiter(requests)
     try:
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            return await anext(aiter(requests))
+            return await anext(iterator)
     except TimeoutError:
         raise DeadlineExceeded(
             "the request message did not arrive in time", reason=Reason.DEADLINE_EXCEEDED
         ) from None
     except StopAsyncIteration:
         raise InvalidArgument("the request message is missing") from None
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
 
 
 async def abort(context: Any, error: VaultError) -> None:
@@ -467,17 +485,28 @@ class FrontDoor:
             self.refused.note("overloaded", "max_concurrent_rpcs/max_queued_rpcs", "overload")
             raise
 
-    @contextlib.asynccontextmanager
-    async def admitted(self, deadline: float) -> AsyncIterator[None]:
-        """An execution slot for the current call (its principal takes fair turns)."""
+    async def admit(self, deadline: float) -> float:
+        """Take an admission slot for the current call (its principal takes fair turns),
+        counting OVERLOADED refusals; the result goes back to :meth:`dismiss` exactly once.
+        The gRPC hot path uses this pair: no context-manager objects per call."""
         call = current_call.get(None)
         try:
-            async with self.admission.slot(deadline, call.principal if call else ""):
-                yield
+            return await self.admission.acquire(deadline, call.principal if call else "")
         except Unavailable as exc:
             if exc.reason is Reason.OVERLOADED:
                 self.refused.note("overloaded", "max_concurrent_rpcs/max_queued_rpcs", "overload")
             raise
+
+    def dismiss(self, granted: float) -> None:
+        self.admission.release(granted)
+
+    @contextlib.asynccontextmanager
+    async def admitted(self, deadline: float) -> AsyncIterator[None]:
+        granted = await self.admit(deadline)
+        try:
+            yield
+        finally:
+            self.dismiss(granted)
 
     def open_method(self, method: str, handler: Any) -> Any:
         """Health and reflection: no token, no admission queue; streams capped; the request

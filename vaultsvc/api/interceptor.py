@@ -4,7 +4,6 @@ authorization, deadline, audit and error mapping."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -131,12 +130,13 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             response_serializer=handler.response_serializer,
         )
 
-    async def _principal(self, metadata: dict[str, Any], context: Any) -> Principal:
-        if sum(1 for key, _ in context.invocation_metadata() or () if key == "authorization") > 1:
+    async def _principal(
+        self, authorization: object, authorizations: int, context: Any
+    ) -> Principal:
+        if authorizations > 1:
             raise Unauthenticated(
                 "more than one authorization header: send exactly one 'Bearer <token>'"
             )
-        authorization = metadata.get("authorization")
         if authorization is None and self.cert_principals:
             auth_ctx = context.auth_context() or {}
             for cn in auth_ctx.get("x509_common_name", []):
@@ -145,90 +145,96 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     return principal
         if isinstance(authorization, bytes):
             raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>')")
-        return await self.authenticator.authenticate_call(authorization)
+        return await self.authenticator.authenticate_call(authorization)  # type: ignore[arg-type]
 
     async def _handle(self, inner: Handler, method: str, requests: Any, context: Any) -> Any:
         # An admitted call holds its slot until its reply is decided, audit commit included:
-        # that wait is part of what the process serves (vaultsvc.api.frontdoor).
-        async with contextlib.AsyncExitStack() as slot:
-            return await self._serve(inner, method, requests, context, slot)
-
-    async def _serve(
-        self,
-        inner: Handler,
-        method: str,
-        requests: Any,
-        context: Any,
-        slot: contextlib.AsyncExitStack,
-    ) -> Any:
+        # that wait is part of what the process serves (vaultsvc.api.frontdoor). The slot is
+        # taken and given back by hand (no context-manager objects per call).
+        granted: float | None = None
         started = time.monotonic()
-        metadata = dict(context.invocation_metadata() or ())
+        # One pass over the metadata: the last value of a key wins, as in a dict.
+        authorization: object = None
+        authorizations = 0
+        supplied_id: object = None
+        pairs = context.invocation_metadata() or ()
+        for key, value in pairs:
+            if key == "authorization":
+                authorization = value
+                authorizations += 1
+            elif key == "x-request-id":
+                supplied_id = value
         # The server names every call; what the client sent is kept beside it, so one
         # client cannot make its call look like another in the audit trail.
         request_id = uuid.uuid4().hex
-        supplied_id = metadata.get("x-request-id")
         call = CallContext(method=method, request_id=request_id, peer=context.peer() or "")
         if isinstance(supplied_id, str):
             call.record.client_request_id = safe_label(supplied_id, _MAX_CLIENT_REQUEST_ID)
         token = current_call.set(call)
-        telemetry.rpc_start(method, metadata)
+        telemetry.rpc_start(method, pairs)
         error: VaultError | None = None
         response: Any = None
         try:
-            principal = await self._principal(metadata, context)
-            call.set_principal(principal.name, principal.role, principal.scopes)
-            authorize(method, principal)
-            # Fail fast, before any work, when this call's event could not be committed.
-            self.audit.ensure_accepting()
-            remaining = context.time_remaining()
-            budget = (
-                self.rpc_timeout_cap if remaining is None else min(remaining, self.rpc_timeout_cap)
-            )
-            deadline = started + budget
-            self.frontdoor.precheck(deadline)  # shed before reading the message
-            request = await receive_one(
-                requests, min(deadline, self.frontdoor.receive_deadline(started))
-            )
             try:
-                await slot.enter_async_context(self.frontdoor.admitted(deadline))
-                async with asyncio.timeout_at(_loop_time(deadline)):
-                    response = await inner(request, context)
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    "deadline exceeded", reason=Reason.DEADLINE_EXCEEDED
-                ) from None
-        except VaultError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            call.record.outcome = "CANCELLED"
-            if not call.audited:
-                submit_quietly(self.audit, call)
-            self._log_access(call, "CANCELLED", "", started)
-            raise
-        except Exception as exc:
-            _log.error(
-                "unexpected error",
-                extra={
-                    "request_id": request_id,
-                    "method": method,
-                    "error": type(exc).__name__,
-                },
-            )
-            error = InternalError(f"internal error (request id {request_id})")
-        finally:
-            current_call.reset(token)
+                principal = await self._principal(authorization, authorizations, context)
+                call.set_principal(principal.name, principal.role, principal.scopes)
+                authorize(method, principal)
+                # Fail fast, before any work, when this call's event could not be committed.
+                self.audit.ensure_accepting()
+                remaining = context.time_remaining()
+                budget = (
+                    self.rpc_timeout_cap
+                    if remaining is None
+                    else min(remaining, self.rpc_timeout_cap)
+                )
+                deadline = started + budget
+                self.frontdoor.precheck(deadline)  # shed before reading the message
+                request = await receive_one(
+                    requests, min(deadline, self.frontdoor.receive_deadline(started))
+                )
+                try:
+                    granted = await self.frontdoor.admit(deadline)
+                    async with asyncio.timeout_at(_loop_time(deadline)):
+                        response = await inner(request, context)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        "deadline exceeded", reason=Reason.DEADLINE_EXCEEDED
+                    ) from None
+            except VaultError as exc:
+                error = exc
+            except asyncio.CancelledError:
+                call.record.outcome = "CANCELLED"
+                if not call.audited:
+                    submit_quietly(self.audit, call)
+                self._log_access(call, "CANCELLED", "", started)
+                raise
+            except Exception as exc:
+                _log.error(
+                    "unexpected error",
+                    extra={
+                        "request_id": request_id,
+                        "method": method,
+                        "error": type(exc).__name__,
+                    },
+                )
+                error = InternalError(f"internal error (request id {request_id})")
+            finally:
+                current_call.reset(token)
 
-        error = await settle_audit(self.audit, call, error)
-        outcome = error.code.value if error is not None else "OK"
-        self._log_access(call, outcome, error.reason.value if error else "", started)
-        reply_metadata = (("x-request-id", request_id), *_client_id_echo(supplied_id))
-        if error is not None:
-            status = status_for(error, request_id)
-            await context.abort(
-                status.code, status.details, (*status.trailing_metadata, *reply_metadata)
-            )
-        context.set_trailing_metadata(reply_metadata)
-        return response
+            error = await settle_audit(self.audit, call, error)
+            outcome = error.code.value if error is not None else "OK"
+            self._log_access(call, outcome, error.reason.value if error else "", started)
+            reply_metadata = (("x-request-id", request_id), *_client_id_echo(supplied_id))
+            if error is not None:
+                status = status_for(error, request_id)
+                await context.abort(
+                    status.code, status.details, (*status.trailing_metadata, *reply_metadata)
+                )
+            context.set_trailing_metadata(reply_metadata)
+            return response
+        finally:
+            if granted is not None:
+                self.frontdoor.dismiss(granted)
 
     @staticmethod
     def _log_access(call: CallContext, outcome: str, reason: str, started: float) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -36,6 +36,8 @@ _VERSION_BYTE = bytes([FORMAT_VERSION])
 _MAX_VALUE_VERSION = 2**63 - 1
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_VALUE_AAD = None
+"""Key of the value AAD in ``SecretContext._aad_cache`` (key ids are strings)."""
 
 
 class DecryptionFailed(Exception):
@@ -63,6 +65,11 @@ class SecretContext:
     secret_id: str
     name: str
     value_version: int
+    # The AADs built from this identity (not secret), by key id and ``_VALUE_AAD``: a
+    # context kept with a cached row is opened many times.
+    _aad_cache: dict[str | None, bytes] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         for field_name in ("secret_id", "name"):
@@ -95,6 +102,14 @@ def _encode_items(*items: bytes) -> bytes:
 
 
 def value_aad(ctx: SecretContext) -> bytes:
+    return ctx._aad_cache.get(_VALUE_AAD) or ctx._aad_cache.setdefault(_VALUE_AAD, _value_aad(ctx))
+
+
+def dek_aad(key_id: str, ctx: SecretContext) -> bytes:
+    return ctx._aad_cache.get(key_id) or ctx._aad_cache.setdefault(key_id, _dek_aad(key_id, ctx))
+
+
+def _value_aad(ctx: SecretContext) -> bytes:
     return _encode_items(
         VALUE_AAD_LABEL,
         _VERSION_BYTE,
@@ -104,7 +119,7 @@ def value_aad(ctx: SecretContext) -> bytes:
     )
 
 
-def dek_aad(key_id: str, ctx: SecretContext) -> bytes:
+def _dek_aad(key_id: str, ctx: SecretContext) -> bytes:
     return _encode_items(
         DEK_AAD_LABEL,
         _VERSION_BYTE,

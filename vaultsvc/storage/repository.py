@@ -7,6 +7,7 @@ row's id and version chosen inside the transaction.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -82,8 +83,10 @@ class SealedRow:
     def deleted(self) -> bool:
         return self.delete_time is not None
 
-    @property
+    @functools.cached_property
     def context(self) -> SecretContext:
+        """Built once per row (a cached row is opened by many resolves): the row's identity
+        only, nothing secret."""
         return SecretContext(
             secret_id=str(self.id), name=self.name, value_version=self.value_version
         )

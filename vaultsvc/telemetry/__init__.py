@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from vaultsvc.telemetry import metrics, tracing
@@ -42,10 +42,11 @@ def _method_names(method: str) -> tuple[str, str]:
     return _names.get(method) or (metrics.OTHER, metrics.OTHER)
 
 
-def rpc_start(method: str, metadata: Mapping[str, Any]) -> None:
-    """An RPC begins (the interceptor): its span, when tracing is on."""
+def rpc_start(method: str, metadata: Iterable[tuple[str, Any]]) -> None:
+    """An RPC begins (the interceptor, with the call's metadata pairs): its span, when
+    tracing is on (the pairs become a mapping only then)."""
     if tracing.ON:
-        tracing.rpc_start(*_method_names(method), metadata)
+        tracing.rpc_start(*_method_names(method), dict(metadata))
 
 
 def rpc_done(call: CallContext, code: str, started: float) -> None:

@@ -108,6 +108,8 @@ class CompiledTemplate:
     _dot_groups: tuple[PathGroup, ...] = dataclasses.field(repr=False)
     _origin: OriginPlan | None = dataclasses.field(repr=False)
     _literal_chars: int = dataclasses.field(repr=False)
+    # The normalised host of a literal origin, worked out once at compile time.
+    _literal_host: str | None = dataclasses.field(repr=False, default=None)
 
     def render(self, lookup: Lookup, *, field: str = "") -> str:
         """Build the result, calling ``lookup`` once per distinct placeholder.
@@ -128,18 +130,14 @@ class CompiledTemplate:
         origin = self._origin
         if origin is None:
             return None
-        planned = origin.planned
-        if origin.config is not None:
-            placeholder = self.placeholders[origin.config]
-            mode = self._modes[origin.config]
-            planned = origin_of_value(mode, config(placeholder.name), origin.prefix)
-            if planned is None:
-                raise origin_error(mode, placeholder, field)
-        assert planned is not None
-        try:
-            return normalise_host(planned[1], allow_port=True)
-        except HostError:
-            return planned[1]
+        if origin.config is None:
+            return self._literal_host
+        placeholder = self.placeholders[origin.config]
+        mode = self._modes[origin.config]
+        planned = origin_of_value(mode, config(placeholder.name), origin.prefix)
+        if planned is None:
+            raise origin_error(mode, placeholder, field)
+        return _host_of(planned)
 
     def _size(self, session: _Session, field: str) -> int:
         """The exact length of the rendered result, without building it."""
@@ -215,6 +213,14 @@ def render_fields(
     return [(key, template._render(session, key)) for key, template in fields]
 
 
+def _host_of(planned: tuple[str, str]) -> str:
+    """A planned origin's host, normalised as hosts are compared."""
+    try:
+        return normalise_host(planned[1], allow_port=True)
+    except HostError:
+        return planned[1]
+
+
 def _unique(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
@@ -278,6 +284,11 @@ def _analyse(
         _dot_groups=plan.dot_groups,
         _origin=plan.origin,
         _literal_chars=sum(len(part) for part in parts if isinstance(part, str)),
+        _literal_host=(
+            _host_of(plan.origin.planned)
+            if plan.origin is not None and plan.origin.planned is not None
+            else None
+        ),
     )
     return compiled, ()
 

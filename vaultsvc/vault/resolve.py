@@ -238,7 +238,7 @@ class Resolution(VaultBase):
                 max_chars=MAX_REPLY_BYTES,
                 before_render=before_render,
             )
-        size = sum(len(key.encode("utf-8")) + len(value.encode("utf-8")) for key, value in rendered)
+        size = sum(_utf8_length(key) + _utf8_length(value) for key, value in rendered)
         if size > MAX_REPLY_BYTES:
             raise _rendered_too_large()
         return rendered
@@ -392,10 +392,15 @@ def _refuse_too_many_fields(fields: Sequence[Field]) -> None:
 
 
 def _refuse_too_large(f: Field) -> None:
-    if len(f.template.encode("utf-8")) > MAX_TEMPLATE_BYTES:
+    if _utf8_length(f.template) > MAX_TEMPLATE_BYTES:
         raise ResourceExhausted(
             f"field {f.key!r} is larger than 1 MiB", reason=Reason.TEMPLATE_TOO_LARGE
         )
+
+
+def _utf8_length(text: str) -> int:
+    """Bytes of ``text`` in UTF-8; an ASCII string (the usual reply) is not encoded for it."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def _rendered_too_large() -> ResourceExhausted:
@@ -473,10 +478,11 @@ def _refuse_unbound_destinations(rows: Iterable[SealedRow], destinations: Iterab
     """PERMISSION_DENIED ``SECRET_HOST_NOT_ALLOWED`` unless every destination of the request
     matches the ``allowed_hosts`` of every bound secret it uses (names the secret and the
     host, never a value). A bound secret in a request without any destination is refused."""
+    bound = [row for row in rows if row.allowed_hosts]
+    if not bound:
+        return
     hosts = list(destinations)
-    for row in sorted(rows, key=lambda r: r.name.lower()):
-        if not row.allowed_hosts:
-            continue
+    for row in sorted(bound, key=lambda r: r.name.lower()):
         if not hosts:
             raise PermissionDenied(
                 f"secret {row.name} is bound to destination hosts, and this request names"
