@@ -350,6 +350,12 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0, maximum=3650,
     ),
     Setting(
+        "delete_guard_days", "VAULT_DELETE_GUARD_DAYS", "delete_guard_days", "int", 7,
+        "deleting a secret or config value resolved within this many days needs `force` "
+        "(FAILED_PRECONDITION SECRET_IN_USE / CONFIG_IN_USE otherwise); 0 = no guard",
+        minimum=0, maximum=3650,
+    ),
+    Setting(
         "purge_interval", "VAULT_PURGE_INTERVAL", "purge_interval", "float", 60.0,
         "seconds between runs of the background purge of expired deleted secrets",
         minimum=0.05, maximum=86400,
@@ -479,6 +485,7 @@ class Settings:
     cache_check_interval: float = _D["cache.check_interval"]
     max_versions: int = _D["max_versions"]
     delete_recovery_days: int = _D["delete_recovery_days"]
+    delete_guard_days: int = _D["delete_guard_days"]
     purge_interval: float = _D["purge_interval"]
     identify_rate_per_principal: int = _D["identify_rate_per_principal"]
     identify_rate_vault: int = _D["identify_rate_vault"]

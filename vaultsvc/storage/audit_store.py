@@ -16,9 +16,11 @@ import asyncpg
 
 from vaultsvc.domain import AuditRecord
 from vaultsvc.storage.errors import audit_refusal
-from vaultsvc.storage.repository import INSERT_AUDIT_SQL, audit_columns
+from vaultsvc.storage.repository import AUDIT_PARAMS, INSERT_AUDIT_SQL, audit_columns
+from vaultsvc.storage.usage import UsageBatch, audit_statement
 
 _log = logging.getLogger("vaultsvc.audit")
+_WITH_USAGE_SQL = audit_statement(INSERT_AUDIT_SQL, AUDIT_PARAMS)
 
 
 class AuditStore:
@@ -47,13 +49,22 @@ class AuditStore:
         return self._conn
 
     async def insert(self, records: Sequence[AuditRecord]) -> None:
-        """Commit ``records`` in ONE statement (its own transaction, durable on return)."""
+        """Commit ``records`` in ONE statement (its own transaction, durable on return),
+        with the usage their successful resolves add (one upsert per distinct item)."""
         try:
             # The statement_timeout bounds a blocked INSERT; this bounds a frozen server
             # (where even the cancel request would hang) and the connect.
             async with asyncio.timeout(self._write_timeout + 0.5):
                 conn = await self._connection()
-                await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
+                usage = UsageBatch.of(records)
+                if usage:
+                    # The events and the usage of the resolves among them: one statement,
+                    # one transaction (storage/usage.py).
+                    await conn.execute(
+                        _WITH_USAGE_SQL, *audit_columns(records), *usage.parameters()
+                    )
+                else:
+                    await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
         except asyncio.CancelledError:
             self._drop()
             raise

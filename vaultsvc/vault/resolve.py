@@ -237,6 +237,9 @@ class Resolution(VaultBase):
         size = sum(len(key.encode("utf-8")) + len(value.encode("utf-8")) for key, value in rendered)
         if size > MAX_REPLY_BYTES:
             raise _rendered_too_large()
+        # Usage tracking: counted with the event, if the call ends OK (storage/usage.py).
+        audit.used_secrets = tuple(row.id for row in sealed.values())
+        audit.used_configs = tuple(config_keys)
         return rendered
 
     async def _sealed_rows(
