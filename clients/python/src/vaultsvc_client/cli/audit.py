@@ -37,6 +37,7 @@ def show_audit(args: argparse.Namespace) -> int:
             "tool": event.tool,
             "request_id": event.request_id,
             "peer": event.peer,
+            "forced": bool(event.forced),
         }
         for event in events
     ]
@@ -50,7 +51,7 @@ def show_audit(args: argparse.Namespace) -> int:
                     r["time"] or "",
                     r["principal"],
                     r["method"].rsplit(".", 1)[-1],
-                    r["outcome"],
+                    r["outcome"] + (" (forced)" if r["forced"] else ""),
                     ", ".join(r["secret_names"]),
                     r["tool"],
                     r["request_id"],

@@ -35,11 +35,12 @@ def delete_guarded(
         tools = ", ".join(exc.tools) or "(resolves that named no tool)"
         if exc.tools_omitted:
             tools += f" and {exc.tools_omitted} more"
+        if not is_tty(sys.stdin):
+            # The error names the tools and the last use: only how to go on is added.
+            note(f"{kind} {name} not deleted; pass --force to delete it anyway")
+            raise
         note(f"{kind} {name} is in use: last resolved at {when}")
         note(f"used by: {tools}")
-        if not is_tty(sys.stdin):
-            note("not deleted; pass --force to delete it anyway")
-            raise
         print(
             f"Tools will fail once {kind} {name!r} is gone. Type 'force' to delete it anyway: ",
             end="",
