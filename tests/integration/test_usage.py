@@ -74,7 +74,8 @@ async def test_usage_counts_each_successful_resolve_per_item_and_tool(vault: Vau
     assert orders.usage.last_resolve_time == orders.usage.tools[0].last_resolve_time
     stripe = await get(vault, "stripe_key")
     assert stripe.usage.resolve_count == 1 and list(stripe.usage.tools) == []
-    assert not (await get(vault, "idle")).HasField("usage")
+    idle = (await get(vault, "idle")).usage
+    assert idle.resolve_count == 0 and not idle.HasField("last_resolve_time") and not idle.tools
     config = await configs_admin(vault).GetConfigValue(cpb.GetConfigValueRequest(key="orders_host"))
     assert config.usage.resolve_count == 3
     assert [t.tool for t in config.usage.tools] == ["payments"]
@@ -225,7 +226,7 @@ async def test_delete_guard_for_config_values_and_the_window(make_vault: VaultFa
     # Recreated under the same key: fresh usage.
     await put_configs(vault, {"orders_host": "api.example.com"})
     fresh = await configs.GetConfigValue(cpb.GetConfigValueRequest(key="orders_host"))
-    assert not fresh.HasField("usage")
+    assert fresh.HasField("usage") and fresh.usage.resolve_count == 0
     await resolve(resolver(vault), [("f", "{{config:orders_host}}", RAW)], tool="orders-sync")
     await configs.DeleteConfigValue(cpb.DeleteConfigValueRequest(key="orders_host", force=True))
     assert (await _events(vault, "DeleteConfigValue"))[0].forced

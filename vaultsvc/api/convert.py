@@ -23,8 +23,8 @@ def timestamp(value: datetime | None) -> Any:
 
 def usage_message(usage: UsageRecord | None) -> usage_pb2.Usage | None:
     """``Usage`` of a secret or config value (None: not loaded, the field stays unset)."""
-    if usage is None or (usage.resolve_count == 0 and usage.last_resolve_time is None):
-        return None  # not loaded, or never resolved: left unset (reads as zero)
+    if usage is None:
+        return None  # not loaded by this call (a write's reply): left unset
     return usage_pb2.Usage(
         last_resolve_time=timestamp(usage.last_resolve_time),
         resolve_count=usage.resolve_count,

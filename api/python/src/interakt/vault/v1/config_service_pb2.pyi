@@ -40,7 +40,9 @@ class ConfigValue(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def usage(self) -> _usage_pb2.Usage:
-        """Resolves that used this value, and by which tools (field numbers 30+)."""
+        """Resolves that used this value, and by which tools (field numbers 30+). Set in
+        GetConfigValue and ListConfigValues replies (also for a value never resolved).
+        """
 
     def __init__(
         self,

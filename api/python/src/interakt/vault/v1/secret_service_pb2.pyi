@@ -69,7 +69,9 @@ class Secret(_message.Message):
 
     @_builtins.property
     def usage(self) -> _usage_pb2.Usage:
-        """Usage (field numbers 30+): resolves that used this secret, and by which tools."""
+        """Usage (field numbers 30+): resolves that used this secret, and by which tools.
+        Set in GetSecret and ListSecrets replies (also for a secret never resolved).
+        """
 
     def __init__(
         self,
