@@ -207,10 +207,10 @@ def in_use_error(what: str, name: str, usage: UsageRecord, days: int) -> FailedP
     assert usage.last_resolve_time is not None
     stamp = rfc3339(usage.last_resolve_time)
     tools = [t.tool for t in usage.tools]
-    by = f" by {listed(tools)}" if tools else " (by resolves that named no tool)"
+    by = listed(tools) if tools else "resolves that named no tool"
     return FailedPrecondition(
-        f"{what} {name} is in use: resolved within the last {days} days{by}, last at"
-        f" {stamp}; delete with force to delete it anyway",
+        f"{what} {name} is in use: last resolved at {stamp} by {by} (within the last"
+        f" {days} days); delete with force to delete it anyway",
         reason=Reason.SECRET_IN_USE if what == "secret" else Reason.CONFIG_IN_USE,
         metadata={"tools": listed(tools, ",") if tools else "", "last_resolve_time": stamp},
     )
