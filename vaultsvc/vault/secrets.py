@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from vaultsvc.crypto import SealedValue, SecretContext
 from vaultsvc.domain import (
     AuditRecord,
     SecretMeta,
+    UsageRecord,
     safe_label,
     validate_allowed_hosts,
     validate_description,
@@ -62,7 +64,7 @@ class Secrets(VaultBase):
         assert plaintext is not None
         audit.secret_names = [name_key(name)]
         try:
-            return await self.repo.create_secret(
+            meta = await self.repo.create_secret(
                 name,
                 description,
                 self._sealer(plaintext),
@@ -71,6 +73,8 @@ class Secrets(VaultBase):
                 idempotency_key,
                 hosts,
             )
+            # A new secret: never resolved (so the reply equals a GetSecret of it).
+            return replace(meta, usage=meta.usage or UsageRecord())
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
 
