@@ -281,3 +281,33 @@ async def test_vault_kill_9_loses_no_answered_use(
     assert len(outcome.ok_request_ids) > 50, outcome.seen()
     assert outcome.lost == []
     assert outcome.counted == outcome.ok_events >= len(outcome.ok_request_ids)
+
+
+async def test_concurrent_batches_on_replicas_prune_tools_without_deadlock(
+    make_vault: VaultFactory,
+) -> None:
+    """Two replicas, each resolving three secrets (in different orders) under 30 tools at
+    once: every use counted, exactly the 20 most recent tools kept, no deadlock."""
+    first = await make_vault()
+    second = await make_vault(
+        database_url=first.database_url, master_keys=first.master_keys, tokens=first.tokens
+    )
+    await put_secrets(first, {"s1": "1", "s2": "2", "s3": "3"})
+    forward = [("f", "{{secret:s1}}{{secret:s2}}{{secret:s3}}", RAW)]
+    backward = [("f", "{{secret:s3}}{{secret:s2}}{{secret:s1}}", RAW)]
+
+    async def burst(vault: VaultHandle, fields: list[tuple[str, str, int]], prefix: str) -> None:
+        stub = resolver(vault)
+        await asyncio.gather(*(resolve(stub, fields, tool=f"{prefix}-{i:02d}") for i in range(30)))
+
+    await asyncio.gather(burst(first, forward, "a"), burst(second, backward, "b"))
+    for name in ("s1", "s2", "s3"):
+        usage = (await get(first, name)).usage
+        assert usage.resolve_count == 60
+        assert len(usage.tools) == 20 and all(t.resolve_count == 1 for t in usage.tools)
+        times = [t.last_resolve_time.ToDatetime() for t in usage.tools]
+        assert times == sorted(times, reverse=True)
+    rows = await first.sql(
+        "SELECT secret_id, count(*) AS n FROM secret_tool_usage GROUP BY secret_id"
+    )
+    assert sorted(r["n"] for r in rows) == [20, 20, 20]
