@@ -12,12 +12,18 @@ import grpc
 from google.protobuf import timestamp_pb2
 from interakt.vault.v1 import audit_service_pb2 as apb
 from interakt.vault.v1 import config_service_pb2 as cpb
+from interakt.vault.v1 import resolver_service_pb2 as rpb
+from interakt.vault.v1 import resolver_service_pb2_grpc as rpbg
 from interakt.vault.v1 import secret_service_pb2 as spb
+from interakt.vault.v1 import secret_service_pb2_grpc as spbg
 
 from tests.faults.audit_durability import vault_kill
+from tests.support.cli import cli_env, start_serve
 from tests.support.resolve import RAW, URL, put_configs, put_secrets, request, resolve
 from tests.support.rpc import audit_admin, configs_admin, expect_error, resolver, secrets_admin
-from tests.support.vault import VaultFactory, VaultHandle
+from tests.support.vault import VaultFactory, VaultHandle, create_database, sql
+from vaultsvc.auth import hash_token, new_token
+from vaultsvc.crypto import generate_master_key
 from vaultsvc.storage.embedded import EmbeddedPostgres
 
 FAILED = grpc.StatusCode.FAILED_PRECONDITION
@@ -311,3 +317,74 @@ async def test_concurrent_batches_on_replicas_prune_tools_without_deadlock(
         "SELECT secret_id, count(*) AS n FROM secret_tool_usage GROUP BY secret_id"
     )
     assert sorted(r["n"] for r in rows) == [20, 20, 20]
+
+
+async def test_usage_adds_up_across_worker_processes_and_a_restart(
+    pg: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """``serve --workers 2``: resolves over many connections land on both workers; the
+    counts add up in Postgres and are still there after the whole server restarts."""
+    key_id, key = generate_master_key()
+    admin, tool = new_token(), new_token()
+    principals = (("ops", "admin", admin), ("x", "resolver", tool))
+    tokens = ",".join(f"{p}:{role}:{hash_token(t).hex()}" for p, role, t in principals)
+    url = await create_database(pg)
+    env = cli_env(url, f"{key_id}:{key}", VAULT_TOKENS=tokens, VAULT_WORKERS="2")
+
+    async def resolves(address: str, connections: int, each: int) -> None:
+        request = rpb.ResolveTemplateRequest(
+            fields=[rpb.TemplateField(key="k", template="{{secret:shared}}")], tool="workers"
+        )
+
+        async def one_connection() -> None:
+            # Its own connection (grpc would share one between channels): spread over workers.
+            async with grpc.aio.insecure_channel(
+                address, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                stub = rpbg.ResolverServiceStub(channel)
+                for _ in range(each):
+                    reply = await stub.ResolveTemplate(
+                        request, metadata=[("authorization", f"Bearer {tool}")], timeout=10
+                    )
+                    assert reply.fields[0].value == "S"
+
+        await asyncio.gather(*(one_connection() for _ in range(connections)))
+
+    async def usage(address: str) -> spb.Secret:
+        async with grpc.aio.insecure_channel(address) as channel:
+            return await spbg.SecretServiceStub(channel).GetSecret(
+                spb.GetSecretRequest(name="shared"),
+                metadata=[("authorization", f"Bearer {admin}")],
+                timeout=10,
+            )
+
+    serve = await start_serve(env, tmp_path / "workers-1.log")
+    try:
+        async with grpc.aio.insecure_channel(serve.address) as channel:
+            await spbg.SecretServiceStub(channel).CreateSecret(
+                spb.CreateSecretRequest(name="shared", value="S"),
+                metadata=[("authorization", f"Bearer {admin}")],
+                timeout=10,
+            )
+        await resolves(serve.address, connections=16, each=3)
+        assert serve.stderr().count("worker listening") == 2
+        # Both workers committed audit batches (each has its own audit connection, opened
+        # at its first batch): the count below adds up uses from two processes.
+        writers = await sql(
+            url,
+            "SELECT count(*) AS n FROM pg_stat_activity "
+            "WHERE application_name = 'vaultsvc-audit' AND datname = current_database()",
+        )
+        assert writers[0]["n"] == 2
+        first = (await usage(serve.address)).usage
+        assert first.resolve_count == 48
+        assert [(t.tool, t.resolve_count) for t in first.tools] == [("workers", 48)]
+    finally:
+        assert await serve.stop() == 0
+    again = await start_serve(env, tmp_path / "workers-2.log")
+    try:
+        assert (await usage(again.address)).usage == first
+        await resolves(again.address, connections=2, each=1)
+        assert (await usage(again.address)).usage.resolve_count == 50
+    finally:
+        assert await again.stop() == 0
