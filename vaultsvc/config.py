@@ -394,6 +394,12 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=0, maximum=3650,
     ),
     Setting(
+        "delete_guard_days", "VAULT_DELETE_GUARD_DAYS", "delete_guard_days", "int", 7,
+        "deleting a secret or config value resolved within this many days needs `force` "
+        "(FAILED_PRECONDITION SECRET_IN_USE / CONFIG_IN_USE otherwise); 0 = no guard",
+        minimum=0, maximum=3650,
+    ),
+    Setting(
         "purge_interval", "VAULT_PURGE_INTERVAL", "purge_interval", "float", 60.0,
         "seconds between runs of the background purge of expired deleted secrets",
         minimum=0.05, maximum=86400,
@@ -546,6 +552,7 @@ class Settings:
     token_cache_max_entries: int = _D["token_cache_max_entries"]
     max_versions: int = _D["max_versions"]
     delete_recovery_days: int = _D["delete_recovery_days"]
+    delete_guard_days: int = _D["delete_guard_days"]
     purge_interval: float = _D["purge_interval"]
     audit_retention_days: int = _D["audit_retention_days"]
     audit_retention_interval: float = _D["audit_retention_interval"]

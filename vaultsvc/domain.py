@@ -148,6 +148,23 @@ def validate_filter(text: str, what: str) -> str:
     return text
 
 
+#: ListSecrets ``order_by`` values ("" is "name").
+SECRET_ORDER_BY: tuple[str, ...] = ("name", "last_resolve_time", "update_time", "create_time")
+
+
+def validate_order_by(text: str) -> str:
+    """ListSecrets ``order_by``: "" or one of :data:`SECRET_ORDER_BY`."""
+    if not text:
+        return "name"
+    if text not in SECRET_ORDER_BY:
+        raise InvalidArgument(
+            f"order_by {safe_label(text, 64)!r} is not one of {', '.join(SECRET_ORDER_BY)}",
+            reason=Reason.INVALID_FILTER,
+            metadata={"field": "order_by"},
+        )
+    return text
+
+
 @dataclass(frozen=True)
 class AuditFilter:
     """What ListAuditEvents keeps (every set field must match; validated by the vault)."""
@@ -177,6 +194,27 @@ class SecretMeta:
     delete_time: datetime | None = None
     """Set only while the secret is scheduled for deletion (restorable until ``purge_time``)."""
     purge_time: datetime | None = None
+    usage: UsageRecord | None = None
+    """Filled by reads that load it (GetSecret, ListSecrets); None elsewhere."""
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """One tool's use of a secret or config value by resolves."""
+
+    tool: str
+    last_resolve_time: datetime
+    resolve_count: int
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """Resolves that used a secret or config value: when last, how often, by which tools
+    (the :data:`~vaultsvc.limits.MAX_USAGE_TOOLS` most recent, newest first)."""
+
+    last_resolve_time: datetime | None = None
+    resolve_count: int = 0
+    tools: tuple[ToolUse, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,6 +244,8 @@ class ConfigRecord:
     description: str
     create_time: datetime
     update_time: datetime
+    usage: UsageRecord | None = None
+    """Filled by reads that load it (GetConfigValue, ListConfigValues); None elsewhere."""
 
 
 @dataclass
@@ -228,3 +268,9 @@ class AuditRecord:
     """Calls this event stands for (> 1 only for aggregated unauthenticated refusals)."""
     match_count: int | None = None
     """IdentifySecretValue only: how many versions matched (the candidate is never kept)."""
+    forced: bool = False
+    """A delete whose ``force`` overrode the delete guard (the item was in use)."""
+    used_secrets: tuple[uuid.UUID, ...] = ()
+    """A successful resolve: the ids of the secrets it opened (usage tracking)."""
+    used_configs: tuple[str, ...] = ()
+    """A successful resolve: the (lower-cased) keys of the config values it used."""

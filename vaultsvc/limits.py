@@ -81,3 +81,6 @@ MAX_LISTED_NAMES: Final = 20
 #: metadata and grpc-status-details-bin (base64) all carry the list, and together they must
 #: stay under gRPC's 8 KiB metadata soft limit, past which calls fail at random.
 MAX_LISTED_CHARS: Final = 1024
+
+#: Tools kept per secret or config value in its usage (the most recent ones).
+MAX_USAGE_TOOLS: Final = 20

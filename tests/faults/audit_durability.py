@@ -63,6 +63,10 @@ class Outcome:
     ok_request_ids: list[str] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)
     lost: list[str] = field(default_factory=list)
+    counted: int = -1
+    """Resolves of ``burst_key`` its usage counts (issue 10): one per OK resolve event."""
+    ok_events: int = -1
+    """OK resolve events of ``burst_key`` in the audit trail."""
 
     def seen(self) -> str:
         failed = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items()))
@@ -199,7 +203,24 @@ async def vault_kill(
         _kill(vault.serve)
         await client
     outcome.lost = await _lost(vault.database_url, outcome.ok_request_ids)
+    outcome.counted, outcome.ok_events = await _usage(vault.database_url)
     return outcome
+
+
+async def _usage(database_url: str) -> tuple[int, int]:
+    """(usage count of ``burst_key``, OK resolve events naming it): equal, as both are
+    written in one statement."""
+    counted = await sql(
+        database_url,
+        "SELECT u.resolve_count FROM secret_usage u JOIN secrets s ON s.id = u.secret_id "
+        "WHERE s.name = 'burst_key'",
+    )
+    events = await sql(
+        database_url,
+        "SELECT count(*) AS n FROM audit_events WHERE outcome = 'OK' "
+        "AND method LIKE '%/ResolveTemplate' AND 'burst_key' = ANY(secret_names)",
+    )
+    return (int(counted[0]["resolve_count"]) if counted else 0), int(events[0]["n"])
 
 
 async def postgres_kill(

@@ -138,7 +138,8 @@ async def test_every_call_success_or_failure_leaves_one_event(vault: VaultHandle
         rpb.CheckTemplateRequest(fields=fields), metadata=rid("r-check")
     )
     await admin.DeleteSecret(
-        spb.DeleteSecretRequest(name="audit_key", etag=created.etag), metadata=rid("r-delete")
+        spb.DeleteSecretRequest(name="audit_key", etag=created.etag, force=True),
+        metadata=rid("r-delete"),
     )
     # The server assigns every request id; an unsafe one the client sent is not echoed.
     stats_call = viewer.GetVaultStats(

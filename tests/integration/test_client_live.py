@@ -16,6 +16,7 @@ from vaultsvc_client import (
     InvalidArgument,
     PermissionDenied,
     Redactor,
+    SecretInUse,
     SecretNotFound,
     Unauthenticated,
     VaultClient,
@@ -74,7 +75,11 @@ async def test_async_client_round_trip(vault: Any) -> None:
         check = await viewer.check_template({"h": "{{secret:stripe_kye}}"})
         assert [p.name for p in check.problems] == ["stripe_kye"]
 
-        await admin.delete_secret("stripe_key", etag=updated.etag)
+        # Resolved above: the delete guard names the tool; force deletes anyway.
+        with pytest.raises(SecretInUse) as in_use:
+            await admin.delete_secret("stripe_key", etag=updated.etag)
+        assert in_use.value.tools and in_use.value.last_resolve_time is not None
+        await admin.delete_secret("stripe_key", etag=updated.etag, force=True)
         with pytest.raises(SecretNotFound) as gone:
             await admin.get_secret("stripe_key")
         assert gone.value.names == ["stripe_key"]
@@ -163,7 +168,10 @@ async def test_sync_client_round_trip(vault: Any) -> None:
             assert tools == ["gh"]
             with pytest.raises(Unauthenticated):
                 anonymous.get_vault_stats()
-            admin.delete_secret("gh_token")
+            with pytest.raises(SecretInUse) as in_use:
+                admin.delete_secret("gh_token")
+            assert in_use.value.tools == ["gh"]
+            admin.delete_secret("gh_token", force=True)
             with pytest.raises(SecretNotFound):
                 admin.delete_secret("gh_token")
 

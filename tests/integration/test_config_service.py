@@ -214,7 +214,8 @@ async def test_config_resolves_and_follows_changes(vault: VaultHandle) -> None:
         "url",
         "https://api.example.org:8443/v1?k=s3cr3t%2F%26&h=api.example.org%3A8443",
     )
-    await stub.DeleteConfigValue(cpb.DeleteConfigValueRequest(key="api_host"))
+    # Just resolved: the delete guard needs force (tests/integration/test_usage.py).
+    await stub.DeleteConfigValue(cpb.DeleteConfigValueRequest(key="api_host", force=True))
     message, _ = await expect_error(
         resolve_stub.ResolveTemplate(request(fields)),
         grpc.StatusCode.NOT_FOUND,

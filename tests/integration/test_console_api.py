@@ -120,7 +120,8 @@ async def test_secret_lifecycle_over_http_and_values_resolve_over_grpc(cvault: V
         stats = (await admin.get("/api/v1/stats")).json()
         assert stats["totalSecrets"] == "1" and stats["lastUpdateTime"]
 
-        deleted = await admin.delete("/api/v1/secrets/orders_api_key")
+        # Just resolved: the delete guard needs force.
+        deleted = await admin.delete("/api/v1/secrets/orders_api_key", params={"force": "true"})
         assert deleted.status_code == 200 and deleted.json() == {}
         assert error_of(await admin.get("/api/v1/secrets/orders_api_key")) == (
             404,

@@ -195,6 +195,35 @@ async def test_admin_flows_of_the_product_page(
     await page.wait_for_url(base + "login")
 
 
+async def test_deleting_a_secret_in_use_shows_who_uses_it_then_deletes_anyway(
+    browser: BrowserContext, cvault: VaultHandle
+) -> None:
+    await secrets_admin(cvault).CreateSecret(spb.CreateSecretRequest(name="busy", value="b-1"))
+    await secrets_admin(cvault).CreateSecret(spb.CreateSecretRequest(name="idle", value="i-1"))
+    assert await resolve(resolver(cvault), "busy") == "b-1"
+    page = await new_page(browser)
+    await sign_in(page, console_url(cvault), cvault.tokens["admin"])
+    await expect(page.locator("#usage-header")).to_be_visible()
+    await expect(row(page, "idle").locator("td").nth(4)).to_have_text("never")
+    await expect(row(page, "busy").locator("td").nth(4)).not_to_have_text("never")
+
+    await open_menu(page, "busy", ".menu-delete")
+    await expect(page.locator("#delete-usage")).to_contain_text("In use: last resolved")
+    await page.fill("#delete-confirm", "busy")
+    ok = page.locator("#delete-ok")
+    await ok.click()
+    # Refused by the delete guard, naming the tool; the button now deletes anyway.
+    await expect(page.locator("#delete-error")).to_contain_text("is in use")
+    await expect(page.locator("#delete-error")).to_contain_text("test-keys")
+    await expect(ok).to_have_text("Delete anyway")
+    await expect(row(page, "busy")).to_have_count(1)
+    await ok.click()
+    await expect(row(page, "busy")).to_have_count(0)
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await secrets_admin(cvault).GetSecret(spb.GetSecretRequest(name="busy"))
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_validation_errors_are_shown_next_to_the_field(
     browser: BrowserContext, cvault: VaultHandle
 ) -> None:

@@ -520,6 +520,26 @@ async def test_the_value_appears_only_in_the_resolvers_resolve_response(
             f"{label} check", checker.CheckTemplate(rpb.CheckTemplateRequest(fields=check_fields))
         )
 
+    # ------------------------------------------- usage and the delete guard (issue 10)
+    used = await ex.ok("usage get", viewer.GetSecret(spb.GetSecretRequest(name="canary_key")))
+    assert isinstance(used, spb.Secret)
+    assert used.usage.resolve_count >= 1 and [t.tool for t in used.usage.tools] == ["http"]
+    await ex.ok(
+        "usage list",
+        viewer.ListSecrets(spb.ListSecretsRequest(order_by="last_resolve_time", page_size=2)),
+    )
+    await ex.ok("usage config", configs.GetConfigValue(cpb.GetConfigValueRequest(key="api_host")))
+    await ex.fails(
+        "delete in use",
+        admin.DeleteSecret(spb.DeleteSecretRequest(name="canary_key")),
+        Code.FAILED_PRECONDITION,
+    )
+    await ex.fails(
+        "delete config in use",
+        configs.DeleteConfigValue(cpb.DeleteConfigValueRequest(key="api_host")),
+        Code.FAILED_PRECONDITION,
+    )
+
     # ------------------------------------------------------------- AuditService
     await vault.runtime.audit.flush()
     token = ""

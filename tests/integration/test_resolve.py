@@ -411,7 +411,7 @@ async def test_updated_secret_is_seen_by_the_next_resolve(vault: VaultHandle) ->
     assert await resolve(stub, [("f", "{{secret:rot}}", RAW)]) == [("f", "old-value")]
     await secrets_admin(vault).UpdateSecret(spb.UpdateSecretRequest(name="rot", value="new-value"))
     assert await resolve(stub, [("f", "{{secret:rot}}", RAW)]) == [("f", "new-value")]
-    await secrets_admin(vault).DeleteSecret(spb.DeleteSecretRequest(name="rot"))
+    await secrets_admin(vault).DeleteSecret(spb.DeleteSecretRequest(name="rot", force=True))
     await expect_error(
         stub.ResolveTemplate(request([("f", "{{secret:rot}}", RAW)])),
         grpc.StatusCode.NOT_FOUND,

@@ -126,17 +126,17 @@ async def test_every_change_on_one_replica_is_seen_by_the_others(
     await on_others("h2/one")
 
     # Recoverable deletion: scheduled, restored, then deleted for good.
-    await admin.DeleteSecret(spb.DeleteSecretRequest(name="tok", etag=rolled.etag))
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="tok", etag=rolled.etag, force=True))
     for replica in (b, c):
         await replica.caught_up()
         assert await reason_of(replica, template) == "SECRET_DELETED"
     await admin.RestoreSecret(spb.RestoreSecretRequest(name="tok"))
     await on_others("h2/one")
-    await admin.DeleteSecret(spb.DeleteSecretRequest(name="tok", purge=True))
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="tok", purge=True, force=True))
     for replica in (b, c):
         await replica.caught_up()
         assert await reason_of(replica, template) == "SECRET_NOT_FOUND"
-    await configs.DeleteConfigValue(cpb.DeleteConfigValueRequest(key="host"))
+    await configs.DeleteConfigValue(cpb.DeleteConfigValueRequest(key="host", force=True))
     for replica in (b, c):
         await replica.caught_up()
         assert cache_of(replica).peek(CONFIG_KIND, "host") is None
@@ -189,11 +189,11 @@ async def test_the_replica_that_wrote_reads_its_write_without_waiting_for_notify
     # Versions and recoverable deletion evict at once too.
     await admin.RollbackSecret(spb.RollbackSecretRequest(name="mine", version=1))
     assert await value(vault, "{{secret:mine}}") == "v1"
-    await admin.DeleteSecret(spb.DeleteSecretRequest(name="mine"))
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="mine", force=True))
     assert await reason_of(vault, "{{secret:mine}}") == "SECRET_DELETED"
     await admin.RestoreSecret(spb.RestoreSecretRequest(name="mine"))
     assert await value(vault, "{{secret:mine}}") == "v1"
-    await admin.DeleteSecret(spb.DeleteSecretRequest(name="mine", purge=True))
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="mine", purge=True, force=True))
     assert await reason_of(vault, "{{secret:mine}}") == "SECRET_NOT_FOUND"
 
 

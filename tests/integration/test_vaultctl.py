@@ -120,6 +120,8 @@ async def test_create_from_stdin_then_get_shows_metadata_only(
         "current_version",
         "delete_time",
         "purge_time",
+        "last_resolve_time",
+        "resolve_count",
     }
 
     table = await vaultctl("secrets", "get", "stripe_key")

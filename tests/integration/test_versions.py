@@ -191,7 +191,7 @@ async def test_delete_is_recoverable_and_reserves_the_name(vault: VaultHandle) -
     await admin.CreateSecret(spb.CreateSecretRequest(name="other", value="o"))
     assert (await admin.GetVaultStats(spb.GetVaultStatsRequest())).total_secrets == 2
 
-    await admin.DeleteSecret(spb.DeleteSecretRequest(name="payments"))
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="payments", force=True))
     message, info = await expect_error(
         stub.ResolveTemplate(_template("Payments"), timeout=10),
         grpc.StatusCode.NOT_FOUND,
@@ -242,7 +242,7 @@ async def test_delete_is_recoverable_and_reserves_the_name(vault: VaultHandle) -
 
     # purge: true deletes at once, also a secret already scheduled.
     await admin.DeleteSecret(spb.DeleteSecretRequest(name="other", purge=True))
-    await admin.DeleteSecret(spb.DeleteSecretRequest(name="payments"))
+    await admin.DeleteSecret(spb.DeleteSecretRequest(name="payments", force=True))
     await admin.DeleteSecret(spb.DeleteSecretRequest(name="payments", purge=True))
     assert await vault.sql("SELECT name FROM secrets") == []
     assert await vault.sql("SELECT 1 FROM secret_versions") == []

@@ -20,15 +20,16 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import empty_pb2
+from google.protobuf import empty_pb2, timestamp_pb2
 from interakt.vault.v1 import audit_service_pb2 as audit_pb
 from interakt.vault.v1 import config_service_pb2 as config_pb
 from interakt.vault.v1 import resolver_service_pb2 as resolver_pb
 from interakt.vault.v1 import secret_service_pb2 as secret_pb
+from interakt.vault.v1 import usage_pb2
 from vaultsvc_client import cli
 from vaultsvc_client.errors import error_from_status
 
-from tests.support.fake_vault import FakeVault, start_fake
+from tests.support.fake_vault import FakeVault, abort, start_fake
 
 Code = grpc.StatusCode
 SECRET = "p4ss-w0rd-do-not-print"
@@ -502,7 +503,7 @@ async def test_delete_confirms_by_typing_the_name(run: Run, fake: FakeVault) -> 
     assert "Type its name" in err
     assert out == "deleted secret stripe_key\n"
     code, out, _ = await run(*at(fake, "--json", "secrets", "delete", "other", "--yes"))
-    assert code == 0 and json.loads(out) == {"deleted": "other", "purged": False}
+    assert code == 0 and json.loads(out) == {"deleted": "other", "purged": False, "forced": False}
     assert [c.request.name for c in fake.calls] == ["stripe_key", "other"]
 
 
@@ -530,10 +531,13 @@ async def test_get_and_list_output(run: Run, fake: FakeVault) -> None:
         "current_version": 0,
         "delete_time": None,
         "purge_time": None,
+        "last_resolve_time": None,
+        "resolve_count": 0,
     }
     code, out, err = await run(*at(fake, "secrets", "list", "--contains", "A"))
     assert code == 0
-    assert out.splitlines()[0].split() == ["NAME", "DESCRIPTION", "UPDATED", "ETAG"]
+    assert out.splitlines()[0].split() == ["NAME", "DESCRIPTION", "UPDATED", "LAST", "USED", "ETAG"]
+    assert out.splitlines()[1].split()[-2] == "never"
     assert "2 of 2" in err
     assert fake.calls[-1].request.name_contains == "A"
     code, out, _ = await run(*at(fake, "--json", "secrets", "list"))
@@ -859,3 +863,99 @@ async def test_versions_rollback_restore_and_destroy_commands(run: Run, fake: Fa
     fake.reply("DeleteSecret", empty_pb2.Empty())
     code, out, _ = await run(*at(fake, "secrets", "delete", "k", "--purge", "--yes"))
     assert code == 0 and fake.calls[-1].request.purge
+
+
+IN_USE = {"tools": "payments,invoices", "last_resolve_time": "2026-11-29T05:31:12.500000Z"}
+
+
+async def test_delete_in_use_refuses_scripts_and_asks_a_terminal_again(
+    run: Run, fake: FakeVault
+) -> None:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not request.force:
+            await abort(
+                context, Code.FAILED_PRECONDITION, "secret x is in use", "SECRET_IN_USE", IN_USE
+            )
+        return empty_pb2.Empty()
+
+    fake.handlers["DeleteSecret"] = guarded
+    # A script: refused with exit 10 and the way on, nothing forced.
+    code, out, err = await run(*at(fake, "secrets", "delete", "x", "--yes"))
+    assert code == cli.EXIT_IN_USE == 10 and out == ""
+    assert "pass --force" in err and "FAILED_PRECONDITION: secret x is in use" in err
+    assert [c.request.force for c in fake.calls] == [False]
+    # A terminal: who uses it, then asked again; anything but "force" keeps it.
+    fake.calls.clear()
+    code, out, err = await run(*at(fake, "secrets", "delete", "x"), stdin=b"x\nno\n", tty=True)
+    assert code == cli.EXIT_USAGE and "used by: payments, invoices" in err
+    assert "last resolved at 2026-11-29T05:31:12.500000Z" in err
+    assert [c.request.force for c in fake.calls] == [False]
+    fake.calls.clear()
+    code, out, err = await run(*at(fake, "secrets", "delete", "x"), stdin=b"x\nforce\n", tty=True)
+    assert code == 0 and out == "deleted secret x (forced: it was in use)\n"
+    assert [c.request.force for c in fake.calls] == [False, True]
+    # --force: one call, forced.
+    fake.calls.clear()
+    code, out, _ = await run(*at(fake, "--json", "secrets", "delete", "x", "--yes", "--force"))
+    assert code == 0 and json.loads(out)["forced"] is True
+    assert [c.request.force for c in fake.calls] == [True]
+
+
+async def test_config_delete_in_use_and_usage_commands(run: Run, fake: FakeVault) -> None:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not request.force:
+            await abort(context, Code.FAILED_PRECONDITION, "config in use", "CONFIG_IN_USE", IN_USE)
+        return empty_pb2.Empty()
+
+    fake.handlers["DeleteConfigValue"] = guarded
+    code, _, err = await run(*at(fake, "configs", "delete", "host", "--yes"))
+    assert code == cli.EXIT_IN_USE and "pass --force" in err
+    code, out, _ = await run(*at(fake, "configs", "delete", "host", "--yes", "--force"))
+    assert code == 0 and "forced" in out
+
+    used = secret(
+        usage=usage_pb2.Usage(
+            resolve_count=7,
+            last_resolve_time=timestamp_pb2.Timestamp(seconds=1700000000),
+            tools=[
+                usage_pb2.ToolUsage(
+                    tool="payments",
+                    resolve_count=5,
+                    last_resolve_time=timestamp_pb2.Timestamp(seconds=1700000000),
+                )
+            ],
+        )
+    )
+    fake.reply("GetSecret", used)
+    code, out, _ = await run(*at(fake, "secrets", "usage", "stripe_key"))
+    assert code == 0
+    assert out.splitlines()[0] == "secret stripe_key: 7 resolve(s), last at 2023-11-14T22:13:20Z"
+    assert out.splitlines()[2].split() == ["payments", "2023-11-14T22:13:20Z", "5"]
+    code, out, _ = await run(*at(fake, "--json", "secrets", "usage", "stripe_key"))
+    assert json.loads(out)["tools"] == [
+        {"tool": "payments", "last_resolve_time": "2023-11-14T22:13:20Z", "resolve_count": 5}
+    ]
+    fake.reply("GetSecret", secret())
+    code, out, _ = await run(*at(fake, "secrets", "usage", "stripe_key"))
+    assert out == "secret stripe_key was never resolved\n"
+    fake.reply("GetConfigValue", config_pb.ConfigValue(key="host", value="h"))
+    code, out, _ = await run(*at(fake, "configs", "usage", "host"))
+    assert out == "config value host was never resolved\n"
+
+
+async def test_list_passes_ordering_and_usage_filters(run: Run, fake: FakeVault) -> None:
+    fake.reply("ListSecrets", secret_pb.ListSecretsResponse(total_size=0))
+    code, _, _ = await run(
+        *at(fake, "secrets", "list", "--order-by", "last_resolve_time", "--never-resolved")
+    )
+    request = fake.calls[-1].request
+    assert code == 0 and request.order_by == "last_resolve_time" and request.never_resolved
+    code, _, _ = await run(*at(fake, "secrets", "list", "--unused-since", "2026-11-01"))
+    since = fake.calls[-1].request.unused_since.ToDatetime()
+    assert code == 0 and since.isoformat() == "2026-11-01T00:00:00"
+    code, _, _ = await run(*at(fake, "secrets", "list", "--unused-since", "30d"))
+    assert code == 0 and fake.calls[-1].request.HasField("unused_since")
+    code, _, err = await run(*at(fake, "secrets", "list", "--unused-since", "soon"))
+    assert code == cli.EXIT_USAGE and "RFC 3339" in err
+    code, _, _ = await run(*at(fake, "secrets", "list", "--order-by", "size"))
+    assert code == cli.EXIT_USAGE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import grpc
 import pytest
@@ -12,16 +13,20 @@ from google.rpc import status_pb2
 from vaultsvc_client import (
     AlreadyExists,
     AsyncVaultClient,
+    ConfigInUse,
     ConfigNotFound,
     DataLoss,
     DeadlineExceeded,
     EtagMismatch,
+    FailedPrecondition,
     InternalError,
+    InUse,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     RetryPolicy,
+    SecretInUse,
     SecretNotFound,
     Unauthenticated,
     Unavailable,
@@ -108,7 +113,7 @@ async def test_sync_client_maps_code_and_reason(
         (Code.ABORTED, EtagMismatch),
         (Code.PERMISSION_DENIED, PermissionDenied),
         (Code.UNKNOWN, InternalError),
-        (Code.FAILED_PRECONDITION, VaultError),
+        (Code.FAILED_PRECONDITION, FailedPrecondition),
         (Code.UNIMPLEMENTED, VaultError),
     ],
 )
@@ -290,3 +295,29 @@ async def test_unreachable_server_is_unavailable() -> None:
     async with AsyncVaultClient(f"127.0.0.1:{port}", retry=NO_RETRY, timeout=5) as client:
         with pytest.raises(Unavailable):
             await client.get_vault_stats()
+
+
+def test_in_use_errors_carry_the_tools_and_the_last_use() -> None:
+    metadata = {
+        "tools": "payments,invoices,and 3 more",
+        "last_resolve_time": "2026-11-29T05:31:12.5Z",
+    }
+    for reason, kind in (("SECRET_IN_USE", SecretInUse), ("CONFIG_IN_USE", ConfigInUse)):
+        error = error_from_status(
+            Code.FAILED_PRECONDITION, "in use", reason=reason, metadata=metadata
+        )
+        assert type(error) is kind and isinstance(error, InUse)
+        assert isinstance(error, FailedPrecondition)
+        assert isinstance(error, InUse)
+        assert error.tools == ["payments", "invoices"] and error.tools_omitted == 3
+        assert error.last_resolve_time == datetime(2026, 11, 29, 5, 31, 12, 500000, tzinfo=UTC)
+    bare = error_from_status(Code.FAILED_PRECONDITION, "in use", reason="SECRET_IN_USE")
+    assert isinstance(bare, SecretInUse)
+    assert bare.tools == [] and bare.last_resolve_time is None
+    odd = error_from_status(
+        Code.FAILED_PRECONDITION,
+        "in use",
+        reason="SECRET_IN_USE",
+        metadata={"last_resolve_time": "yesterday"},
+    )
+    assert isinstance(odd, SecretInUse) and odd.last_resolve_time is None

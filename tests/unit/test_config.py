@@ -286,6 +286,10 @@ CASES: tuple[Case, ...] = (
         bad=(("-1", "-1"), ("3651", "9999")), wrong_type=("7.5",), env_wrong_type=("week",),
     ),
     Case(
+        "delete_guard_days", "0", 0, "14", 14,
+        bad=(("-1", "-2"), ("3651", "9999")), wrong_type=("7.5",), env_wrong_type=("week",),
+    ),
+    Case(
         "purge_interval", "5", 5.0, "0.5", 0.5,
         bad=(("0", "0.01"), ("86401", "1e6")), wrong_type=('"5"',), env_wrong_type=("hourly",),
     ),

@@ -66,6 +66,7 @@ class AuditServicer(agrpc.AuditServiceServicer):
                     missing_count=r.missing_count,
                     count=r.count,
                     match_count=r.match_count,
+                    forced=r.forced,
                 )
                 for r in records
             ],

@@ -8,7 +8,7 @@ from google.protobuf import empty_pb2
 from interakt.vault.v1 import config_service_pb2 as cpb
 from interakt.vault.v1 import config_service_pb2_grpc as cgrpc
 
-from vaultsvc.api.convert import timestamp
+from vaultsvc.api.convert import timestamp, usage_message
 from vaultsvc.audit import audit_record, mark_audited
 from vaultsvc.domain import ConfigRecord
 from vaultsvc.vault import Vault
@@ -21,6 +21,7 @@ def config_message(record: ConfigRecord) -> cpb.ConfigValue:
         description=record.description,
         create_time=timestamp(record.create_time),
         update_time=timestamp(record.update_time),
+        usage=usage_message(record.usage),
     )
 
 
@@ -57,6 +58,6 @@ class ConfigServicer(cgrpc.ConfigServiceServicer):
     async def DeleteConfigValue(
         self, request: cpb.DeleteConfigValueRequest, context: Any
     ) -> empty_pb2.Empty:
-        await self.vault.delete_config(request.key, audit_record())
+        await self.vault.delete_config(request.key, audit_record(), force=request.force)
         mark_audited()
         return empty_pb2.Empty()

@@ -8,7 +8,7 @@ from google.protobuf import empty_pb2
 from interakt.vault.v1 import secret_service_pb2 as spb
 from interakt.vault.v1 import secret_service_pb2_grpc as sgrpc
 
-from vaultsvc.api.convert import timestamp
+from vaultsvc.api.convert import optional_time, timestamp, usage_message
 from vaultsvc.audit import audit_record, mark_audited
 from vaultsvc.domain import SecretMeta, VersionRecord
 from vaultsvc.vault import Vault
@@ -25,6 +25,7 @@ def secret_message(meta: SecretMeta) -> spb.Secret:
         current_version=meta.current_version,
         delete_time=timestamp(meta.delete_time),
         purge_time=timestamp(meta.purge_time),
+        usage=usage_message(meta.usage),
     )
 
 
@@ -70,6 +71,9 @@ class SecretServicer(sgrpc.SecretServiceServicer):
             request.page_token,
             request.name_contains,
             show_deleted=request.show_deleted,
+            order_by=request.order_by,
+            never_resolved=request.never_resolved,
+            unused_since=optional_time(request, "unused_since"),
         )
         return spb.ListSecretsResponse(
             secrets=[secret_message(m) for m in rows],
@@ -92,7 +96,7 @@ class SecretServicer(sgrpc.SecretServiceServicer):
 
     async def DeleteSecret(self, request: spb.DeleteSecretRequest, context: Any) -> empty_pb2.Empty:
         await self.vault.delete_secret(
-            request.name, request.etag, audit_record(), purge=request.purge
+            request.name, request.etag, audit_record(), purge=request.purge, force=request.force
         )
         mark_audited()
         return empty_pb2.Empty()

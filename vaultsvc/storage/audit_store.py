@@ -20,9 +20,11 @@ import asyncpg
 
 from vaultsvc.domain import AuditRecord
 from vaultsvc.storage.errors import audit_refusal
-from vaultsvc.storage.repository import INSERT_AUDIT_SQL, audit_columns
+from vaultsvc.storage.repository import AUDIT_PARAMS, INSERT_AUDIT_SQL, audit_columns
+from vaultsvc.storage.usage import UsageBatch, audit_statement
 
 _log = logging.getLogger("vaultsvc.audit")
+_WITH_USAGE_SQL = audit_statement(INSERT_AUDIT_SQL, AUDIT_PARAMS)
 
 
 class AuditStore:
@@ -64,16 +66,24 @@ class AuditStore:
         return max(int(self._write_timeout * 1000), 1)
 
     async def _write(self, conn: Any, records: Sequence[AuditRecord]) -> None:
+        # The events and the usage of the resolves among them: one statement, one
+        # transaction (storage/usage.py).
+        usage = UsageBatch.of(records)
+        if usage:
+            sql, args = _WITH_USAGE_SQL, (*audit_columns(records), *usage.parameters())
+        else:
+            sql, args = INSERT_AUDIT_SQL, tuple(audit_columns(records))
         if not self._behind_pooler:
-            await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
+            await conn.execute(sql, *args)
             return
         # SET LOCAL only lasts for a transaction: the pooler hands the server connection on.
         async with conn.transaction():
             await conn.execute(f"SET LOCAL statement_timeout = {self._timeout_ms}")
-            await conn.execute(INSERT_AUDIT_SQL, *audit_columns(records))
+            await conn.execute(sql, *args)
 
     async def insert(self, records: Sequence[AuditRecord]) -> None:
-        """Commit ``records`` in ONE statement (its own transaction, durable on return)."""
+        """Commit ``records`` in ONE statement (its own transaction, durable on return),
+        with the usage their successful resolves add (one upsert per distinct item)."""
         try:
             # The statement_timeout bounds a blocked INSERT; this bounds a frozen server
             # (where even the cancel request would hang) and the connect.

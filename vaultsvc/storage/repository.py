@@ -14,7 +14,7 @@ import logging
 import secrets as _random
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,11 +34,12 @@ from vaultsvc.errors import (
     AlreadyExists,
     DataLoss,
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     Reason,
     ResourceExhausted,
 )
-from vaultsvc.storage import create_requests
+from vaultsvc.storage import create_requests, usage
 from vaultsvc.storage.db import Database
 from vaultsvc.storage.errors import audit_refusal, log_database_error
 from vaultsvc.telemetry import metrics
@@ -215,6 +216,36 @@ def _config(row: Any) -> ConfigRecord:
     )
 
 
+#: ListSecrets ``order_by`` values: the SQL column (None: by name).
+SECRET_ORDERS: dict[str, str | None] = {
+    "name": None,
+    "last_resolve_time": "u.last_resolve_time",
+    "update_time": "s.update_time",
+    "create_time": "s.create_time",
+}
+_ORDER_FIELDS = {
+    "last_resolve_time": "used_at",
+    "update_time": "update_time",
+    "create_time": "create_time",
+}
+
+
+def _decode_position(position: str) -> tuple[datetime | None, str]:
+    """(time or None, name key) of a time-ordered page token's position."""
+    time_text, sep, key = position.rpartition("|")
+    try:
+        if not sep or not key:
+            raise ValueError(position)
+        moment = datetime.fromisoformat(time_text) if time_text else None
+        if moment is not None and moment.tzinfo is None:
+            raise ValueError(position)
+    except ValueError:
+        raise InvalidArgument(
+            "page_token is not a token this server issued", reason=Reason.INVALID_PAGE_TOKEN
+        ) from None
+    return moment, key
+
+
 def like_pattern(text: str) -> str:
     """A LIKE pattern matching ``text`` as a literal, case-insensitive substring."""
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
@@ -234,13 +265,16 @@ async def insert_audit(conn: Any, records: Sequence[AuditRecord]) -> None:
 #: each event travel as one JSON array, as Postgres has no ragged arrays.
 INSERT_AUDIT_SQL = """
     INSERT INTO audit_events (time, principal, method, outcome, secret_names, tool, request_id,
-                              peer, client_request_id, missing_count, count, match_count)
+                              peer, client_request_id, missing_count, count, match_count,
+                              forced)
     SELECT COALESCE(t, clock_timestamp()), p, m, o,
-           ARRAY(SELECT jsonb_array_elements_text(n)), tl, r, pe, c, mc, cnt, mat
+           ARRAY(SELECT jsonb_array_elements_text(n)), tl, r, pe, c, mc, cnt, mat, f
       FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
                   $6::text[], $7::text[], $8::text[], $9::text[], $10::integer[], $11::bigint[],
-                  $12::integer[])
-           AS u(t, p, m, o, n, tl, r, pe, c, mc, cnt, mat)"""
+                  $12::integer[], $13::boolean[])
+           AS u(t, p, m, o, n, tl, r, pe, c, mc, cnt, mat, f)"""
+#: Parameters of :data:`INSERT_AUDIT_SQL`.
+AUDIT_PARAMS = 13
 
 
 def audit_columns(records: Sequence[AuditRecord]) -> list[list[Any]]:
@@ -258,6 +292,7 @@ def audit_columns(records: Sequence[AuditRecord]) -> list[list[Any]]:
         [r.missing_count for r in records],
         [r.count for r in records],
         [r.match_count for r in records],
+        [r.forced for r in records],
     ]
 
 
@@ -307,7 +342,7 @@ def audit_query(
     where = " AND ".join(conditions) or "TRUE"
     sql = (
         "SELECT id, time, principal, method, outcome, secret_names, tool, request_id, "
-        "peer, client_request_id, missing_count, count, match_count "
+        "peer, client_request_id, missing_count, count, match_count, forced "
         f"FROM audit_events WHERE {where} ORDER BY time DESC, id DESC LIMIT {arg(limit + 1)}"
     )
     return sql, args
@@ -430,33 +465,96 @@ class Repository:
         return current
 
     async def get_secret(self, name: str) -> SecretMeta | None:
-        async with self.db.connection() as conn:
+        async with self.db.transaction(isolation="repeatable_read") as conn:
             row = await conn.fetchrow(
                 f"SELECT {_META_COLUMNS} FROM secrets WHERE name_key = lower($1)", name
             )
-        return _meta(row) if row else None
+            if row is None:
+                return None
+            found = await usage.secret_usage(conn, [row["id"]])
+        return replace(_meta(row), usage=found[row["id"]])
 
     async def list_secrets(
-        self, contains: str, after: str | None, limit: int, *, show_deleted: bool = False
-    ) -> tuple[list[SecretMeta], int, bool]:
-        """One page sorted by name: (rows, total matching, more pages follow).
+        self,
+        contains: str,
+        after: str | None,
+        limit: int,
+        *,
+        show_deleted: bool = False,
+        order_by: str = "name",
+        never_resolved: bool = False,
+        unused_since: datetime | None = None,
+    ) -> tuple[list[SecretMeta], int, bool, str]:
+        """One page: (rows with their usage, total matching, more pages follow, the
+        position of the last row for the next page token).
 
-        Secrets scheduled for deletion are listed only with ``show_deleted``.
+        ``order_by`` is ``name`` (A-Z) or a time column of :data:`SECRET_ORDERS`, newest
+        first (never-resolved secrets last), then by name: keyset pagination over that
+        pair. Secrets scheduled for deletion are listed only with ``show_deleted``.
+        ``never_resolved`` / ``unused_since`` filter on usage (never-resolved secrets count
+        as unused since any time).
         """
-        rows, total, more = await self._page(
-            "secrets",
-            "name_key",
-            _META_COLUMNS,
-            contains,
-            after,
-            limit,
-            # Without a filter the total is the maintained counter (live secrets), not a count.
-            unfiltered_total=(
-                None if show_deleted else "SELECT total_secrets FROM vault_state WHERE id = 1"
-            ),
-            condition=None if show_deleted else "delete_time IS NULL",
-        )
-        return [_meta(r) for r in rows], total, more
+        column = SECRET_ORDERS[order_by]
+        filters: list[str] = [] if show_deleted else ["s.delete_time IS NULL"]
+        args: list[Any] = []
+        if contains:
+            args.append(like_pattern(contains))
+            filters.append(f"s.name_key LIKE ${len(args)}")
+        if never_resolved:
+            filters.append("u.last_resolve_time IS NULL")
+        if unused_since is not None:
+            args.append(unused_since)
+            filters.append(f"(u.last_resolve_time IS NULL OR u.last_resolve_time < ${len(args)})")
+        count_args = list(args)
+        count_where = " AND ".join(filters) or "TRUE"
+        if after is not None:
+            if column is None:
+                args.append(after)
+                filters.append(f"s.name_key > ${len(args)}")
+            else:
+                moment, key = _decode_position(after)
+                args.append(key)
+                k = len(args)
+                if moment is None:
+                    filters.append(f"({column} IS NULL AND s.name_key > ${k})")
+                else:
+                    args.append(moment)
+                    t = len(args)
+                    filters.append(
+                        f"({column} < ${t} OR ({column} = ${t} AND s.name_key > ${k})"
+                        f" OR {column} IS NULL)"
+                    )
+        order = "s.name_key" if column is None else f"{column} DESC NULLS LAST, s.name_key"
+        args.append(limit + 1)
+        where = " AND ".join(filters) or "TRUE"
+        joined = "secrets s LEFT JOIN secret_usage u ON u.secret_id = s.id"
+        plain_total = not (contains or show_deleted or never_resolved or unused_since)
+        async with self.db.transaction(isolation="repeatable_read") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_META_COLUMNS}, u.last_resolve_time AS used_at FROM {joined} "
+                f"WHERE {where} ORDER BY {order} LIMIT ${len(args)}",
+                *args,
+            )
+            if plain_total:
+                # The maintained counter of live secrets, not a count.
+                total = await conn.fetchval("SELECT total_secrets FROM vault_state WHERE id = 1")
+            else:
+                total = await conn.fetchval(
+                    f"SELECT count(*) FROM {joined} WHERE {count_where}", *count_args
+                )
+            page = list(rows[:limit])
+            found = await usage.secret_usage(conn, [r["id"] for r in page])
+        position = ""
+        if page:
+            last = page[-1]
+            key = str(last["name"]).lower()
+            if column is None:
+                position = key
+            else:
+                moment = last[_ORDER_FIELDS[order_by]]
+                position = f"{moment.isoformat() if moment else ''}|{key}"
+        metas = [replace(_meta(r), usage=found[r["id"]]) for r in page]
+        return metas, int(total), len(rows) > limit, position
 
     async def _page(
         self,
@@ -683,8 +781,15 @@ class Repository:
         *,
         recovery_days: int,
         purge: bool = False,
+        guard_days: int = 0,
+        force: bool = False,
     ) -> str:
-        """Schedule deletion for ``recovery_days`` (0, or ``purge``: delete at once)."""
+        """Schedule deletion for ``recovery_days`` (0, or ``purge``: delete at once).
+
+        The delete guard: a live secret resolved within ``guard_days`` (0: no guard) is
+        FAILED_PRECONDITION ``SECRET_IN_USE`` unless ``force`` (then the event is marked
+        forced). Checked in this transaction, with the usage row locked, so a use committed
+        before the delete is always seen."""
         async with self.db.transaction() as conn:
             current = await conn.fetchrow(
                 "SELECT id, name, etag, delete_time FROM secrets "
@@ -697,6 +802,12 @@ class Repository:
             if scheduled and not purge:
                 raise scheduled_for_deletion(current["name"])
             _check_etag(current, etag)
+            if guard_days > 0 and not scheduled:
+                used = await usage.secret_in_use(conn, current["id"], guard_days)
+                if used is not None:
+                    if not force:
+                        raise usage.in_use_error("secret", current["name"], used, guard_days)
+                    audit.forced = True
             live_delta = 0 if scheduled else -1
             if purge or recovery_days == 0:
                 await conn.execute("DELETE FROM secrets WHERE id = $1", current["id"])
@@ -988,12 +1099,15 @@ class Repository:
             return _config(row)
 
     async def get_config(self, key: str) -> ConfigRecord | None:
-        async with self.db.connection() as conn:
+        async with self.db.transaction(isolation="repeatable_read") as conn:
             row = await conn.fetchrow(
                 f"SELECT {_CONFIG_COLUMNS} FROM config_values WHERE key_lower = lower($1)",
                 key,
             )
-        return _config(row) if row else None
+            if row is None:
+                return None
+            found = await usage.config_usage(conn, [row["key"].lower()])
+        return replace(_config(row), usage=found[row["key"].lower()])
 
     async def list_configs(
         self, contains: str, after: str | None, limit: int
@@ -1001,15 +1115,29 @@ class Repository:
         rows, total, more = await self._page(
             "config_values", "key_lower", _CONFIG_COLUMNS, contains, after, limit
         )
-        return [_config(r) for r in rows], total, more
+        keys = [r["key"].lower() for r in rows]
+        async with self.db.connection() as conn:
+            found = await usage.config_usage(conn, keys)
+        records = [replace(_config(r), usage=found[k]) for r, k in zip(rows, keys, strict=True)]
+        return records, total, more
 
-    async def delete_config(self, key: str, audit: AuditRecord) -> None:
+    async def delete_config(
+        self, key: str, audit: AuditRecord, *, guard_days: int = 0, force: bool = False
+    ) -> None:
+        """Delete a config value; the delete guard as for secrets (``CONFIG_IN_USE``)."""
         async with self.db.transaction() as conn:
-            deleted = await conn.fetchval(
-                "DELETE FROM config_values WHERE key_lower = lower($1) RETURNING key", key
+            current = await conn.fetchval(
+                "SELECT key FROM config_values WHERE key_lower = lower($1) FOR UPDATE", key
             )
-            if deleted is None:
+            if current is None:
                 raise NotFound(f"config value not found: {key}", reason=Reason.CONFIG_NOT_FOUND)
+            if guard_days > 0:
+                used = await usage.config_in_use(conn, current.lower(), guard_days)
+                if used is not None:
+                    if not force:
+                        raise usage.in_use_error("config value", current, used, guard_days)
+                    audit.forced = True
+            await conn.execute("DELETE FROM config_values WHERE key_lower = lower($1)", key)
             await insert_audit(conn, [audit])
 
     # ------------------------------------------------------------- master keys
@@ -1196,6 +1324,7 @@ class Repository:
                     missing_count=int(r["missing_count"]),
                     count=int(r["count"]),
                     match_count=r["match_count"],
+                    forced=r["forced"],
                 ),
             )
             for r in rows[:limit]

@@ -19,6 +19,8 @@ class Lifecycle:
     delete_recovery_days: int
     identify_rate_per_principal: int
     identify_rate_vault: int
+    delete_guard_days: int = 7
+    """Deleting what was resolved within this many days needs ``force`` (0: no guard)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Lifecycle:
@@ -27,6 +29,7 @@ class Lifecycle:
             delete_recovery_days=settings.delete_recovery_days,
             identify_rate_per_principal=settings.identify_rate_per_principal,
             identify_rate_vault=settings.identify_rate_vault,
+            delete_guard_days=settings.delete_guard_days,
         )
 
 

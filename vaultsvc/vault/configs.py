@@ -47,9 +47,13 @@ class Configs(VaultBase):
         next_token = encode_page_token(name_key(rows[-1].key), contains.lower()) if more else ""
         return rows, next_token, total
 
-    async def delete_config(self, key: str, audit: AuditRecord) -> None:
+    async def delete_config(self, key: str, audit: AuditRecord, *, force: bool = False) -> None:
+        """A value resolved within ``delete_guard_days`` is FAILED_PRECONDITION
+        ``CONFIG_IN_USE`` (naming its tools) unless ``force``."""
         validate_name(key, what="key")
         try:
-            await self.repo.delete_config(key, audit)
+            await self.repo.delete_config(
+                key, audit, guard_days=self.lifecycle.delete_guard_days, force=force
+            )
         finally:
             self.cache.invalidate(CONFIG_KIND, name_key(key))

@@ -241,6 +241,9 @@ class Resolution(VaultBase):
         size = sum(_utf8_length(key) + _utf8_length(value) for key, value in rendered)
         if size > MAX_REPLY_BYTES:
             raise _rendered_too_large()
+        # Usage tracking: counted with the event, if the call ends OK (storage/usage.py).
+        audit.used_secrets = tuple(row.id for row in sealed.values())
+        audit.used_configs = tuple(config_keys)
         return rendered
 
     async def _sealed_rows(

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from vaultsvc.crypto import SealedValue, SecretContext
 from vaultsvc.domain import (
     AuditRecord,
     SecretMeta,
+    UsageRecord,
     safe_label,
     validate_allowed_hosts,
     validate_description,
     validate_filter,
     validate_name,
+    validate_order_by,
     validate_page_size,
     validate_value,
 )
@@ -61,7 +64,7 @@ class Secrets(VaultBase):
         assert plaintext is not None
         audit.secret_names = [name_key(name)]
         try:
-            return await self.repo.create_secret(
+            meta = await self.repo.create_secret(
                 name,
                 description,
                 self._sealer(plaintext),
@@ -70,6 +73,8 @@ class Secrets(VaultBase):
                 idempotency_key,
                 hosts,
             )
+            # A new secret: never resolved (so the reply equals a GetSecret of it).
+            return replace(meta, usage=meta.usage or UsageRecord())
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))
 
@@ -94,16 +99,39 @@ class Secrets(VaultBase):
         return meta
 
     async def list_secrets(
-        self, page_size: int, page_token: str, name_contains: str, *, show_deleted: bool = False
+        self,
+        page_size: int,
+        page_token: str,
+        name_contains: str,
+        *,
+        show_deleted: bool = False,
+        order_by: str = "",
+        never_resolved: bool = False,
+        unused_since: datetime | None = None,
     ) -> tuple[list[SecretMeta], str, int]:
+        """A page of secrets with their usage. ``order_by``: ``name`` (default) or a time,
+        newest first; page tokens are bound to the ordering and every filter."""
         limit = validate_page_size(page_size)
         contains = validate_filter(name_contains, "name_contains")
+        order = validate_order_by(order_by)
         filter_key = contains.lower() + ("\x1fdeleted" if show_deleted else "")
+        if order != "name":
+            filter_key += f"\x1forder={order}"
+        if never_resolved:
+            filter_key += "\x1fnever"
+        if unused_since is not None:
+            filter_key += f"\x1fsince={unused_since.isoformat()}"
         after = decode_page_token(page_token, filter_key)
-        rows, total, more = await self.repo.list_secrets(
-            contains, after, limit, show_deleted=show_deleted
+        rows, total, more, position = await self.repo.list_secrets(
+            contains,
+            after,
+            limit,
+            show_deleted=show_deleted,
+            order_by=order,
+            never_resolved=never_resolved,
+            unused_since=unused_since,
         )
-        next_token = encode_page_token(name_key(rows[-1].name), filter_key) if more else ""
+        next_token = encode_page_token(position, filter_key) if more else ""
         return rows, next_token, total
 
     async def update_secret(
@@ -146,9 +174,18 @@ class Secrets(VaultBase):
             self.cache.invalidate(SECRET_KIND, name_key(name))
 
     async def delete_secret(
-        self, name: str, etag: str, audit: AuditRecord, *, purge: bool = False
+        self,
+        name: str,
+        etag: str,
+        audit: AuditRecord,
+        *,
+        purge: bool = False,
+        force: bool = False,
     ) -> None:
-        """Schedule deletion for ``delete_recovery_days`` (0 or ``purge``: delete now)."""
+        """Schedule deletion for ``delete_recovery_days`` (0 or ``purge``: delete now).
+
+        A live secret resolved within ``delete_guard_days`` is FAILED_PRECONDITION
+        ``SECRET_IN_USE`` (naming its tools) unless ``force``."""
         validate_name(name)
         audit.secret_names = [name_key(name)]
         try:
@@ -158,6 +195,8 @@ class Secrets(VaultBase):
                 audit,
                 recovery_days=self.lifecycle.delete_recovery_days,
                 purge=purge,
+                guard_days=self.lifecycle.delete_guard_days,
+                force=force,
             )
         finally:
             self.cache.invalidate(SECRET_KIND, name_key(name))

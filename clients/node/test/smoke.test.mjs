@@ -229,7 +229,15 @@ describe('vault smoke', { skip }, () => {
     assert.equal(v.versions.filter((x) => x.current).length, 1);
     assert.equal(v.versions[0].state, 'STATE_ENABLED');
     const current = await admin.getSecret({ name: NAME });
-    await admin.deleteSecret({ name: NAME, etag: current.etag });
+    // Resolved above: the delete guard refuses, naming the tool, until forced.
+    await assert.rejects(
+      admin.deleteSecret({ name: NAME, etag: current.etag }),
+      expectError('FAILED_PRECONDITION', (err) => {
+        assert.equal(err.reason, 'SECRET_IN_USE');
+        assert.equal(err.errorMetadata.tools, 'node-smoke');
+      }),
+    );
+    await admin.deleteSecret({ name: NAME, etag: current.etag, force: true });
     await assert.rejects(admin.getSecret({ name: NAME }), expectError('NOT_FOUND'));
     const restored = await admin.restoreSecret({ name: NAME });
     assert.equal(restored.name, NAME);
@@ -237,7 +245,7 @@ describe('vault smoke', { skip }, () => {
   });
 
   it('deletes the secret (with its etag); it is gone afterwards', async () => {
-    const e = await admin.deleteSecret({ name: NAME, etag: created.etag, purge: true });
+    const e = await admin.deleteSecret({ name: NAME, etag: created.etag, purge: true, force: true });
     assert.deepEqual(e, {});
     await assert.rejects(admin.getSecret({ name: NAME }), expectError('NOT_FOUND'));
     await assert.rejects(admin.deleteSecret({ name: NAME }), expectError('NOT_FOUND'));

@@ -330,10 +330,11 @@
 
   // ------------------------------------------------------- delete dialog
 
-  let deleting = null; // {kind, name, item}
+  let deleting = null; // {kind, name, item, force}
 
   function openDeleteDialog(kind, name, item) {
-    deleting = { kind: kind, name: name, item: item };
+    deleting = { kind: kind, name: name, item: item, force: false };
+    $("delete-ok").textContent = "Delete";
     $("delete-dialog-title").textContent = kind === "secret" ? "Delete secret" : "Delete config value";
     $("delete-reference").textContent = "{{" + kind + ":" + name + "}}";
     $("delete-name").textContent = name;
@@ -356,11 +357,13 @@
     const target = deleting;
     $("delete-ok").disabled = true;
     try {
+      const query = new URLSearchParams();
+      if (target.force) query.set("force", "true");
       if (target.kind === "secret") {
-        const etag = target.item && target.item.etag ? "?etag=" + encodeURIComponent(target.item.etag) : "";
-        await api("DELETE", "/secrets/" + encodeURIComponent(target.name) + etag);
+        if (target.item && target.item.etag) query.set("etag", target.item.etag);
+        await api("DELETE", "/secrets/" + encodeURIComponent(target.name) + "?" + query);
       } else {
-        await api("DELETE", "/configs/" + encodeURIComponent(target.name));
+        await api("DELETE", "/configs/" + encodeURIComponent(target.name) + "?" + query);
       }
       $("delete-dialog").close();
       toast("Deleted " + target.name);
@@ -368,6 +371,12 @@
     } catch (err) {
       if (err instanceof ApiError && err.status === 401) return;
       showError($("delete-error"), err.message);
+      // The delete guard: resolved recently. The message names the tools; a second,
+      // deliberate click deletes anyway.
+      if (err instanceof ApiError && (err.reason === "SECRET_IN_USE" || err.reason === "CONFIG_IN_USE")) {
+        target.force = true;
+        $("delete-ok").textContent = "Delete anyway";
+      }
       $("delete-ok").disabled = false;
     }
   }

@@ -244,17 +244,30 @@ class VaultClient:
         page_token: str = "",
         *,
         show_deleted: bool = False,
+        order_by: str = "",
+        never_resolved: bool = False,
+        unused_since: datetime | None = None,
         timeout: float | None = None,
     ) -> SecretsPager:
-        """Secrets sorted by name: the first page is fetched now, the rest as iterated.
+        """Secrets with their ``usage``: the first page is fetched now, the rest as iterated.
 
         ``timeout`` applies to each page. ``.secrets`` and ``.next_page_token`` are
         those of the latest page fetched; ``.total_size`` counts every match.
         ``show_deleted`` also lists secrets scheduled for deletion (with their
-        ``delete_time`` and ``purge_time``).
+        ``delete_time`` and ``purge_time``). ``order_by``: ``"name"`` (default),
+        ``"last_resolve_time"``, ``"update_time"`` or ``"create_time"`` (times newest
+        first). ``never_resolved`` lists only secrets no resolve ever used;
+        ``unused_since`` (an aware datetime) only those not resolved since then.
         """
         pager = self.iter_secrets(
-            name_contains, page_size, page_token, show_deleted=show_deleted, timeout=timeout
+            name_contains,
+            page_size,
+            page_token,
+            show_deleted=show_deleted,
+            order_by=order_by,
+            never_resolved=never_resolved,
+            unused_since=unused_since,
+            timeout=timeout,
         )
         pager._first_page()
         return pager
@@ -266,6 +279,9 @@ class VaultClient:
         page_token: str = "",
         *,
         show_deleted: bool = False,
+        order_by: str = "",
+        never_resolved: bool = False,
+        unused_since: datetime | None = None,
         timeout: float | None = None,
     ) -> SecretsPager:
         """Like :meth:`list_secrets`, but nothing is fetched until iterated."""
@@ -276,7 +292,11 @@ class VaultClient:
                 page_size=page_size,
                 page_token=token,
                 show_deleted=show_deleted,
+                order_by=order_by,
+                never_resolved=never_resolved,
             )
+            if unused_since is not None:
+                request.unused_since.FromDatetime(unused_since)
             return self._call(self._secrets.ListSecrets, request, timeout)
 
         return Pager(fetch, _secrets_of, page_token=page_token)
@@ -304,10 +324,20 @@ class VaultClient:
         return self._call(self._secrets.UpdateSecret, request, timeout)
 
     def delete_secret(
-        self, name: str, etag: str = "", *, purge: bool = False, timeout: float | None = None
+        self,
+        name: str,
+        etag: str = "",
+        *,
+        purge: bool = False,
+        force: bool = False,
+        timeout: float | None = None,
     ) -> None:
-        """Schedules deletion for the vault's recovery window; ``purge`` deletes at once."""
-        request = secret_pb.DeleteSecretRequest(name=name, etag=etag, purge=purge)
+        """Schedules deletion for the vault's recovery window; ``purge`` deletes at once.
+
+        A secret resolved within the vault's ``delete_guard_days`` raises
+        :class:`~vaultsvc_client.errors.SecretInUse` (with ``tools`` and
+        ``last_resolve_time``) unless ``force``."""
+        request = secret_pb.DeleteSecretRequest(name=name, etag=etag, purge=purge, force=force)
         self._call(self._secrets.DeleteSecret, request, timeout)
 
     def restore_secret(self, name: str, *, timeout: float | None = None) -> secret_pb.Secret:
@@ -415,8 +445,12 @@ class VaultClient:
 
         return Pager(fetch, _config_values_of, page_token=page_token)
 
-    def delete_config_value(self, key: str, *, timeout: float | None = None) -> None:
-        request = config_pb.DeleteConfigValueRequest(key=key)
+    def delete_config_value(
+        self, key: str, *, force: bool = False, timeout: float | None = None
+    ) -> None:
+        """A value resolved within the vault's ``delete_guard_days`` raises
+        :class:`~vaultsvc_client.errors.ConfigInUse` unless ``force``."""
+        request = config_pb.DeleteConfigValueRequest(key=key, force=force)
         self._call(self._configs.DeleteConfigValue, request, timeout)
 
     # -- ResolverService -------------------------------------------------------------

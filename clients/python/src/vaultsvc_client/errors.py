@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime
 
 import grpc
 from google.rpc import error_details_pb2
@@ -22,16 +23,20 @@ from grpc_status import rpc_status
 __all__ = [
     "ERROR_DOMAIN",
     "AlreadyExists",
+    "ConfigInUse",
     "ConfigNotFound",
     "DataLoss",
     "DeadlineExceeded",
     "EtagMismatch",
+    "FailedPrecondition",
+    "InUse",
     "InternalError",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
     "SecretDeleted",
+    "SecretInUse",
     "SecretNotFound",
     "Unauthenticated",
     "Unavailable",
@@ -141,6 +146,46 @@ class EtagMismatch(VaultError):
     default_code = grpc.StatusCode.ABORTED
 
 
+class FailedPrecondition(VaultError):
+    """FAILED_PRECONDITION: the call is valid but the resource is not in a state for it."""
+
+    default_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InUse(FailedPrecondition):
+    """FAILED_PRECONDITION SECRET_IN_USE / CONFIG_IN_USE: a delete refused by the delete
+    guard, as a resolve used the item recently. Delete again with ``force=True`` to
+    delete it anyway.
+
+    ``tools`` are the tools that used it (most recent first; ``tools_omitted`` counts those
+    the vault left out of the list), ``last_resolve_time`` the last use (aware UTC
+    datetime; None if the server sent none), both from the ErrorInfo metadata.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        domain: str = "",
+    ) -> None:
+        super().__init__(message, code=code, reason=reason, metadata=metadata, domain=domain)
+        self.tools, self.tools_omitted = _listed(self.metadata.get("tools", ""))
+        self.last_resolve_time: datetime | None = _rfc3339(
+            self.metadata.get("last_resolve_time", "")
+        )
+
+
+class SecretInUse(InUse):
+    """FAILED_PRECONDITION SECRET_IN_USE: see :class:`InUse`."""
+
+
+class ConfigInUse(InUse):
+    """FAILED_PRECONDITION CONFIG_IN_USE: see :class:`InUse`."""
+
+
 class InvalidArgument(VaultError):
     """INVALID_ARGUMENT: bad name, malformed placeholder, missing input..."""
 
@@ -194,6 +239,7 @@ _BY_CODE: dict[grpc.StatusCode, type[VaultError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.ABORTED: EtagMismatch,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
@@ -209,6 +255,8 @@ _BY_REASON: dict[tuple[grpc.StatusCode, str], type[VaultError]] = {
     (grpc.StatusCode.NOT_FOUND, "SECRET_NOT_FOUND"): SecretNotFound,
     (grpc.StatusCode.NOT_FOUND, "SECRET_DELETED"): SecretDeleted,
     (grpc.StatusCode.NOT_FOUND, "CONFIG_NOT_FOUND"): ConfigNotFound,
+    (grpc.StatusCode.FAILED_PRECONDITION, "SECRET_IN_USE"): SecretInUse,
+    (grpc.StatusCode.FAILED_PRECONDITION, "CONFIG_IN_USE"): ConfigInUse,
 }
 
 
@@ -265,7 +313,21 @@ _MORE_NAMES = re.compile(r"^and (?P<more>[0-9]+) more$")
 
 def _missing_names(metadata: Mapping[str, str]) -> tuple[list[str], int]:
     """The names listed in ErrorInfo ``names`` and how many the vault left out."""
-    names = [name.strip() for name in metadata.get("names", "").split(",") if name.strip()]
+    return _listed(metadata.get("names", ""))
+
+
+def _rfc3339(text: str) -> datetime | None:
+    """An RFC 3339 time from ErrorInfo metadata (``...Z``), or None if absent or malformed."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+    return moment if moment is not None and moment.tzinfo is not None else None
+
+
+def _listed(text: str) -> tuple[list[str], int]:
+    """A comma list from ErrorInfo metadata and how many the vault left out."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
     omitted = 0
     if names and (tail := _MORE_NAMES.match(names[-1])) is not None:
         names.pop()

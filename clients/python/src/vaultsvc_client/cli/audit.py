@@ -113,6 +113,7 @@ def _row(event: Any) -> dict[str, Any]:
         "tool": event.tool,
         "request_id": event.request_id,
         "peer": event.peer,
+        "forced": bool(event.forced),
     }
 
 
@@ -121,7 +122,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
         row["time"] or "",
         row["principal"],
         row["method"].rsplit(".", 1)[-1],
-        row["outcome"],
+        row["outcome"] + (" (forced)" if row["forced"] else ""),
         ", ".join(row["secret_names"]),
         row["tool"],
         row["request_id"],

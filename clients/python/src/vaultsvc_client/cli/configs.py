@@ -7,9 +7,10 @@ import sys
 from typing import Any
 
 from .exits import EXIT_OK
+from .guard import add_force, delete_guarded
 from .listing import show_listing
 from .options import add_command, add_group, connect, non_negative_int, positive_int
-from .output import config_dict, emit, vertical
+from .output import config_dict, emit, show_usage, usage_dict, vertical
 from .stdio import MAX_VALUE_BYTES, confirm_delete, is_tty, read_stdin_text
 
 
@@ -49,9 +50,15 @@ def register(groups: Any) -> None:
         "--page-size", type=positive_int, default=100, help="values per request (default 100)"
     )
 
+    usage = add_command(
+        actions, "usage", config_usage, "Show which tools resolved a config value, and when."
+    )
+    usage.add_argument("key", help="the config value's key (any case)")
+
     delete = add_command(actions, "delete", delete_config, "Delete a config value.")
     delete.add_argument("key", help="the config value's key (any case)")
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    add_force(delete, "config value")
 
 
 def put_config(args: argparse.Namespace) -> int:
@@ -93,9 +100,25 @@ def list_configs(args: argparse.Namespace) -> int:
         )
 
 
+def config_usage(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        config = client.get_config_value(args.key)
+    show_usage(args, "config value", config.key, usage_dict(config))
+    return EXIT_OK
+
+
 def delete_config(args: argparse.Namespace) -> int:
     with connect(args) as client:
         confirm_delete(args, "config value", args.key)
-        client.delete_config_value(args.key)
-    emit(args, {"deleted": args.key}, f"deleted config {args.key}")
+        forced = delete_guarded(
+            args,
+            "config value",
+            args.key,
+            lambda force: client.delete_config_value(args.key, force=force),
+        )
+    emit(
+        args,
+        {"deleted": args.key, "forced": forced},
+        f"deleted config {args.key}" + (" (forced: it was in use)" if forced else ""),
+    )
     return EXIT_OK

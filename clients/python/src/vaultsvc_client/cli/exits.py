@@ -6,6 +6,7 @@ from ..errors import (
     AlreadyExists,
     DeadlineExceeded,
     EtagMismatch,
+    InUse,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -25,6 +26,7 @@ EXIT_ETAG_MISMATCH = 6
 EXIT_INVALID_ARGUMENT = 7
 EXIT_UNAVAILABLE = 8
 EXIT_PROBLEMS = 9
+EXIT_IN_USE = 10
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
@@ -38,6 +40,7 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INVALID_ARGUMENT: "invalid argument (bad name, malformed template, over a limit)",
     EXIT_UNAVAILABLE: "server unavailable or deadline exceeded",
     EXIT_PROBLEMS: "check found problems in the templates",
+    EXIT_IN_USE: "in use: delete refused, resolved recently (--force deletes anyway)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT)",
 }
 
@@ -48,6 +51,7 @@ _BY_ERROR: list[tuple[type[VaultError] | tuple[type[VaultError], ...], int]] = [
     (EtagMismatch, EXIT_ETAG_MISMATCH),
     ((InvalidArgument, ResourceExhausted), EXIT_INVALID_ARGUMENT),
     ((Unavailable, DeadlineExceeded), EXIT_UNAVAILABLE),
+    (InUse, EXIT_IN_USE),
 ]
 
 

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -206,6 +207,20 @@ def positive_int(text: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return number
+
+
+def since(text: str) -> datetime:
+    """``--unused-since``: an RFC 3339 time, a date (midnight UTC), or ``Nd`` (N days ago)."""
+    stripped = text.strip()
+    if stripped.endswith("d") and stripped[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(days=int(stripped[:-1]))
+    try:
+        moment = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an RFC 3339 time, a date or Nd (days ago)"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def non_negative_int(text: str) -> int:

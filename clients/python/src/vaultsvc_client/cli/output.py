@@ -113,6 +113,25 @@ def secret_dict(secret: Any) -> dict[str, Any]:
         "current_version": int(secret.current_version),
         "delete_time": timestamp(secret, "delete_time"),
         "purge_time": timestamp(secret, "purge_time"),
+        "last_resolve_time": timestamp(secret.usage, "last_resolve_time"),
+        "resolve_count": int(secret.usage.resolve_count),
+    }
+
+
+def usage_dict(item: Any) -> dict[str, Any]:
+    """A secret's or config value's usage: last resolve, count and the recent tools."""
+    usage = item.usage
+    return {
+        "last_resolve_time": timestamp(usage, "last_resolve_time"),
+        "resolve_count": int(usage.resolve_count),
+        "tools": [
+            {
+                "tool": t.tool,
+                "last_resolve_time": timestamp(t, "last_resolve_time"),
+                "resolve_count": int(t.resolve_count),
+            }
+            for t in usage.tools
+        ],
     }
 
 
@@ -123,6 +142,8 @@ def config_dict(config: Any) -> dict[str, Any]:
         "description": config.description,
         "create_time": timestamp(config, "create_time"),
         "update_time": timestamp(config, "update_time"),
+        "last_resolve_time": timestamp(config.usage, "last_resolve_time"),
+        "resolve_count": int(config.usage.resolve_count),
     }
 
 
@@ -139,3 +160,21 @@ def severity_name(severity: resolver_pb.Severity.ValueType) -> str:
     if severity == resolver_pb.SEVERITY_WARNING:
         return "WARNING"
     return "ERROR"
+
+
+def show_usage(args: Any, kind: str, name: str, usage: dict[str, Any]) -> None:
+    """``vaultctl secrets usage`` / ``configs usage``: a summary line and a table of tools."""
+    if wants_json(args):
+        print_json({"name": name, **usage})
+        return
+    if usage["last_resolve_time"] is None:
+        print(f"{kind} {name} was never resolved")
+        return
+    print(
+        f"{kind} {name}: {usage['resolve_count']} resolve(s), last at {usage['last_resolve_time']}"
+    )
+    if usage["tools"]:
+        print_table(
+            ["TOOL", "LAST USED", "RESOLVES"],
+            [[t["tool"], t["last_resolve_time"], str(t["resolve_count"])] for t in usage["tools"]],
+        )

@@ -10,9 +10,10 @@ from ..client import VaultClient
 from ..errors import AlreadyExists, VaultError
 from . import versions
 from .exits import EXIT_OK, CliError
+from .guard import add_force, delete_guarded
 from .listing import show_listing
-from .options import add_command, add_group, connect, non_negative_int, positive_int
-from .output import emit, note, secret_dict, vertical, wants_json
+from .options import add_command, add_group, connect, non_negative_int, positive_int, since
+from .output import emit, note, secret_dict, show_usage, usage_dict, vertical, wants_json
 from .stdio import add_value_source, confirm_delete, read_secret_value
 
 
@@ -41,7 +42,9 @@ def register(groups: Any) -> Any:
     get = add_command(actions, "get", get_secret, "Show a secret's metadata (never a value).")
     get.add_argument("name", help="the secret's name (any case)")
 
-    listing = add_command(actions, "list", list_secrets, "List secrets sorted by name.")
+    listing = add_command(
+        actions, "list", list_secrets, "List secrets (by name, or --order-by) with their last use."
+    )
     listing.add_argument(
         "--contains",
         "--name-contains",
@@ -61,6 +64,29 @@ def register(groups: Any) -> Any:
         action="store_true",
         help="also list secrets scheduled for deletion (restorable until their purge time)",
     )
+    listing.add_argument(
+        "--order-by",
+        choices=["name", "last_resolve_time", "update_time", "create_time"],
+        default="name",
+        help="sort by name (default) or by a time, newest first",
+    )
+    unused = listing.add_mutually_exclusive_group()
+    unused.add_argument(
+        "--never-resolved", action="store_true", help="only secrets no resolve ever used"
+    )
+    unused.add_argument(
+        "--unused-since",
+        type=since,
+        default=None,
+        metavar="WHEN",
+        help="only secrets not resolved since WHEN (RFC 3339 time or date, or Nd = N days "
+        "ago); never-resolved ones included",
+    )
+
+    usage = add_command(
+        actions, "usage", secret_usage, "Show which tools resolved a secret, when and how often."
+    )
+    usage.add_argument("name", help="the secret's name (any case)")
 
     update = add_command(
         actions,
@@ -103,6 +129,7 @@ def register(groups: Any) -> Any:
         "--purge", action="store_true", help="delete at once, with no recovery window"
     )
     delete.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    add_force(delete, "secret")
     versions.register(actions)
     return actions
 
@@ -146,7 +173,12 @@ def list_secrets(args: argparse.Namespace) -> int:
         return show_listing(
             args,
             client.list_secrets(
-                args.contains, page_size=args.page_size, show_deleted=args.show_deleted
+                args.contains,
+                page_size=args.page_size,
+                show_deleted=args.show_deleted,
+                order_by=args.order_by,
+                never_resolved=args.never_resolved,
+                unused_since=args.unused_since,
             ),
             secret_dict,
             key="secrets",
@@ -154,10 +186,12 @@ def list_secrets(args: argparse.Namespace) -> int:
                 "NAME": "name",
                 "DESCRIPTION": "description",
                 "UPDATED": "update_time",
+                "LAST USED": "last_resolve_time",
                 "ETAG": "etag",
                 **({"PURGE": "purge_time"} if args.show_deleted else {}),
             },
             noun="secret",
+            blanks={"last_resolve_time": "never"},
         )
 
 
@@ -185,11 +219,27 @@ def update_secret(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def secret_usage(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        secret = client.get_secret(args.name)
+    show_usage(args, "secret", secret.name, usage_dict(secret))
+    return EXIT_OK
+
+
 def delete_secret(args: argparse.Namespace) -> int:
     with connect(args) as client:
         confirm_delete(args, "secret", args.name)
-        client.delete_secret(args.name, args.etag, purge=args.purge)
-    emit(args, {"deleted": args.name, "purged": args.purge}, f"deleted secret {args.name}")
+        forced = delete_guarded(
+            args,
+            "secret",
+            args.name,
+            lambda force: client.delete_secret(args.name, args.etag, purge=args.purge, force=force),
+        )
+    emit(
+        args,
+        {"deleted": args.name, "purged": args.purge, "forced": forced},
+        f"deleted secret {args.name}" + (" (forced: it was in use)" if forced else ""),
+    )
     if not args.purge and not wants_json(args):
         note(
             f"restorable with `vaultctl secrets restore {args.name}` until the vault's "

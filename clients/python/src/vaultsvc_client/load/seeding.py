@@ -127,7 +127,7 @@ class Seeder:
             nonlocal removed
             request = secret_pb.DeleteSecretRequest(name=name)
             if _has_field(secret_pb.DeleteSecretRequest, "force"):
-                request.force = True  # type: ignore[attr-defined]
+                request.force = True
             if _has_field(secret_pb.DeleteSecretRequest, "purge"):
                 request.purge = True
             try:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%interakt/vault/v1/audit_service.proto\x12\x11interakt.vault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x02\n\nAuditEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x14\n\x0csecret_names\x18\x05 \x03(\t\x12\x0c\n\x04tool\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0c\n\x04peer\x18\x08 \x01(\t\x12\x19\n\x11\x63lient_request_id\x18\t \x01(\t\x12\x15\n\rmissing_count\x18\n \x01(\x05\x12\r\n\x05\x63ount\x18\x0b \x01(\x03\x12\x18\n\x0bmatch_count\x18\x14 \x01(\x05H\x00\x88\x01\x01\x42\x0e\n\x0c_match_count\"\xf4\x01\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0bsecret_name\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06method\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x0c\n\x04tool\x18\t \x01(\t\"a\n\x17ListAuditEventsResponse\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.interakt.vault.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2x\n\x0c\x41uditService\x12h\n\x0fListAuditEvents\x12).interakt.vault.v1.ListAuditEventsRequest\x1a*.interakt.vault.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%interakt/vault/v1/audit_service.proto\x12\x11interakt.vault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x02\n\nAuditEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x14\n\x0csecret_names\x18\x05 \x03(\t\x12\x0c\n\x04tool\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x0c\n\x04peer\x18\x08 \x01(\t\x12\x19\n\x11\x63lient_request_id\x18\t \x01(\t\x12\x15\n\rmissing_count\x18\n \x01(\x05\x12\r\n\x05\x63ount\x18\x0b \x01(\x03\x12\x18\n\x0bmatch_count\x18\x14 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06\x66orced\x18\x1e \x01(\x08\x42\x0e\n\x0c_match_count\"\xf4\x01\n\x16ListAuditEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0bsecret_name\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06method\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x0c\n\x04tool\x18\t \x01(\t\"a\n\x17ListAuditEventsResponse\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.interakt.vault.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2x\n\x0c\x41uditService\x12h\n\x0fListAuditEvents\x12).interakt.vault.v1.ListAuditEventsRequest\x1a*.interakt.vault.v1.ListAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interakt.vault.v1.audit_ser
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITEVENT']._serialized_start=94
-  _globals['_AUDITEVENT']._serialized_end=377
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=380
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=624
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=626
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=723
-  _globals['_AUDITSERVICE']._serialized_start=725
-  _globals['_AUDITSERVICE']._serialized_end=845
+  _globals['_AUDITEVENT']._serialized_end=393
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=396
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=640
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=642
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=739
+  _globals['_AUDITSERVICE']._serialized_start=741
+  _globals['_AUDITSERVICE']._serialized_end=861
 # @@protoc_insertion_point(module_scope)

@@ -35,6 +35,7 @@ class AuditEvent(_message.Message):
     MISSING_COUNT_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     MATCH_COUNT_FIELD_NUMBER: _builtins.int
+    FORCED_FIELD_NUMBER: _builtins.int
     principal: _builtins.str
     method: _builtins.str
     """Full gRPC method, e.g. "/interakt.vault.v1.SecretService/CreateSecret"."""
@@ -56,6 +57,10 @@ class AuditEvent(_message.Message):
     """
     match_count: _builtins.int
     """IdentifySecretValue only: how many versions matched (the candidate is never recorded)."""
+    forced: _builtins.bool
+    """DeleteSecret / DeleteConfigValue with `force` that overrode the delete guard
+    (the deleted item had been resolved within `delete_guard_days`).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -75,10 +80,11 @@ class AuditEvent(_message.Message):
         missing_count: _builtins.int = ...,
         count: _builtins.int = ...,
         match_count: _builtins.int | None = ...,
+        forced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_match_count", b"_match_count", "match_count", b"match_count", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_match_count", b"_match_count", "client_request_id", b"client_request_id", "count", b"count", "match_count", b"match_count", "method", b"method", "missing_count", b"missing_count", "outcome", b"outcome", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "secret_names", b"secret_names", "time", b"time", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_match_count", b"_match_count", "client_request_id", b"client_request_id", "count", b"count", "forced", b"forced", "match_count", b"match_count", "method", b"method", "missing_count", b"missing_count", "outcome", b"outcome", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "secret_names", b"secret_names", "time", b"time", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__match_count: _TypeAlias = _typing.Literal["match_count"]  # noqa: Y015
     _WhichOneofArgType__match_count: _TypeAlias = _typing.Literal["_match_count", b"_match_count"]  # noqa: Y015

@@ -24,27 +24,28 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from interakt.vault.v1 import usage_pb2 as interakt_dot_vault_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interakt/vault/v1/config_service.proto\x12\x11interakt.vault.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x01\n\x0b\x43onfigValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x15PutConfigValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"$\n\x15GetConfigValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"V\n\x17ListConfigValuesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0ckey_contains\x18\x03 \x01(\t\"~\n\x18ListConfigValuesResponse\x12\x35\n\rconfig_values\x18\x01 \x03(\x0b\x32\x1e.interakt.vault.v1.ConfigValue\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\'\n\x18\x44\x65leteConfigValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\t2\x8e\x03\n\rConfigService\x12Z\n\x0ePutConfigValue\x12(.interakt.vault.v1.PutConfigValueRequest\x1a\x1e.interakt.vault.v1.ConfigValue\x12Z\n\x0eGetConfigValue\x12(.interakt.vault.v1.GetConfigValueRequest\x1a\x1e.interakt.vault.v1.ConfigValue\x12k\n\x10ListConfigValues\x12*.interakt.vault.v1.ListConfigValuesRequest\x1a+.interakt.vault.v1.ListConfigValuesResponse\x12X\n\x11\x44\x65leteConfigValue\x12+.interakt.vault.v1.DeleteConfigValueRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interakt/vault/v1/config_service.proto\x12\x11interakt.vault.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dinterakt/vault/v1/usage.proto\"\xc9\x01\n\x0b\x43onfigValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05usage\x18\x1e \x01(\x0b\x32\x18.interakt.vault.v1.Usage\"H\n\x15PutConfigValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"$\n\x15GetConfigValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"V\n\x17ListConfigValuesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0ckey_contains\x18\x03 \x01(\t\"~\n\x18ListConfigValuesResponse\x12\x35\n\rconfig_values\x18\x01 \x03(\x0b\x32\x1e.interakt.vault.v1.ConfigValue\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"6\n\x18\x44\x65leteConfigValueRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x1e \x01(\x08\x32\x8e\x03\n\rConfigService\x12Z\n\x0ePutConfigValue\x12(.interakt.vault.v1.PutConfigValueRequest\x1a\x1e.interakt.vault.v1.ConfigValue\x12Z\n\x0eGetConfigValue\x12(.interakt.vault.v1.GetConfigValueRequest\x1a\x1e.interakt.vault.v1.ConfigValue\x12k\n\x10ListConfigValues\x12*.interakt.vault.v1.ListConfigValuesRequest\x1a+.interakt.vault.v1.ListConfigValuesResponse\x12X\n\x11\x44\x65leteConfigValue\x12+.interakt.vault.v1.DeleteConfigValueRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interakt.vault.v1.config_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONFIGVALUE']._serialized_start=124
-  _globals['_CONFIGVALUE']._serialized_end=284
-  _globals['_PUTCONFIGVALUEREQUEST']._serialized_start=286
-  _globals['_PUTCONFIGVALUEREQUEST']._serialized_end=358
-  _globals['_GETCONFIGVALUEREQUEST']._serialized_start=360
-  _globals['_GETCONFIGVALUEREQUEST']._serialized_end=396
-  _globals['_LISTCONFIGVALUESREQUEST']._serialized_start=398
-  _globals['_LISTCONFIGVALUESREQUEST']._serialized_end=484
-  _globals['_LISTCONFIGVALUESRESPONSE']._serialized_start=486
-  _globals['_LISTCONFIGVALUESRESPONSE']._serialized_end=612
-  _globals['_DELETECONFIGVALUEREQUEST']._serialized_start=614
-  _globals['_DELETECONFIGVALUEREQUEST']._serialized_end=653
-  _globals['_CONFIGSERVICE']._serialized_start=656
-  _globals['_CONFIGSERVICE']._serialized_end=1054
+  _globals['_CONFIGVALUE']._serialized_start=155
+  _globals['_CONFIGVALUE']._serialized_end=356
+  _globals['_PUTCONFIGVALUEREQUEST']._serialized_start=358
+  _globals['_PUTCONFIGVALUEREQUEST']._serialized_end=430
+  _globals['_GETCONFIGVALUEREQUEST']._serialized_start=432
+  _globals['_GETCONFIGVALUEREQUEST']._serialized_end=468
+  _globals['_LISTCONFIGVALUESREQUEST']._serialized_start=470
+  _globals['_LISTCONFIGVALUESREQUEST']._serialized_end=556
+  _globals['_LISTCONFIGVALUESRESPONSE']._serialized_start=558
+  _globals['_LISTCONFIGVALUESRESPONSE']._serialized_end=684
+  _globals['_DELETECONFIGVALUEREQUEST']._serialized_start=686
+  _globals['_DELETECONFIGVALUEREQUEST']._serialized_end=740
+  _globals['_CONFIGSERVICE']._serialized_start=743
+  _globals['_CONFIGSERVICE']._serialized_end=1141
 # @@protoc_insertion_point(module_scope)

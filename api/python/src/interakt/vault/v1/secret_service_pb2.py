@@ -24,55 +24,56 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from interakt.vault.v1 import usage_pb2 as interakt_dot_vault_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interakt/vault/v1/secret_service.proto\x12\x11interakt.vault.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x02\n\x06Secret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\x12\x15\n\rallowed_hosts\x18\n \x03(\t\x12\x17\n\x0f\x63urrent_version\x18\x14 \x01(\x03\x12/\n\x0b\x64\x65lete_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\npurge_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x13\x43reateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rallowed_hosts\x18\n \x03(\t\" \n\x10GetSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"h\n\x12ListSecretsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rname_contains\x18\x03 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x14 \x01(\x08\"n\n\x13ListSecretsResponse\x12*\n\x07secrets\x18\x01 \x03(\x0b\x32\x19.interakt.vault.v1.Secret\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xad\x01\n\x13UpdateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x32\n\rallowed_hosts\x18\n \x01(\x0b\x32\x1b.interakt.vault.v1.HostListB\x08\n\x06_valueB\x0e\n\x0c_description\"\x19\n\x08HostList\x12\r\n\x05hosts\x18\x01 \x03(\t\"@\n\x13\x44\x65leteSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\r\n\x05purge\x18\x14 \x01(\x08\"\x16\n\x14GetVaultStatsRequest\"Y\n\nVaultStats\x12\x15\n\rtotal_secrets\x18\x01 \x01(\x03\x12\x34\n\x10last_update_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x19ListSecretVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x1aListSecretVersionsResponse\x12\x32\n\x08versions\x18\x01 \x03(\x0b\x32 .interakt.vault.v1.SecretVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf5\x01\n\rSecretVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\x35\n\x05state\x18\x04 \x01(\x0e\x32&.interakt.vault.v1.SecretVersion.State\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\"F\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_ENABLED\x10\x01\x12\x13\n\x0fSTATE_DESTROYED\x10\x02\"D\n\x15RollbackSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"<\n\x1b\x44\x65stroySecretVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"$\n\x14RestoreSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"+\n\x1aIdentifySecretValueRequest\x12\r\n\x05value\x18\x01 \x01(\t\"M\n\x1bIdentifySecretValueResponse\x12.\n\x07matches\x18\x01 \x03(\x0b\x32\x1d.interakt.vault.v1.ValueMatch\"<\n\nValueMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x08\x32\xfe\x07\n\rSecretService\x12Q\n\x0c\x43reateSecret\x12&.interakt.vault.v1.CreateSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12K\n\tGetSecret\x12#.interakt.vault.v1.GetSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12\\\n\x0bListSecrets\x12%.interakt.vault.v1.ListSecretsRequest\x1a&.interakt.vault.v1.ListSecretsResponse\x12Q\n\x0cUpdateSecret\x12&.interakt.vault.v1.UpdateSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12N\n\x0c\x44\x65leteSecret\x12&.interakt.vault.v1.DeleteSecretRequest\x1a\x16.google.protobuf.Empty\x12W\n\rGetVaultStats\x12\'.interakt.vault.v1.GetVaultStatsRequest\x1a\x1d.interakt.vault.v1.VaultStats\x12q\n\x12ListSecretVersions\x12,.interakt.vault.v1.ListSecretVersionsRequest\x1a-.interakt.vault.v1.ListSecretVersionsResponse\x12U\n\x0eRollbackSecret\x12(.interakt.vault.v1.RollbackSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12^\n\x14\x44\x65stroySecretVersion\x12..interakt.vault.v1.DestroySecretVersionRequest\x1a\x16.google.protobuf.Empty\x12S\n\rRestoreSecret\x12\'.interakt.vault.v1.RestoreSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12t\n\x13IdentifySecretValue\x12-.interakt.vault.v1.IdentifySecretValueRequest\x1a..interakt.vault.v1.IdentifySecretValueResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&interakt/vault/v1/secret_service.proto\x12\x11interakt.vault.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dinterakt/vault/v1/usage.proto\"\xd5\x02\n\x06Secret\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\x12\x15\n\rallowed_hosts\x18\n \x03(\t\x12\x17\n\x0f\x63urrent_version\x18\x14 \x01(\x03\x12/\n\x0b\x64\x65lete_time\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\npurge_time\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05usage\x18\x1e \x01(\x0b\x32\x18.interakt.vault.v1.Usage\"r\n\x13\x43reateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x15\n\rallowed_hosts\x18\n \x03(\t\" \n\x10GetSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xc4\x01\n\x12ListSecretsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x15\n\rname_contains\x18\x03 \x01(\t\x12\x14\n\x0cshow_deleted\x18\x14 \x01(\x08\x12\x10\n\x08order_by\x18\x1e \x01(\t\x12\x16\n\x0enever_resolved\x18\x1f \x01(\x08\x12\x30\n\x0cunused_since\x18  \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n\x13ListSecretsResponse\x12*\n\x07secrets\x18\x01 \x03(\x0b\x32\x19.interakt.vault.v1.Secret\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"\xad\x01\n\x13UpdateSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0b\x64\x65scription\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x32\n\rallowed_hosts\x18\n \x01(\x0b\x32\x1b.interakt.vault.v1.HostListB\x08\n\x06_valueB\x0e\n\x0c_description\"\x19\n\x08HostList\x12\r\n\x05hosts\x18\x01 \x03(\t\"O\n\x13\x44\x65leteSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\r\n\x05purge\x18\x14 \x01(\x08\x12\r\n\x05\x66orce\x18\x1e \x01(\x08\"\x16\n\x14GetVaultStatsRequest\"Y\n\nVaultStats\x12\x15\n\rtotal_secrets\x18\x01 \x01(\x03\x12\x34\n\x10last_update_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x19ListSecretVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x1aListSecretVersionsResponse\x12\x32\n\x08versions\x18\x01 \x03(\x0b\x32 .interakt.vault.v1.SecretVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf5\x01\n\rSecretVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\x35\n\x05state\x18\x04 \x01(\x0e\x32&.interakt.vault.v1.SecretVersion.State\x12\x0f\n\x07\x63urrent\x18\x05 \x01(\x08\"F\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_ENABLED\x10\x01\x12\x13\n\x0fSTATE_DESTROYED\x10\x02\"D\n\x15RollbackSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"<\n\x1b\x44\x65stroySecretVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"$\n\x14RestoreSecretRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"+\n\x1aIdentifySecretValueRequest\x12\r\n\x05value\x18\x01 \x01(\t\"M\n\x1bIdentifySecretValueResponse\x12.\n\x07matches\x18\x01 \x03(\x0b\x32\x1d.interakt.vault.v1.ValueMatch\"<\n\nValueMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x08\x32\xfe\x07\n\rSecretService\x12Q\n\x0c\x43reateSecret\x12&.interakt.vault.v1.CreateSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12K\n\tGetSecret\x12#.interakt.vault.v1.GetSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12\\\n\x0bListSecrets\x12%.interakt.vault.v1.ListSecretsRequest\x1a&.interakt.vault.v1.ListSecretsResponse\x12Q\n\x0cUpdateSecret\x12&.interakt.vault.v1.UpdateSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12N\n\x0c\x44\x65leteSecret\x12&.interakt.vault.v1.DeleteSecretRequest\x1a\x16.google.protobuf.Empty\x12W\n\rGetVaultStats\x12\'.interakt.vault.v1.GetVaultStatsRequest\x1a\x1d.interakt.vault.v1.VaultStats\x12q\n\x12ListSecretVersions\x12,.interakt.vault.v1.ListSecretVersionsRequest\x1a-.interakt.vault.v1.ListSecretVersionsResponse\x12U\n\x0eRollbackSecret\x12(.interakt.vault.v1.RollbackSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12^\n\x14\x44\x65stroySecretVersion\x12..interakt.vault.v1.DestroySecretVersionRequest\x1a\x16.google.protobuf.Empty\x12S\n\rRestoreSecret\x12\'.interakt.vault.v1.RestoreSecretRequest\x1a\x19.interakt.vault.v1.Secret\x12t\n\x13IdentifySecretValue\x12-.interakt.vault.v1.IdentifySecretValueRequest\x1a..interakt.vault.v1.IdentifySecretValueResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interakt.vault.v1.secret_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SECRET']._serialized_start=124
-  _globals['_SECRET']._serialized_end=424
-  _globals['_CREATESECRETREQUEST']._serialized_start=426
-  _globals['_CREATESECRETREQUEST']._serialized_end=540
-  _globals['_GETSECRETREQUEST']._serialized_start=542
-  _globals['_GETSECRETREQUEST']._serialized_end=574
-  _globals['_LISTSECRETSREQUEST']._serialized_start=576
-  _globals['_LISTSECRETSREQUEST']._serialized_end=680
-  _globals['_LISTSECRETSRESPONSE']._serialized_start=682
-  _globals['_LISTSECRETSRESPONSE']._serialized_end=792
-  _globals['_UPDATESECRETREQUEST']._serialized_start=795
-  _globals['_UPDATESECRETREQUEST']._serialized_end=968
-  _globals['_HOSTLIST']._serialized_start=970
-  _globals['_HOSTLIST']._serialized_end=995
-  _globals['_DELETESECRETREQUEST']._serialized_start=997
-  _globals['_DELETESECRETREQUEST']._serialized_end=1061
-  _globals['_GETVAULTSTATSREQUEST']._serialized_start=1063
-  _globals['_GETVAULTSTATSREQUEST']._serialized_end=1085
-  _globals['_VAULTSTATS']._serialized_start=1087
-  _globals['_VAULTSTATS']._serialized_end=1176
-  _globals['_LISTSECRETVERSIONSREQUEST']._serialized_start=1178
-  _globals['_LISTSECRETVERSIONSREQUEST']._serialized_end=1258
-  _globals['_LISTSECRETVERSIONSRESPONSE']._serialized_start=1260
-  _globals['_LISTSECRETVERSIONSRESPONSE']._serialized_end=1365
-  _globals['_SECRETVERSION']._serialized_start=1368
-  _globals['_SECRETVERSION']._serialized_end=1613
-  _globals['_SECRETVERSION_STATE']._serialized_start=1543
-  _globals['_SECRETVERSION_STATE']._serialized_end=1613
-  _globals['_ROLLBACKSECRETREQUEST']._serialized_start=1615
-  _globals['_ROLLBACKSECRETREQUEST']._serialized_end=1683
-  _globals['_DESTROYSECRETVERSIONREQUEST']._serialized_start=1685
-  _globals['_DESTROYSECRETVERSIONREQUEST']._serialized_end=1745
-  _globals['_RESTORESECRETREQUEST']._serialized_start=1747
-  _globals['_RESTORESECRETREQUEST']._serialized_end=1783
-  _globals['_IDENTIFYSECRETVALUEREQUEST']._serialized_start=1785
-  _globals['_IDENTIFYSECRETVALUEREQUEST']._serialized_end=1828
-  _globals['_IDENTIFYSECRETVALUERESPONSE']._serialized_start=1830
-  _globals['_IDENTIFYSECRETVALUERESPONSE']._serialized_end=1907
-  _globals['_VALUEMATCH']._serialized_start=1909
-  _globals['_VALUEMATCH']._serialized_end=1969
-  _globals['_SECRETSERVICE']._serialized_start=1972
-  _globals['_SECRETSERVICE']._serialized_end=2994
+  _globals['_SECRET']._serialized_start=155
+  _globals['_SECRET']._serialized_end=496
+  _globals['_CREATESECRETREQUEST']._serialized_start=498
+  _globals['_CREATESECRETREQUEST']._serialized_end=612
+  _globals['_GETSECRETREQUEST']._serialized_start=614
+  _globals['_GETSECRETREQUEST']._serialized_end=646
+  _globals['_LISTSECRETSREQUEST']._serialized_start=649
+  _globals['_LISTSECRETSREQUEST']._serialized_end=845
+  _globals['_LISTSECRETSRESPONSE']._serialized_start=847
+  _globals['_LISTSECRETSRESPONSE']._serialized_end=957
+  _globals['_UPDATESECRETREQUEST']._serialized_start=960
+  _globals['_UPDATESECRETREQUEST']._serialized_end=1133
+  _globals['_HOSTLIST']._serialized_start=1135
+  _globals['_HOSTLIST']._serialized_end=1160
+  _globals['_DELETESECRETREQUEST']._serialized_start=1162
+  _globals['_DELETESECRETREQUEST']._serialized_end=1241
+  _globals['_GETVAULTSTATSREQUEST']._serialized_start=1243
+  _globals['_GETVAULTSTATSREQUEST']._serialized_end=1265
+  _globals['_VAULTSTATS']._serialized_start=1267
+  _globals['_VAULTSTATS']._serialized_end=1356
+  _globals['_LISTSECRETVERSIONSREQUEST']._serialized_start=1358
+  _globals['_LISTSECRETVERSIONSREQUEST']._serialized_end=1438
+  _globals['_LISTSECRETVERSIONSRESPONSE']._serialized_start=1440
+  _globals['_LISTSECRETVERSIONSRESPONSE']._serialized_end=1545
+  _globals['_SECRETVERSION']._serialized_start=1548
+  _globals['_SECRETVERSION']._serialized_end=1793
+  _globals['_SECRETVERSION_STATE']._serialized_start=1723
+  _globals['_SECRETVERSION_STATE']._serialized_end=1793
+  _globals['_ROLLBACKSECRETREQUEST']._serialized_start=1795
+  _globals['_ROLLBACKSECRETREQUEST']._serialized_end=1863
+  _globals['_DESTROYSECRETVERSIONREQUEST']._serialized_start=1865
+  _globals['_DESTROYSECRETVERSIONREQUEST']._serialized_end=1925
+  _globals['_RESTORESECRETREQUEST']._serialized_start=1927
+  _globals['_RESTORESECRETREQUEST']._serialized_end=1963
+  _globals['_IDENTIFYSECRETVALUEREQUEST']._serialized_start=1965
+  _globals['_IDENTIFYSECRETVALUEREQUEST']._serialized_end=2008
+  _globals['_IDENTIFYSECRETVALUERESPONSE']._serialized_start=2010
+  _globals['_IDENTIFYSECRETVALUERESPONSE']._serialized_end=2087
+  _globals['_VALUEMATCH']._serialized_start=2089
+  _globals['_VALUEMATCH']._serialized_end=2149
+  _globals['_SECRETSERVICE']._serialized_start=2152
+  _globals['_SECRETSERVICE']._serialized_end=3174
 # @@protoc_insertion_point(module_scope)

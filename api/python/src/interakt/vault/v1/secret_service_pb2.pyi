@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from interakt.vault.v1 import usage_pb2 as _usage_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -35,6 +36,7 @@ class Secret(_message.Message):
     CURRENT_VERSION_FIELD_NUMBER: _builtins.int
     DELETE_TIME_FIELD_NUMBER: _builtins.int
     PURGE_TIME_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Immutable identifier, `^[A-Za-z][A-Za-z0-9_-]{0,127}$`, unique ignoring case."""
     description: _builtins.str
@@ -65,6 +67,12 @@ class Secret(_message.Message):
     def purge_time(self) -> _timestamp_pb2.Timestamp:
         """When a scheduled secret is deleted for good; set only while scheduled."""
 
+    @_builtins.property
+    def usage(self) -> _usage_pb2.Usage:
+        """Usage (field numbers 30+): resolves that used this secret, and by which tools.
+        Set in GetSecret and ListSecrets replies (also for a secret never resolved).
+        """
+
     def __init__(
         self,
         *,
@@ -77,10 +85,11 @@ class Secret(_message.Message):
         current_version: _builtins.int = ...,
         delete_time: _timestamp_pb2.Timestamp | None = ...,
         purge_time: _timestamp_pb2.Timestamp | None = ...,
+        usage: _usage_pb2.Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "purge_time", b"purge_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "purge_time", b"purge_time", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "create_time", b"create_time", "current_version", b"current_version", "delete_time", b"delete_time", "description", b"description", "etag", b"etag", "name", b"name", "purge_time", b"purge_time", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_hosts", b"allowed_hosts", "create_time", b"create_time", "current_version", b"current_version", "delete_time", b"delete_time", "description", b"description", "etag", b"etag", "name", b"name", "purge_time", b"purge_time", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -152,6 +161,9 @@ class ListSecretsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     NAME_CONTAINS_FIELD_NUMBER: _builtins.int
     SHOW_DELETED_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
+    NEVER_RESOLVED_FIELD_NUMBER: _builtins.int
+    UNUSED_SINCE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Default 50, maximum 1000 (larger values are clamped). Negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
@@ -160,6 +172,17 @@ class ListSecretsRequest(_message.Message):
     """Case-insensitive substring of the name."""
     show_deleted: _builtins.bool
     """Also list secrets scheduled for deletion (with delete_time and purge_time)."""
+    order_by: _builtins.str
+    """Usage (field numbers 30+).
+    "" or "name" (default, A-Z), "last_resolve_time", "update_time", "create_time"
+    (times newest first; never-resolved secrets last). Anything else: INVALID_ARGUMENT.
+    """
+    never_resolved: _builtins.bool
+    """Only secrets no resolve has ever used."""
+    @_builtins.property
+    def unused_since(self) -> _timestamp_pb2.Timestamp:
+        """Only secrets not resolved since this time (never-resolved ones included)."""
+
     def __init__(
         self,
         *,
@@ -167,10 +190,13 @@ class ListSecretsRequest(_message.Message):
         page_token: _builtins.str = ...,
         name_contains: _builtins.str = ...,
         show_deleted: _builtins.bool = ...,
+        order_by: _builtins.str = ...,
+        never_resolved: _builtins.bool = ...,
+        unused_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["unused_since", b"unused_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_contains", b"name_contains", "page_size", b"page_size", "page_token", b"page_token", "show_deleted", b"show_deleted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name_contains", b"name_contains", "never_resolved", b"never_resolved", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "show_deleted", b"show_deleted", "unused_since", b"unused_since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,21 +306,27 @@ class DeleteSecretRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     PURGE_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     etag: _builtins.str
     """When non-empty and different from the current etag: ABORTED."""
     purge: _builtins.bool
     """Delete at once instead of scheduling (also a secret already scheduled)."""
+    force: _builtins.bool
+    """Delete even if a resolve used the secret within `delete_guard_days` (otherwise
+    FAILED_PRECONDITION SECRET_IN_USE). The audit event records that it was forced.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         etag: _builtins.str = ...,
         purge: _builtins.bool = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "name", b"name", "purge", b"purge"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "force", b"force", "name", b"name", "purge", b"purge"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
