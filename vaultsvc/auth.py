@@ -131,12 +131,17 @@ class TokenAuthenticator:
     async def authenticate_call(self, authorization: str | None) -> Principal:
         """Configured tokens, then the database's: an RPC's credential. An expired,
         revoked and unknown token get the same answer."""
-        digest = _bearer_digest(authorization)
+        found = await self.lookup_digest(_bearer_digest(authorization))
+        if found is None:
+            raise Unauthenticated("unknown token")
+        return found
+
+    async def lookup_digest(self, digest: bytes) -> Principal | None:
+        """The principal of the valid token whose SHA-256 is ``digest``: configured tokens,
+        then the database's (the console keeps only this hash beside a session)."""
         found = self.lookup_hash(digest)
         if found is None and self.store is not None:
             found = await self.store.lookup(digest)
-        if found is None:
-            raise Unauthenticated("unknown token")
         return found
 
     def lookup_hash(self, digest: bytes) -> Principal | None:

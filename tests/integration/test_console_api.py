@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from interakt.vault.v1 import access_service_pb2 as tpb
+from interakt.vault.v1 import access_service_pb2_grpc as tgrpc
 from openapi_spec_validator import validate
 
 from tests.support.console import (
@@ -551,3 +553,33 @@ async def test_console_uses_the_grpc_tls_settings(make_vault: VaultFactory, tmp_
     async with httpx.AsyncClient(base_url=url.replace("https:", "http:"), timeout=10) as plain:
         with pytest.raises(httpx.HTTPError):
             await plain.get("/login")
+
+
+async def test_database_tokens_sign_in_and_revoking_one_ends_its_session(
+    make_vault: VaultFactory,
+) -> None:
+    """Tokens minted with AccessService work in the console and the JSON API like
+    configured ones, and revoking one ends its sessions and its bearer use."""
+    vault = await console_vault(make_vault)
+    access = tgrpc.AccessServiceStub(vault.channel("admin"))
+    created = await access.CreateToken(
+        tpb.CreateTokenRequest(principal="db-viewer", role="viewer", description="console")
+    )
+    client = SessionClient(vault)
+    try:
+        signed_in = await client.sign_in(created.token)
+        assert signed_in.status_code == 200 and signed_in.json()["role"] == "viewer"
+        assert (await client.http.get("/api/v1/stats")).status_code == 200
+        headers = {"Authorization": f"Bearer {created.token}"}
+        async with httpx.AsyncClient(base_url=console_url(vault), headers=headers) as bearer:
+            assert (await bearer.get("/api/v1/stats")).status_code == 200
+            await access.RevokeToken(tpb.RevokeTokenRequest(id=created.info.id))
+            deadline = asyncio.get_running_loop().time() + 5
+            while (await bearer.get("/api/v1/stats")).status_code == 200:
+                assert asyncio.get_running_loop().time() < deadline, "revocation not seen"
+                await asyncio.sleep(0.05)
+            assert error_of(await bearer.get("/api/v1/stats"))[:2] == (401, "UNAUTHENTICATED")
+        assert error_of(await client.http.get("/api/v1/stats"))[:2] == (401, "UNAUTHENTICATED")
+        assert not await vault.sql("SELECT 1 FROM console_sessions")
+    finally:
+        await client.aclose()

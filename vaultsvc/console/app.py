@@ -190,7 +190,7 @@ class Console:
         row = await self.sessions.get(digest)
         if row is None:
             return None
-        current = self.authenticator.lookup_hash(row.token_hash)
+        current = await self.authenticator.lookup_digest(row.token_hash)
         if current != Principal(row.principal, row.role):
             await self.sessions.delete(digest)
             _log.info("console session ended: its token is no longer valid")
@@ -201,7 +201,7 @@ class Console:
         """Bearer token (scripts) or session cookie plus CSRF header (the console)."""
         authorization = request.headers.get("authorization")
         if authorization is not None:
-            return self.authenticator.authenticate(authorization)
+            return await self.authenticator.authenticate_call(authorization)
         row = await self.session(request)
         if row is None:
             raise Unauthenticated(
@@ -385,7 +385,7 @@ class Console:
             token = body.get("token") if isinstance(body, dict) else None
             if not isinstance(token, str) or not token.strip():
                 raise InvalidArgument('send the vault token as {"token": "..."}')
-            principal = self.authenticator.authenticate(f"Bearer {token.strip()}")
+            principal = await self.authenticator.authenticate_call(f"Bearer {token.strip()}")
             record.principal = principal.name
             if principal.role not in (ADMIN, VIEWER):
                 raise PermissionDenied(
