@@ -29,7 +29,7 @@ from vaultsvc import telemetry
 from vaultsvc.api.access import AccessServicer
 from vaultsvc.api.audit import AuditServicer
 from vaultsvc.api.configs import ConfigServicer
-from vaultsvc.api.drain import DrainGate, disconnect
+from vaultsvc.api.drain import DrainGate, disconnect, stop_listening
 from vaultsvc.api.frontdoor import FrontDoor
 from vaultsvc.api.health import VaultHealth
 from vaultsvc.api.interceptor import VaultInterceptor
@@ -302,6 +302,9 @@ async def stop_server(runtime: Runtime, grace: float | None = None) -> None:
     # grpc's shutdown would answer the calls it holds but has not handed over yet with
     # CANCELLED; closing the connections first fails them with UNAVAILABLE instead, and
     # nothing may run between the two (a client could reconnect and send more).
+    # First no new connections (a client would reconnect at once and send more), then
+    # the open ones close.
+    stop_listening(runtime.port)
     closed = disconnect(runtime.port)
     await runtime.server.stop(max(grace - (time.monotonic() - started), 0))
     _log.debug("connections closed before grpc's stop", extra={"connections": closed})

@@ -178,6 +178,16 @@ def _same_shape(handler: Any, behavior: Callable[..., Awaitable[Any]]) -> Any:
 def accepted_sockets(port: int, proc: Path = Path("/proc/self")) -> dict[int, int]:
     """This process's TCP sockets accepted on ``port`` (local port ``port``, not listening),
     as inode -> file descriptor, from ``/proc/self/net/tcp{,6}`` and ``/proc/self/fd``."""
+    return _sockets(port, proc, listening=False)
+
+
+def listening_sockets(port: int, proc: Path = Path("/proc/self")) -> dict[int, int]:
+    """This process's TCP sockets listening on ``port`` (with ``--workers`` each worker has
+    its own, in the kernel's SO_REUSEPORT group), as inode -> file descriptor."""
+    return _sockets(port, proc, listening=True)
+
+
+def _sockets(port: int, proc: Path, *, listening: bool) -> dict[int, int]:
     inodes: set[int] = set()
     for table in ("tcp", "tcp6"):
         try:
@@ -189,7 +199,7 @@ def accepted_sockets(port: int, proc: Path = Path("/proc/self")) -> dict[int, in
             if len(fields) < 10:
                 continue
             local_port = int(fields[1].rpartition(":")[2], 16)
-            if local_port == port and fields[3] != _LISTEN_STATE:
+            if local_port == port and (fields[3] == _LISTEN_STATE) == listening:
                 inodes.add(int(fields[9]))
     found: dict[int, int] = {}
     if not inodes:
@@ -205,13 +215,25 @@ def accepted_sockets(port: int, proc: Path = Path("/proc/self")) -> dict[int, in
     return found
 
 
+def stop_listening(port: int) -> int:
+    """Stop accepting connections on ``port`` in this process (``shutdown`` of its listening
+    socket: the kernel refuses new connections and resets those not yet accepted, so the
+    clients get UNAVAILABLE and go to another worker or replica); returns how many."""
+    return _shut_down(listening_sockets(port), socket.SHUT_RD)
+
+
 def disconnect(port: int) -> int:
     """Shut down (TCP FIN, both directions) every connection this process accepted on
     ``port``; returns how many. grpc then sees its connections end, the clients see them
-    close (a call in transit fails with UNAVAILABLE) and reconnect elsewhere. Each socket
-    is reached through a duplicate of its descriptor, checked to be the same socket."""
+    close (a call in transit fails with UNAVAILABLE) and reconnect elsewhere."""
+    return _shut_down(accepted_sockets(port), socket.SHUT_RDWR)
+
+
+def _shut_down(sockets: dict[int, int], how: int) -> int:
+    """``shutdown(how)`` each socket, reached through a duplicate of its descriptor that is
+    checked to be the same socket (the descriptor may have been reused meanwhile)."""
     closed = 0
-    for inode, fd in accepted_sockets(port).items():
+    for inode, fd in sockets.items():
         try:
             dup = os.dup(fd)
         except OSError:
@@ -222,7 +244,7 @@ def disconnect(port: int) -> int:
             with socket.socket(fileno=dup) as sock:
                 dup = -1  # the socket object owns (and closes) the duplicate now
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.shutdown(how)
                     closed += 1
         finally:
             if dup >= 0:
