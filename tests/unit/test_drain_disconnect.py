@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import socket
 
-from vaultsvc.api.drain import accepted_sockets, disconnect
+import pytest
+
+from vaultsvc.api.drain import accepted_sockets, disconnect, listening_sockets, stop_listening
 
 
 def test_disconnect_closes_only_connections_accepted_on_the_port() -> None:
@@ -35,3 +37,24 @@ def test_disconnect_closes_only_connections_accepted_on_the_port() -> None:
         finally:
             for sock in (client, other_client, served, other_served):
                 sock.close()
+
+
+def test_stop_listening_refuses_new_connections_on_that_port_only() -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as listener,
+        socket.create_server(("127.0.0.1", 0)) as other_listener,
+    ):
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as before:
+            served, _ = listener.accept()
+            with served:
+                assert list(listening_sockets(port).values()) == [listener.fileno()]
+                assert stop_listening(port) == 1
+                # New connections are refused; the connection already accepted still works.
+                with pytest.raises(ConnectionRefusedError):
+                    socket.create_connection(("127.0.0.1", port), timeout=5)
+                before.sendall(b"z")
+                assert served.recv(1) == b"z"
+        with socket.create_connection(other_listener.getsockname(), timeout=5):
+            accepted, _ = other_listener.accept()
+            accepted.close()
