@@ -10,14 +10,13 @@ nothing written to the restored database.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 import subprocess
 from pathlib import Path
 
 from interakt.vault.v1 import secret_service_pb2 as spb
 
-from tests.support.cli import SERVE_TIMEOUT, cli_env, run_cli
+from tests.support.cli import SERVE_TIMEOUT, run_cli, serve_env
 from tests.support.keys import (
     assert_no_key_material,
     create_secrets,
@@ -42,17 +41,6 @@ async def postgres_tool(pg: EmbeddedPostgres, program: str, *args: str) -> None:
         check=False,
     )
     assert result.returncode == 0, f"{program}: {result.stderr}"
-
-
-def serve_env(url: str, master_keys: str, tmp_path: Path) -> dict[str, str]:
-    digest = hashlib.sha256(secrets.token_bytes(16)).hexdigest()
-    return cli_env(
-        url,
-        master_keys,
-        VAULT_TOKENS=f"ops:admin:{digest}",
-        VAULT_LISTEN="127.0.0.1:0",
-        VAULT_DATA_DIR=str(tmp_path / "unused-data-dir"),
-    )
 
 
 async def test_pg_dump_of_a_live_vault_restores_and_only_its_master_keys_read_it(

@@ -9,17 +9,15 @@ before and after.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
-import secrets
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from interakt.vault.v1 import secret_service_pb2 as spb
 
-from tests.support.cli import cli_env, run_cli
+from tests.support.cli import cli_env, run_cli, serve_env
 from tests.support.keys import (
     Key,
     assert_no_key_material,
@@ -47,17 +45,6 @@ from vaultsvc.server import start_server, stop_server
 from vaultsvc.storage.embedded import EmbeddedPostgres
 
 SERVE_TIMEOUT = 60.0
-
-
-def serve_env(url: str, master_keys: str, tmp_path: Path) -> dict[str, str]:
-    digest = hashlib.sha256(secrets.token_bytes(16)).hexdigest()
-    return cli_env(
-        url,
-        master_keys,
-        VAULT_TOKENS=f"ops:admin:{digest}",
-        VAULT_LISTEN="127.0.0.1:0",
-        VAULT_DATA_DIR=str(tmp_path / "unused-data-dir"),
-    )
 
 
 async def populated(

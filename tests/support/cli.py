@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
+import secrets
 import signal
 import sys
 import time
@@ -44,6 +46,18 @@ def cli_env(database_url: str | None, master_keys: str | None, **extra: str) -> 
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def serve_env(url: str, master_keys: str, tmp_path: Path) -> dict[str, str]:
+    """A ``serve`` on ``url`` with ``master_keys``, an unused admin token and port 0."""
+    digest = hashlib.sha256(secrets.token_bytes(16)).hexdigest()
+    return cli_env(
+        url,
+        master_keys,
+        VAULT_TOKENS=f"ops:admin:{digest}",
+        VAULT_LISTEN="127.0.0.1:0",
+        VAULT_DATA_DIR=str(tmp_path / "unused-data-dir"),
+    )
 
 
 async def start_cli(
