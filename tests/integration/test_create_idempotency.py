@@ -72,3 +72,20 @@ async def test_the_client_sends_a_request_id_so_its_retries_are_safe(
     rows = await vault.sql("SELECT request_id FROM create_requests")
     assert len(rows) == 1
     uuid.UUID(str(rows[0]["request_id"]))
+
+
+async def test_a_retry_replays_the_whole_first_reply_allowed_hosts_included(
+    vault: VaultHandle,
+) -> None:
+    admin = secrets_admin(vault)
+    request = spb.CreateSecretRequest(
+        name="bound",
+        value="sk_2",
+        description="bound to its API",
+        allowed_hosts=["api.stripe.com", "*.Stripe.com"],
+        request_id=str(uuid.uuid4()),
+    )
+    first = await admin.CreateSecret(request, timeout=10)
+    assert sorted(first.allowed_hosts) == ["*.stripe.com", "api.stripe.com"]
+    again = await admin.CreateSecret(request, timeout=10)
+    assert again == first

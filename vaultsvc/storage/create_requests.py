@@ -21,7 +21,7 @@ _EXPIRED_PER_WRITE: Final = 100
 async def replay(conn: Any, request_id: uuid.UUID, name: str) -> SecretMeta | None:
     """The first reply of ``request_id`` if it created ``name``; refused for another name."""
     row = await conn.fetchrow(
-        """SELECT secret_id, name, description, etag, create_time, update_time
+        """SELECT secret_id, name, description, etag, create_time, update_time, allowed_hosts
              FROM create_requests WHERE request_id = $1 AND expire_time > now()""",
         request_id,
     )
@@ -41,6 +41,7 @@ async def replay(conn: Any, request_id: uuid.UUID, name: str) -> SecretMeta | No
         etag=row["etag"],
         create_time=row["create_time"],
         update_time=row["update_time"],
+        allowed_hosts=tuple(row["allowed_hosts"]),
     )
 
 
@@ -54,8 +55,9 @@ async def remember(conn: Any, request_id: uuid.UUID, meta: SecretMeta) -> None:
     )
     await conn.execute(
         """INSERT INTO create_requests (request_id, name_key, secret_id, name, description,
-                                        etag, create_time, update_time, expire_time)
-           VALUES ($1, lower($2), $3, $2, $4, $5, $6, $7, now() + $8)""",
+                                        etag, create_time, update_time, expire_time,
+                                        allowed_hosts)
+           VALUES ($1, lower($2), $3, $2, $4, $5, $6, $7, now() + $8, $9)""",
         request_id,
         meta.name,
         meta.id,
@@ -64,4 +66,5 @@ async def remember(conn: Any, request_id: uuid.UUID, meta: SecretMeta) -> None:
         meta.create_time,
         meta.update_time,
         REMEMBER_FOR,
+        list(meta.allowed_hosts),
     )
