@@ -1,8 +1,13 @@
 // @interakt/vault-client — promise-based Node.js client for vaultsvc.
-export { createVaultClient, timestampToDate, DEFAULT_DEADLINE_MS } from './src/client.js';
+export { createVaultClient, timestampToDate, dateToTimestamp, DEFAULT_DEADLINE_MS } from './src/client.js';
 export {
   VaultError,
+  InUse,
+  SecretInUse,
+  ConfigInUse,
   toVaultError,
+  parseListed,
+  parseRfc3339,
   decodeStatusDetails,
   encodeStatusDetails,
   codeName,

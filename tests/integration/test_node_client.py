@@ -2,8 +2,8 @@
 
 - ``test_node_client_offline``: proto loading, the client's method list and
   error decoding against an in-process grpc-js fake; needs no vault.
-- ``test_node_client_smoke``: ``smoke.test.mjs`` against the in-process vault of
-  the ``vault`` fixture (admin, viewer and resolver tokens).
+- ``test_node_client_smoke``: ``smoke.test.mjs`` against an in-process vault
+  (admin, viewer, resolver and operator tokens; the operator mints tokens).
 
 Both are skipped only when ``node`` is not on PATH. ``npm ci`` is run first
 when ``clients/node/node_modules`` is missing or older than the lock file.
@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from vaultsvc.auth import ADMIN, OPERATOR, RESOLVER, VIEWER, new_token
+
 REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = REPO / "clients" / "node"
 TEST_DIR = NODE_DIR / "test"
@@ -38,7 +40,13 @@ MIN_NODE = (18, 15)  # node:test with --test-reporter
 
 SMOKE_FILES = ("smoke.test.mjs",)
 OFFLINE_FILES = ("protos.test.mjs", "fake_server.test.mjs")
-VAULT_ENV = ("VAULT_ADDR", "VAULT_ADMIN_TOKEN", "VAULT_VIEWER_TOKEN", "VAULT_RESOLVER_TOKEN")
+VAULT_ENV = (
+    "VAULT_ADDR",
+    "VAULT_ADMIN_TOKEN",
+    "VAULT_VIEWER_TOKEN",
+    "VAULT_RESOLVER_TOKEN",
+    "VAULT_OPERATOR_TOKEN",
+)
 
 
 def _node() -> str:
@@ -145,7 +153,8 @@ async def test_node_client_offline() -> None:
     await _node_test(OFFLINE_FILES, {})
 
 
-async def test_node_client_smoke(vault: Any) -> None:
+async def test_node_client_smoke(make_vault: Any) -> None:
+    vault = await make_vault(tokens={r: new_token() for r in (ADMIN, VIEWER, RESOLVER, OPERATOR)})
     tokens = vault.tokens
     out = await _node_test(
         SMOKE_FILES,
@@ -154,11 +163,12 @@ async def test_node_client_smoke(vault: Any) -> None:
             "VAULT_ADMIN_TOKEN": tokens["admin"],
             "VAULT_VIEWER_TOKEN": tokens["viewer"],
             "VAULT_RESOLVER_TOKEN": tokens["resolver"],
+            "VAULT_OPERATOR_TOKEN": tokens["operator"],
             "VAULT_SMOKE_REQUIRED": "1",
         },
     )
     m = re.search(r"^# pass (\d+)$", out, re.M)
-    assert m and int(m.group(1)) >= 14, f"expected every smoke test to run:\n{_tail(out)}"
+    assert m and int(m.group(1)) >= 19, f"expected every smoke test to run:\n{_tail(out)}"
 
 
 def test_package_lock_is_committed_and_in_sync() -> None:

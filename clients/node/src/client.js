@@ -46,7 +46,13 @@ function checkDeadline(ms, what) {
 
 /**
  * Creates a promise-based client for every RPC of SecretService,
- * ConfigService, ResolverService and AuditService over one channel.
+ * ConfigService, ResolverService, AuditService and AccessService over one
+ * channel.
+ *
+ * No call is retried: a failed call rejects once. That is deliberate for
+ * writes, and above all for createToken, which mints a credential (a retried
+ * create whose first answer was lost would mint two tokens; the Python
+ * client's RPC policy table never retries it either).
  *
  * @param {object} opts
  * @param {string} opts.address  host:port, e.g. "127.0.0.1:50051"
@@ -165,6 +171,16 @@ export function timestampToDate(ts) {
   const seconds = Number(ts.seconds ?? 0);
   const nanos = Number(ts.nanos ?? 0);
   return new Date(seconds * 1000 + Math.floor(nanos / 1e6));
+}
+
+/** Date (or milliseconds since the epoch) -> google.protobuf.Timestamp, e.g. for createToken's expire_time. */
+export function dateToTimestamp(date) {
+  const ms = date instanceof Date ? date.getTime() : date;
+  if (typeof ms !== 'number' || !Number.isFinite(ms)) {
+    throw new TypeError('dateToTimestamp needs a valid Date or a number of milliseconds');
+  }
+  const seconds = Math.floor(ms / 1000);
+  return { seconds: String(seconds), nanos: Math.round(ms - seconds * 1000) * 1e6 };
 }
 
 export { VaultError };

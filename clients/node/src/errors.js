@@ -126,7 +126,87 @@ export class VaultError extends Error {
   }
 }
 
-/** Converts a grpc-js ServiceError (or anything thrown) into a VaultError. */
+// The capped tail of a list in ErrorInfo metadata: "a, b, and 3 more".
+const MORE_NAMES = /^and ([0-9]+) more$/;
+
+/**
+ * A comma list from ErrorInfo metadata and how many the vault left out:
+ * `'a, b, and 3 more'` -> `{ names: ['a', 'b'], omitted: 3 }` (as the Python
+ * client's `_listed`).
+ */
+export function parseListed(text) {
+  const names = String(text ?? '')
+    .split(',')
+    .map((n) => n.trim())
+    .filter((n) => n !== '');
+  let omitted = 0;
+  const tail = names.length > 0 ? MORE_NAMES.exec(names[names.length - 1]) : null;
+  if (tail) {
+    names.pop();
+    omitted = Number.parseInt(tail[1], 10);
+  }
+  return { names, omitted };
+}
+
+// RFC 3339 with a required offset ("2031-01-31T12:00:00.123456Z", "...+02:00").
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/;
+
+/** An RFC 3339 time from ErrorInfo metadata as a Date, or null if absent or malformed. */
+export function parseRfc3339(text) {
+  if (typeof text !== 'string' || !RFC3339.test(text)) return null;
+  const d = new Date(text.replace(/^(.{10})[t ]/, '$1T'));
+  return Number.isNaN(d.getTime()) ? null : d;
+}
+
+/**
+ * FAILED_PRECONDITION SECRET_IN_USE / CONFIG_IN_USE: a delete refused by the
+ * delete guard, as a resolve used the item recently. Delete again with
+ * `force: true` to delete it anyway.
+ *
+ * `tools`: the tools that used it (most recent first; `toolsOmitted` counts
+ * those the vault left out of the list); `lastResolveTime`: the last use (a
+ * Date, or null if the server sent none). Both from the ErrorInfo metadata.
+ */
+export class InUse extends VaultError {
+  constructor(args) {
+    super(args);
+    this.name = 'InUse';
+    const { names, omitted } = parseListed(this.errorMetadata.tools ?? '');
+    /** @type {string[]} */
+    this.tools = names;
+    /** @type {number} */
+    this.toolsOmitted = omitted;
+    /** @type {Date|null} */
+    this.lastResolveTime = parseRfc3339(this.errorMetadata.last_resolve_time ?? '');
+  }
+}
+
+/** FAILED_PRECONDITION SECRET_IN_USE: see InUse. */
+export class SecretInUse extends InUse {
+  constructor(args) {
+    super(args);
+    this.name = 'SecretInUse';
+  }
+}
+
+/** FAILED_PRECONDITION CONFIG_IN_USE: see InUse. */
+export class ConfigInUse extends InUse {
+  constructor(args) {
+    super(args);
+    this.name = 'ConfigInUse';
+  }
+}
+
+// (code, ErrorInfo.reason) -> error class; never the message text.
+const ERROR_CLASSES = new Map([
+  [`${grpc.status.FAILED_PRECONDITION}:SECRET_IN_USE`, SecretInUse],
+  [`${grpc.status.FAILED_PRECONDITION}:CONFIG_IN_USE`, ConfigInUse],
+]);
+
+/**
+ * Converts a grpc-js ServiceError (or anything thrown) into a VaultError, or
+ * the subclass its code and ErrorInfo.reason name (SecretInUse, ConfigInUse).
+ */
 export function toVaultError(err) {
   if (err instanceof VaultError) return err;
   const code = typeof err?.code === 'number' ? err.code : grpc.status.UNKNOWN;
@@ -141,5 +221,6 @@ export function toVaultError(err) {
       status = null; // a malformed trailer must not hide the real error
     }
   }
-  return new VaultError({ code, details, metadata, status, cause: err });
+  const Cls = ERROR_CLASSES.get(`${code}:${status?.errorInfo?.reason ?? ''}`) ?? VaultError;
+  return new Cls({ code, details, metadata, status, cause: err });
 }

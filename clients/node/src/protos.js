@@ -30,6 +30,7 @@ export const SERVICE_NAMES = Object.freeze([
   'ConfigService',
   'ResolverService',
   'AuditService',
+  'AccessService',
 ]);
 
 /**

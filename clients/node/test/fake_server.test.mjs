@@ -7,8 +7,14 @@ import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 
 import {
+  ConfigInUse,
+  InUse,
   STATUS_DETAILS_KEY,
+  SecretInUse,
   VaultError,
+  dateToTimestamp,
+  parseListed,
+  parseRfc3339,
   createVaultClient,
   encodeStatusDetails,
   loadVaultProtos,
@@ -44,6 +50,7 @@ function authorized(call, cb) {
 let server;
 let address;
 let lastUpdate = null;
+let createTokenCalls = [];
 
 before(async () => {
   const { services } = loadVaultProtos();
@@ -76,6 +83,18 @@ before(async () => {
       cb(null, { name: call.request.name, etag: 'e2' });
     },
     DeleteSecret(call, cb) {
+      if (call.request.name === 'guarded') {
+        fail(cb, grpc.status.FAILED_PRECONDITION, 'secret guarded was resolved recently', 'SECRET_IN_USE', {
+          tools: 'tool-b, tool-a, and 3 more',
+          last_resolve_time: '2026-11-29T07:01:02.345678Z',
+        });
+        return;
+      }
+      if (call.request.name === 'message-only') {
+        // The text names the reason, the ErrorInfo does not: no typed error.
+        fail(cb, grpc.status.FAILED_PRECONDITION, 'SECRET_IN_USE', 'ETAG_REQUIRED', { tools: 'x' });
+        return;
+      }
       // An error without a status-details trailer.
       cb({ code: grpc.status.INTERNAL, details: 'internal error (request id r1)' });
     },
@@ -98,6 +117,20 @@ before(async () => {
         references: [],
         problems: [{ field_key: 'a', kind: 'PROBLEM_KIND_SECRET_NOT_FOUND', name: 'x', offset: 3 }],
       });
+    },
+  });
+  server.addService(services.ConfigService.service, {
+    DeleteConfigValue(call, cb) {
+      fail(cb, grpc.status.FAILED_PRECONDITION, `config ${call.request.key} was resolved recently`, 'CONFIG_IN_USE', {
+        tools: 'only-tool',
+      });
+    },
+  });
+  server.addService(services.AccessService.service, {
+    CreateToken(call, cb) {
+      createTokenCalls.push(call.request);
+      // As if the answer were lost after the token was minted.
+      fail(cb, grpc.status.UNAVAILABLE, 'connection reset', 'UNAVAILABLE');
     },
   });
   const port = await new Promise((resolve, reject) =>
@@ -246,6 +279,99 @@ describe('client against a fake server', () => {
         assert.ok(['UNAVAILABLE', 'DEADLINE_EXCEEDED'].includes(err.codeName), err.codeName);
         return true;
       });
+    } finally {
+      c.close();
+    }
+  });
+});
+
+describe('typed errors', () => {
+  it('SecretInUse carries tools, toolsOmitted and lastResolveTime from the ErrorInfo', async () => {
+    const c = createVaultClient({ address, token: TOKEN });
+    try {
+      await assert.rejects(c.deleteSecret({ name: 'guarded' }), (err) => {
+        assert.ok(err instanceof SecretInUse, err.name);
+        assert.ok(err instanceof InUse && err instanceof VaultError);
+        assert.ok(!(err instanceof ConfigInUse));
+        assert.equal(err.name, 'SecretInUse');
+        assert.equal(err.codeName, 'FAILED_PRECONDITION');
+        assert.equal(err.reason, 'SECRET_IN_USE');
+        assert.deepEqual(err.tools, ['tool-b', 'tool-a']);
+        assert.equal(err.toolsOmitted, 3);
+        assert.ok(err.lastResolveTime instanceof Date);
+        assert.equal(err.lastResolveTime.toISOString(), '2026-11-29T07:01:02.345Z');
+        return true;
+      });
+      await assert.rejects(c.deleteConfigValue({ key: 'k' }), (err) => {
+        assert.ok(err instanceof ConfigInUse, err.name);
+        assert.deepEqual(err.tools, ['only-tool']);
+        assert.equal(err.toolsOmitted, 0);
+        assert.equal(err.lastResolveTime, null);
+        return true;
+      });
+    } finally {
+      c.close();
+    }
+  });
+
+  it('maps on ErrorInfo.reason, never on the message text', async () => {
+    const c = createVaultClient({ address, token: TOKEN });
+    try {
+      await assert.rejects(c.deleteSecret({ name: 'message-only' }), (err) => {
+        assert.equal(err.constructor, VaultError);
+        assert.equal(err.reason, 'ETAG_REQUIRED');
+        assert.equal(err.tools, undefined);
+        return true;
+      });
+    } finally {
+      c.close();
+    }
+  });
+
+  it('parses the capped list exactly as the Python client does', () => {
+    assert.deepEqual(parseListed(''), { names: [], omitted: 0 });
+    assert.deepEqual(parseListed('a'), { names: ['a'], omitted: 0 });
+    assert.deepEqual(parseListed(' a , ,b,'), { names: ['a', 'b'], omitted: 0 });
+    assert.deepEqual(parseListed('a, b, and 12 more'), { names: ['a', 'b'], omitted: 12 });
+    // Only a last element of exactly that form is the tail.
+    assert.deepEqual(parseListed('and 2 more, a'), { names: ['and 2 more', 'a'], omitted: 0 });
+    assert.deepEqual(parseListed('a, and two more'), { names: ['a', 'and two more'], omitted: 0 });
+    assert.deepEqual(parseListed('a, and 2 more please'), { names: ['a', 'and 2 more please'], omitted: 0 });
+    assert.deepEqual(parseListed('and 4 more'), { names: [], omitted: 4 });
+  });
+
+  it('parses RFC 3339 times with an offset, else null', () => {
+    assert.equal(parseRfc3339('2026-01-02T03:04:05Z').toISOString(), '2026-01-02T03:04:05.000Z');
+    assert.equal(parseRfc3339('2026-01-02T03:04:05.5+02:00').toISOString(), '2026-01-02T01:04:05.500Z');
+    for (const bad of ['', 'yesterday', '2026-01-02T03:04:05', '2026-13-40T03:04:05Z', undefined]) {
+      assert.equal(parseRfc3339(bad), null, String(bad));
+    }
+  });
+});
+
+describe('AccessService', () => {
+  it('never retries createToken: one failed call, one attempt', async () => {
+    createTokenCalls = [];
+    const c = createVaultClient({ address, token: TOKEN });
+    try {
+      const expires = new Date('2031-01-31T12:00:00.250Z');
+      await assert.rejects(
+        c.createToken({
+          principal: 'executor-eu1',
+          role: 'resolver',
+          description: 'd',
+          expire_time: dateToTimestamp(expires),
+          scopes: ['payments_*'],
+        }),
+        { codeName: 'UNAVAILABLE' },
+      );
+      await new Promise((res) => setTimeout(res, 200));
+      assert.equal(createTokenCalls.length, 1);
+      const req = createTokenCalls[0];
+      assert.equal(req.principal, 'executor-eu1');
+      assert.equal(req.role, 'resolver');
+      assert.deepEqual(req.scopes, ['payments_*']);
+      assert.equal(timestampToDate(req.expire_time).toISOString(), expires.toISOString());
     } finally {
       c.close();
     }

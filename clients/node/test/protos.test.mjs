@@ -46,6 +46,11 @@ const CONTRACT = {
   AuditService: {
     ListAuditEvents: ['ListAuditEventsRequest', 'ListAuditEventsResponse'],
   },
+  AccessService: {
+    CreateToken: ['CreateTokenRequest', 'CreateTokenResponse'],
+    ListTokens: ['ListTokensRequest', 'ListTokensResponse'],
+    RevokeToken: ['RevokeTokenRequest', 'RevokeTokenResponse'],
+  },
 };
 
 // message -> fields that must exist with exactly these (proto) names.
@@ -81,6 +86,12 @@ const FIELDS = {
   ],
   ListAuditEventsRequest: ['page_size', 'page_token', 'secret_name', 'principal'],
   ListAuditEventsResponse: ['events', 'next_page_token'],
+  TokenInfo: ['id', 'principal', 'role', 'description', 'create_time', 'expire_time', 'scopes', 'fingerprint'],
+  CreateTokenRequest: ['principal', 'role', 'description', 'expire_time', 'scopes'],
+  CreateTokenResponse: ['token', 'info'],
+  ListTokensRequest: ['page_size', 'page_token'],
+  ListTokensResponse: ['tokens', 'next_page_token'],
+  RevokeTokenRequest: ['id'],
 };
 
 const lowerFirst = (s) => s.charAt(0).toLowerCase() + s.slice(1);

@@ -1,5 +1,6 @@
 // Smoke test against a running vault. Needs:
-//   VAULT_ADDR (host:port), VAULT_ADMIN_TOKEN, VAULT_VIEWER_TOKEN, VAULT_RESOLVER_TOKEN
+//   VAULT_ADDR (host:port), VAULT_ADMIN_TOKEN, VAULT_VIEWER_TOKEN, VAULT_RESOLVER_TOKEN,
+//   VAULT_OPERATOR_TOKEN
 // Skipped (not failed) when they are missing, so `npm test` works offline,
 // unless VAULT_SMOKE_REQUIRED=1 (set by tests/integration/test_node_client.py,
 // which runs it against a real server).
@@ -7,9 +8,21 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 
-import { createVaultClient, status, timestampToDate } from '../index.js';
+import {
+  SecretInUse,
+  createVaultClient,
+  dateToTimestamp,
+  status,
+  timestampToDate,
+} from '../index.js';
 
-const ENV = ['VAULT_ADDR', 'VAULT_ADMIN_TOKEN', 'VAULT_VIEWER_TOKEN', 'VAULT_RESOLVER_TOKEN'];
+const ENV = [
+  'VAULT_ADDR',
+  'VAULT_ADMIN_TOKEN',
+  'VAULT_VIEWER_TOKEN',
+  'VAULT_RESOLVER_TOKEN',
+  'VAULT_OPERATOR_TOKEN',
+];
 const missing = ENV.filter((k) => !process.env[k]);
 const required = process.env.VAULT_SMOKE_REQUIRED === '1';
 const skip = missing.length ? `needs ${missing.join(', ')}` : false;
@@ -230,11 +243,18 @@ describe('vault smoke', { skip }, () => {
     assert.equal(v.versions[0].state, 'STATE_ENABLED');
     const current = await admin.getSecret({ name: NAME });
     // Resolved above: the delete guard refuses, naming the tool, until forced.
+    const before = Date.now();
     await assert.rejects(
       admin.deleteSecret({ name: NAME, etag: current.etag }),
       expectError('FAILED_PRECONDITION', (err) => {
         assert.equal(err.reason, 'SECRET_IN_USE');
         assert.equal(err.errorMetadata.tools, 'node-smoke');
+        assert.ok(err instanceof SecretInUse, `expected SecretInUse, got ${err.name}`);
+        assert.deepEqual(err.tools, ['node-smoke']);
+        assert.equal(err.toolsOmitted, 0);
+        assert.ok(err.lastResolveTime instanceof Date, 'lastResolveTime must be a Date');
+        assert.ok(err.lastResolveTime.getTime() <= before, 'last resolve is in the future');
+        assert.ok(before - err.lastResolveTime.getTime() < 120_000, 'last resolve is too old');
       }),
     );
     await admin.deleteSecret({ name: NAME, etag: current.etag, force: true });
@@ -274,5 +294,118 @@ describe('vault smoke', { skip }, () => {
     const text = JSON.stringify(r);
     assert.ok(!text.includes(VALUE) && !text.includes(NEW_VALUE), 'an audit event holds a value');
     await assert.rejects(viewer.listAuditEvents({}), expectError('PERMISSION_DENIED'));
+  });
+});
+
+describe('vault smoke: tokens in the database (AccessService)', { skip }, () => {
+  let admin;
+  let operator;
+  const clients = [];
+  const minted = [];
+
+  const connect = (token) => {
+    const c = createVaultClient({ address: process.env.VAULT_ADDR, token });
+    clients.push(c);
+    return c;
+  };
+
+  before(() => {
+    admin = connect(process.env.VAULT_ADMIN_TOKEN);
+    operator = connect(process.env.VAULT_OPERATOR_TOKEN);
+  });
+
+  after(async () => {
+    if (operator) await Promise.allSettled(minted.map((id) => operator.revokeToken({ id })));
+    for (const c of clients) c.close();
+  });
+
+  async function listAll(client) {
+    const tokens = [];
+    let page_token = '';
+    do {
+      const r = await client.listTokens({ page_size: 2, page_token });
+      tokens.push(...r.tokens);
+      page_token = r.next_page_token;
+    } while (page_token);
+    return tokens;
+  }
+
+  it('an operator mints a resolver token; it resolves as a resolver and lists nothing', async () => {
+    const expires = new Date(Date.now() + 3_600_000);
+    const r = await operator.createToken({
+      principal: `node-exec-${RUN}`,
+      role: 'resolver',
+      description: 'node smoke',
+      expire_time: dateToTimestamp(expires),
+    });
+    minted.push(r.info.id);
+    assert.ok(r.token, 'the token is returned once, by createToken');
+    assert.equal(r.info.principal, `node-exec-${RUN}`);
+    assert.equal(r.info.role, 'resolver');
+    assert.equal(r.info.description, 'node smoke');
+    assert.match(r.info.fingerprint, /^[0-9a-f]{12}$/);
+    assert.ok(Math.abs(timestampToDate(r.info.expire_time) - expires) < 1000, 'expire_time differs');
+    assert.ok(!JSON.stringify(r.info).includes(r.token), 'TokenInfo holds the token');
+
+    const exec = connect(r.token);
+    const out = await exec.resolveTemplate({
+      fields: [{ key: 'h', template: '{{ input.id }}', encoding: 'ENCODING_HEADER' }],
+      inputs: { id: '7' },
+      tool: 'node-smoke-token',
+    });
+    assert.deepEqual(out.fields, [{ key: 'h', value: '7' }]);
+    await assert.rejects(exec.listSecrets({}), expectError('PERMISSION_DENIED'));
+  });
+
+  it('an admin mints a viewer token; it lists as a viewer and cannot write; listTokens pages', async () => {
+    const r = await admin.createToken({ principal: `node-viewer-${RUN}`, role: 'viewer' });
+    minted.push(r.info.id);
+    assert.equal(r.info.role, 'viewer');
+    assert.equal(r.info.expire_time, null, 'no expire_time given: no expiry');
+    const viewer = connect(r.token);
+    const list = await viewer.listSecrets({ page_size: 1 });
+    assert.ok(Array.isArray(list.secrets));
+    await assert.rejects(viewer.createSecret({ name: `node_tok_${RUN}`, value: 'x' }), expectError('PERMISSION_DENIED'));
+
+    const all = await listAll(admin);
+    const byId = new Map(all.map((t) => [t.id, t]));
+    assert.equal(byId.size, all.length, 'a token listed twice across pages');
+    for (const id of minted) assert.ok(byId.has(id), `token ${id} not listed`);
+    assert.equal(byId.get(r.info.id).role, 'viewer');
+    assert.equal(byId.get(minted[0]).role, 'resolver');
+    assert.equal(byId.get(r.info.id).fingerprint, r.info.fingerprint);
+    assert.ok(!JSON.stringify(all).includes(r.token), 'listTokens shows a token');
+  });
+
+  it('an admin may not mint a resolver token: PERMISSION_DENIED OPERATOR_REQUIRED', async () => {
+    await assert.rejects(
+      admin.createToken({ principal: `node-denied-${RUN}`, role: 'resolver' }),
+      expectError('PERMISSION_DENIED', (err) => assert.equal(err.reason, 'OPERATOR_REQUIRED')),
+    );
+    const all = await listAll(operator);
+    assert.ok(!all.some((t) => t.principal === `node-denied-${RUN}`), 'a refused token was created');
+  });
+
+  it('revokeToken makes the token UNAUTHENTICATED', async () => {
+    const r = await operator.createToken({ principal: `node-revoked-${RUN}`, role: 'viewer' });
+    minted.push(r.info.id);
+    const doomed = connect(r.token);
+    await doomed.getVaultStats();
+    assert.deepEqual(await operator.revokeToken({ id: r.info.id }), {});
+    // Revocation spreads by the change channel: poll with a short deadline.
+    let last;
+    for (const deadline = Date.now() + 5000; Date.now() < deadline; ) {
+      try {
+        await doomed.getVaultStats({}, { deadlineMs: 1000 });
+        last = null;
+      } catch (err) {
+        last = err;
+        if (err.codeName === 'UNAUTHENTICATED') break;
+      }
+      await new Promise((res) => setTimeout(res, 50));
+    }
+    assert.ok(last, 'the revoked token still works after 5 s');
+    expectError('UNAUTHENTICATED')(last);
+    assert.ok(!(await listAll(operator)).some((t) => t.id === r.info.id), 'a revoked token is listed');
   });
 });
