@@ -78,6 +78,10 @@ WARNING = (
 )
 
 
+LAUNCH_ATTEMPTS = 2
+"""pg_ctl runs at most this often per start (again only when it died before the server)."""
+
+
 class EmbeddedPostgresError(RuntimeError):
     """The embedded Postgres could not be prepared or started (message says why)."""
 
@@ -486,30 +490,29 @@ class EmbeddedPostgres:
             "-c password_encryption=scram-sha-256 "
             f"-p {PORT}"
         )
-        try:
-            self._run(
-                [
-                    str(self.bin("pg_ctl")),
-                    "-D",
-                    self._pgdata_arg(),
-                    "-w",
-                    "-t",
-                    "60",
-                    "-o",
-                    options,
-                    "-l",
-                    "log",
-                    "start",
-                ],
-                timeout=90,
-                new_session=True,
-            )
-        except subprocess.CalledProcessError as exc:
-            log_tail = _read_tail(self.pgdata / "log")
-            raise EmbeddedPostgresError(
-                f"embedded Postgres did not start (pg_ctl exit {exc.returncode}); "
-                f"end of {self.pgdata / 'log'}:\n{log_tail}"
-            ) from None
+        command = [
+            str(self.bin("pg_ctl")),
+            *("-D", self._pgdata_arg(), "-w", "-t", "60", "-o", options, "-l", "log", "start"),
+        ]
+        for attempt in range(LAUNCH_ATTEMPTS):
+            try:
+                self._run(command, timeout=90, new_session=True)
+                return
+            except subprocess.CalledProcessError as exc:
+                log = self.pgdata / "log"
+                # pg_ctl itself killed by a signal before it launched the server (no log
+                # yet): nothing was started, so starting again is safe. Seen rarely, as a
+                # SIGSEGV of pg_ctl on a loaded machine.
+                if exc.returncode < 0 and not log.exists() and attempt + 1 < LAUNCH_ATTEMPTS:
+                    _log.warning(
+                        "pg_ctl died before starting Postgres; starting it once more",
+                        extra={"signal": -exc.returncode},
+                    )
+                    continue
+                raise EmbeddedPostgresError(
+                    f"embedded Postgres did not start (pg_ctl exit {exc.returncode}); "
+                    f"end of {log}:\n{_read_tail(log)}"
+                ) from None
 
     def _psql(self, command: str) -> str:
         env = {"PATH": _SAFE_PATH, "HOME": str(Path.home())}
