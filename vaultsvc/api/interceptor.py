@@ -143,9 +143,9 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 principal = self.cert_principals.get(cn.decode("utf-8", "replace"))
                 if principal is not None:
                     return principal
-        if isinstance(authorization, bytes):
+        if not isinstance(authorization, str | None):  # binary (-bin) metadata
             raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>')")
-        return await self.authenticator.authenticate_call(authorization)  # type: ignore[arg-type]
+        return await self.authenticator.authenticate_call(authorization)
 
     async def _handle(self, inner: Handler, method: str, requests: Any, context: Any) -> Any:
         # An admitted call holds its slot until its reply is decided, audit commit included:

@@ -162,20 +162,17 @@ class InUse(FailedPrecondition):
     datetime; None if the server sent none), both from the ErrorInfo metadata.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: grpc.StatusCode | None = None,
-        reason: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        domain: str = "",
-    ) -> None:
-        super().__init__(message, code=code, reason=reason, metadata=metadata, domain=domain)
-        self.tools, self.tools_omitted = _listed(self.metadata.get("tools", ""))
-        self.last_resolve_time: datetime | None = _rfc3339(
-            self.metadata.get("last_resolve_time", "")
-        )
+    @property
+    def tools(self) -> list[str]:
+        return _listed(self.metadata.get("tools", ""))[0]
+
+    @property
+    def tools_omitted(self) -> int:
+        return _listed(self.metadata.get("tools", ""))[1]
+
+    @property
+    def last_resolve_time(self) -> datetime | None:
+        return _rfc3339(self.metadata.get("last_resolve_time", ""))
 
 
 class SecretInUse(InUse):
