@@ -63,6 +63,7 @@ from vaultsvc.vault.cache import SealedRowCache
 from vaultsvc.vault.purge import Purger
 from vaultsvc.vault.retention import AuditRetention
 from vaultsvc.vault.tokens import AccessTokens, ChangeRouter, TokenCache
+from vaultsvc.vault.usage_fold import UsageFolder
 
 _log = logging.getLogger("vaultsvc.server")
 
@@ -241,6 +242,9 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         await health_servicer.start(SERVICE_NAMES)
         purger.start()
         retention.start()
+        folder = UsageFolder(db)  # pending usage into the usage tables (storage/usage.py)
+        folder.start()
+        resources.push_async_callback(folder.stop)
         await telemetry.watch(resources, db, vault, audit)
         _log.info(
             "worker listening" if shared_port else "vault listening",

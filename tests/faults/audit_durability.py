@@ -209,7 +209,8 @@ async def vault_kill(
 
 async def _usage(database_url: str) -> tuple[int, int]:
     """(usage count of ``burst_key``, OK resolve events naming it): equal, as both are
-    written in one statement."""
+    written in one statement (the usage as a pending row, folded here: storage/usage.py)."""
+    await sql(database_url, "SELECT vault_fold_usage(1000000, 20)")
     counted = await sql(
         database_url,
         "SELECT u.resolve_count FROM secret_usage u JOIN secrets s ON s.id = u.secret_id "

@@ -66,8 +66,8 @@ class AuditStore:
         return max(int(self._write_timeout * 1000), 1)
 
     async def _write(self, conn: Any, records: Sequence[AuditRecord]) -> None:
-        # The events and the usage of the resolves among them: one statement, one
-        # transaction (storage/usage.py).
+        # The events and the usage of the resolves among them, appended to usage_pending:
+        # one statement, one transaction, no shared row touched (storage/usage.py).
         usage = UsageBatch.of(records)
         if usage:
             sql, args = _WITH_USAGE_SQL, (*audit_columns(records), *usage.parameters())
@@ -83,7 +83,8 @@ class AuditStore:
 
     async def insert(self, records: Sequence[AuditRecord]) -> None:
         """Commit ``records`` in ONE statement (its own transaction, durable on return),
-        with the usage their successful resolves add (one upsert per distinct item)."""
+        with the usage their successful resolves add (one pending row per distinct item
+        and tool, folded into the usage tables later: storage/usage.py)."""
         try:
             # The statement_timeout bounds a blocked INSERT; this bounds a frozen server
             # (where even the cancel request would hang) and the connect.

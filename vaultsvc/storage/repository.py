@@ -465,6 +465,7 @@ class Repository:
         return current
 
     async def get_secret(self, name: str) -> SecretMeta | None:
+        await usage.fold_all(self.db)  # usage reads are exact (storage/usage.py)
         async with self.db.transaction(isolation="repeatable_read") as conn:
             row = await conn.fetchrow(
                 f"SELECT {_META_COLUMNS} FROM secrets WHERE name_key = lower($1)", name
@@ -529,6 +530,7 @@ class Repository:
         where = " AND ".join(filters) or "TRUE"
         joined = "secrets s LEFT JOIN secret_usage u ON u.secret_id = s.id"
         plain_total = not (contains or show_deleted or never_resolved or unused_since)
+        await usage.fold_all(self.db)  # usage reads are exact (storage/usage.py)
         async with self.db.transaction(isolation="repeatable_read") as conn:
             rows = await conn.fetch(
                 f"SELECT {_META_COLUMNS}, u.last_resolve_time AS used_at FROM {joined} "
@@ -788,8 +790,12 @@ class Repository:
 
         The delete guard: a live secret resolved within ``guard_days`` (0: no guard) is
         FAILED_PRECONDITION ``SECRET_IN_USE`` unless ``force`` (then the event is marked
-        forced). Checked in this transaction, with the usage row locked, so a use committed
-        before the delete is always seen."""
+        forced). Checked in this transaction, with new uses held until it commits, so a use
+        committed before the delete is always seen (storage/usage.py: what that costs)."""
+        if guard_days > 0:
+            # Most pending uses folded (and committed) outside the delete's transaction: the
+            # guard's own fold, which audit batches wait for, has little left to do.
+            await usage.fold_all(self.db)
         async with self.db.transaction() as conn:
             current = await conn.fetchrow(
                 "SELECT id, name, etag, delete_time FROM secrets "
@@ -803,7 +809,7 @@ class Repository:
                 raise scheduled_for_deletion(current["name"])
             _check_etag(current, etag)
             if guard_days > 0 and not scheduled:
-                used = await usage.secret_in_use(conn, current["id"], guard_days)
+                used = await usage.secret_in_use(conn, current["id"], guard_days, exact=not force)
                 if used is not None:
                     if not force:
                         raise usage.in_use_error("secret", current["name"], used, guard_days)
@@ -1099,6 +1105,7 @@ class Repository:
             return _config(row)
 
     async def get_config(self, key: str) -> ConfigRecord | None:
+        await usage.fold_all(self.db)  # usage reads are exact (storage/usage.py)
         async with self.db.transaction(isolation="repeatable_read") as conn:
             row = await conn.fetchrow(
                 f"SELECT {_CONFIG_COLUMNS} FROM config_values WHERE key_lower = lower($1)",
@@ -1116,6 +1123,7 @@ class Repository:
             "config_values", "key_lower", _CONFIG_COLUMNS, contains, after, limit
         )
         keys = [r["key"].lower() for r in rows]
+        await usage.fold_all(self.db)  # usage reads are exact (storage/usage.py)
         async with self.db.connection() as conn:
             found = await usage.config_usage(conn, keys)
         records = [replace(_config(r), usage=found[k]) for r, k in zip(rows, keys, strict=True)]
@@ -1125,6 +1133,8 @@ class Repository:
         self, key: str, audit: AuditRecord, *, guard_days: int = 0, force: bool = False
     ) -> None:
         """Delete a config value; the delete guard as for secrets (``CONFIG_IN_USE``)."""
+        if guard_days > 0:
+            await usage.fold_all(self.db)  # as in delete_secret
         async with self.db.transaction() as conn:
             current = await conn.fetchval(
                 "SELECT key FROM config_values WHERE key_lower = lower($1) FOR UPDATE", key
@@ -1132,7 +1142,7 @@ class Repository:
             if current is None:
                 raise NotFound(f"config value not found: {key}", reason=Reason.CONFIG_NOT_FOUND)
             if guard_days > 0:
-                used = await usage.config_in_use(conn, current.lower(), guard_days)
+                used = await usage.config_in_use(conn, current.lower(), guard_days, exact=not force)
                 if used is not None:
                     if not force:
                         raise usage.in_use_error("config value", current, used, guard_days)

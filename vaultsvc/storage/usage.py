@@ -1,107 +1,135 @@
 """Usage of secrets and config values by resolves, and the delete guard that reads it.
 
 A successful resolve's audit event names the secrets (ids) and config values (keys) it
-used. The group commit writes a batch of events and their usage in ONE statement (see
-:func:`audit_statement`): one upsert per distinct item and per distinct (item, tool),
-aggregated here and sorted so concurrent batches lock rows in the same order
-(``vault_record_usage`` in ``V8__usage.sql``). A use the client saw succeed is therefore
-never lost to a crash, and the delete guard, which locks the same usage row inside the
-delete's transaction, sees every committed one.
+used. Recording it must not touch shared rows on the hot path, so it happens in two steps
+(``V12__usage_pending.sql``):
+
+1. **Append.** The group commit writes a batch of events and the batch's usage in ONE
+   statement (:func:`audit_statement`): one ``usage_pending`` row per distinct (item,
+   tool), aggregated here (:class:`UsageBatch`). Append-only: no upsert, no row lock
+   another batch could wait on, no index. A use the client saw succeed is therefore never
+   lost to a crash (its pending row commits with its event).
+2. **Fold.** :func:`fold` (``vault_fold_usage``) deletes pending rows and adds them to the
+   usage tables in one transaction, at most :data:`FOLD_BATCH` rows at a time: each
+   pending row is counted exactly once, whoever folds it. Every process folds about once a
+   second (:mod:`vaultsvc.vault.usage_fold`, one process at a time through an advisory
+   lock), and every read of usage folds first (:func:`fold_all`), so reads are exact: a
+   use answered before the read began is in its counts.
+
+The delete guard (:func:`secret_in_use`, :func:`config_in_use`) takes
+``usage_pending`` in SHARE ROW EXCLUSIVE mode inside the delete's transaction: that waits
+for the audit batches in flight to commit and holds new ones until the delete commits,
+then folds the item's pending rows and reads its usage. A use committed before the delete
+is always seen, and none can commit between the check and the delete. The price: while a
+guarded delete's transaction runs (milliseconds: one item's fold, the delete itself),
+every process's audit batches, and so the resolves waiting on them, pause. The wait for
+the lock is bounded by :data:`GUARD_LOCK_TIMEOUT_MS` (then UNAVAILABLE, retryable), well
+under the audit write timeout the paused batches run under.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from vaultsvc.domain import AuditRecord, ToolUse, UsageRecord
-from vaultsvc.errors import FailedPrecondition, Reason, listed
+from vaultsvc.errors import FailedPrecondition, Reason, Unavailable, listed
 from vaultsvc.limits import MAX_USAGE_TOOLS
+
+_log = logging.getLogger("vaultsvc.usage")
+
+FOLD_BATCH = 5000
+"""Pending rows one fold transaction takes at most: a backlog is folded in short
+transactions, never one that holds thousands of row locks for long."""
+
+FOLD_LOCK_ID = 0x7661756C7475  # "vaultu"
+"""Held (per transaction) by the process running the periodic fold; the others skip."""
+
+GUARD_LOCK_TIMEOUT_MS = 500
+"""How long a guarded delete waits for ``usage_pending`` (the audit batches in flight).
+Batches queued behind the waiting delete wait as long, so this stays well below the audit
+write timeout (at least 100 ms, 2 s by default)."""
 
 _Count = tuple[int, datetime]
 
 
-def _add(table: dict[Any, _Count], key: Any, time: datetime) -> None:
-    count, last = table.get(key, (0, time))
-    table[key] = (count + 1, max(last, time))
-
-
 @dataclass(frozen=True)
 class UsageBatch:
-    """The usage of a batch of audit events, aggregated and in lock order."""
+    """The usage of a batch of audit events: one row per distinct (item, tool), tool ""
+    for resolves that named none; an item's count is the sum over its rows."""
 
-    secrets: list[tuple[uuid.UUID, int, datetime]]
-    secret_tools: list[tuple[uuid.UUID, str, int, datetime]]
-    configs: list[tuple[str, int, datetime]]
-    config_tools: list[tuple[str, str, int, datetime]]
+    rows: list[tuple[uuid.UUID | None, str | None, str, int, datetime]]
 
     @classmethod
     def of(cls, records: Iterable[AuditRecord]) -> UsageBatch:
-        secrets: dict[uuid.UUID, _Count] = {}
-        secret_tools: dict[tuple[uuid.UUID, str], _Count] = {}
-        configs: dict[str, _Count] = {}
-        config_tools: dict[tuple[str, str], _Count] = {}
+        counts: dict[tuple[uuid.UUID | None, str | None, str], _Count] = {}
+
+        def add(key: tuple[uuid.UUID | None, str | None, str], time: datetime) -> None:
+            count, last = counts.get(key, (0, time))
+            counts[key] = (count + 1, max(last, time))
+
         for r in records:
             if r.outcome != "OK" or r.time is None:
                 continue
+            tool = r.tool or ""
             for secret_id in set(r.used_secrets):
-                _add(secrets, secret_id, r.time)
-                if r.tool:
-                    _add(secret_tools, (secret_id, r.tool), r.time)
+                add((secret_id, None, tool), r.time)
             for key in set(r.used_configs):
-                _add(configs, key, r.time)
-                if r.tool:
-                    _add(config_tools, (key, r.tool), r.time)
-        return cls(
-            secrets=[(k, n, t) for k, (n, t) in sorted(secrets.items())],
-            secret_tools=[(k[0], k[1], n, t) for k, (n, t) in sorted(secret_tools.items())],
-            configs=[(k, n, t) for k, (n, t) in sorted(configs.items())],
-            config_tools=[(k[0], k[1], n, t) for k, (n, t) in sorted(config_tools.items())],
-        )
+                add((None, key, tool), r.time)
+        return cls([(s, k, tool, n, t) for (s, k, tool), (n, t) in counts.items()])
 
     def __bool__(self) -> bool:
-        return bool(self.secrets or self.configs)
+        return bool(self.rows)
 
-    def parameters(self) -> list[Any]:
-        """The arguments of ``vault_record_usage`` (one array per column)."""
-
-        def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-            return [[row[i] for row in rows] for i in range(width)]
-
-        return [
-            *columns(self.secrets, 3),
-            *columns(self.secret_tools, 4),
-            *columns(self.configs, 3),
-            *columns(self.config_tools, 4),
-            MAX_USAGE_TOOLS,
-        ]
+    def parameters(self) -> list[list[Any]]:
+        """The arguments of the ``usage_pending`` INSERT (one array per column)."""
+        return [[row[i] for row in self.rows] for i in range(5)]
 
 
 def audit_statement(insert_sql: str, audit_params: int) -> str:
-    """``insert_sql`` (the audit INSERT, ``audit_params`` parameters) and the batch's usage
-    as ONE statement: one implicit transaction, one round trip."""
+    """``insert_sql`` (the audit INSERT, ``audit_params`` parameters) and the batch's
+    pending usage as ONE statement: one implicit transaction, one round trip."""
     n = audit_params
-    args = [
-        f"${n + 1}::uuid[]",
-        f"${n + 2}::bigint[]",
-        f"${n + 3}::timestamptz[]",
-        f"${n + 4}::uuid[]",
-        f"${n + 5}::text[]",
-        f"${n + 6}::bigint[]",
-        f"${n + 7}::timestamptz[]",
-        f"${n + 8}::text[]",
-        f"${n + 9}::bigint[]",
-        f"${n + 10}::timestamptz[]",
-        f"${n + 11}::text[]",
-        f"${n + 12}::text[]",
-        f"${n + 13}::bigint[]",
-        f"${n + 14}::timestamptz[]",
-        f"${n + 15}::integer",
-    ]
-    return f"WITH audit AS ({insert_sql}) SELECT vault_record_usage({', '.join(args)})"
+    return (
+        f"WITH audit AS ({insert_sql}) "
+        "INSERT INTO usage_pending (secret_id, key_lower, tool, uses, last_time) "
+        f"SELECT * FROM unnest(${n + 1}::uuid[], ${n + 2}::text[], ${n + 3}::text[], "
+        f"${n + 4}::bigint[], ${n + 5}::timestamptz[])"
+    )
+
+
+# ---------------------------------------------------------------------------- folding
+
+
+async def fold_batch(db: Any, *, only_one: bool = False, limit: int = FOLD_BATCH) -> int | None:
+    """Fold at most ``limit`` pending rows in one transaction; how many it took (``limit``:
+    more may be left). ``only_one``: only if no other process is folding (the periodic
+    fold), None when one is."""
+    async with db.transaction() as conn:
+        if only_one and not await conn.fetchval(
+            "SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK_ID
+        ):
+            return None
+        return int(await conn.fetchval("SELECT vault_fold_usage($1, $2)", limit, MAX_USAGE_TOOLS))
+
+
+async def fold_all(db: Any, *, limit: int = FOLD_BATCH) -> int:
+    """Fold every pending row committed before the call (before a read of usage), batch by
+    batch; how many rows this caller folded. A fold running elsewhere at the same time is
+    waited for where both meet a row, so its rows are in the usage tables on return too."""
+    folded = 0
+    while True:
+        n = await fold_batch(db, limit=limit)
+        assert n is not None
+        folded += n
+        if n < limit:
+            return folded
 
 
 # ------------------------------------------------------------------------- reading
@@ -165,40 +193,72 @@ async def _load(conn: Any, keys: list[Any], items_sql: str, tools_sql: str) -> d
 # ---------------------------------------------------------------------- the guard
 
 
-async def secret_in_use(conn: Any, secret_id: uuid.UUID, days: int) -> UsageRecord | None:
-    """Inside a delete's transaction, after the secret row is locked: its usage if a
-    resolve used it within ``days``, else None.
-
-    The usage row is locked (created empty if need be), so a group commit recording a use
-    of this secret either committed before (and is seen here) or waits for the delete."""
+async def _hold_pending(conn: Any) -> None:
+    """Inside a delete's transaction: wait for the audit batches in flight (and any fold)
+    to commit and hold new ones until this transaction ends (see the module docstring).
+    SHARE ROW EXCLUSIVE rather than SHARE: two guarded deletes, each folding, would
+    deadlock on each other's SHARE lock; this mode makes them take turns."""
     await conn.execute(
-        "INSERT INTO secret_usage (secret_id) VALUES ($1) ON CONFLICT DO NOTHING", secret_id
+        f"SET LOCAL lock_timeout = {GUARD_LOCK_TIMEOUT_MS}; "
+        "LOCK TABLE usage_pending IN SHARE ROW EXCLUSIVE MODE; "
+        "SET LOCAL lock_timeout TO DEFAULT"
     )
-    row = await conn.fetchrow(
-        "SELECT last_resolve_time > now() - make_interval(days => $2) AS recent "
-        "FROM secret_usage WHERE secret_id = $1 FOR UPDATE",
+
+
+async def _guard(
+    conn: Any, fold_args: tuple[Any, Any], usage_sql: str, key: Any, days: int, hold: bool
+) -> bool:
+    if hold:
+        try:
+            await _hold_pending(conn)
+        except asyncpg.LockNotAvailableError:
+            _log.warning("delete guard: audit batches held usage_pending too long; retry")
+            raise Unavailable(
+                "the delete guard could not check recent use in time (resolves are being "
+                "recorded); retry",
+                reason=Reason.DATABASE_UNAVAILABLE,
+            ) from None
+        await conn.fetchval("SELECT vault_fold_usage(0, $1, $2, $3)", MAX_USAGE_TOOLS, *fold_args)
+    return bool(await conn.fetchval(usage_sql, key, days))
+
+
+async def secret_in_use(
+    conn: Any, secret_id: uuid.UUID, days: int, *, exact: bool = True
+) -> UsageRecord | None:
+    """Inside a delete's transaction, after the secret row is locked: its usage if a
+    resolve used it within ``days``, else None. ``exact``: every use committed before is
+    folded and seen, and none commits before the delete does (module docstring); else (a
+    forced delete, which only marks its event) the usage tables as they are (the caller
+    folded just before), and audit batches never wait.
+
+    Not exact, it folds nothing in this transaction: holding a usage row before the delete
+    removes the item's pending rows (config values) could deadlock with a fold."""
+    recent = await _guard(
+        conn,
+        (secret_id, None),
+        "SELECT last_resolve_time > now() - make_interval(days => $2) "
+        "FROM secret_usage WHERE secret_id = $1",
         secret_id,
         days,
+        exact,
     )
-    if row is None or not row["recent"]:
-        return None
-    return (await secret_usage(conn, [secret_id]))[secret_id]
+    return (await secret_usage(conn, [secret_id]))[secret_id] if recent else None
 
 
-async def config_in_use(conn: Any, key_lower: str, days: int) -> UsageRecord | None:
+async def config_in_use(
+    conn: Any, key_lower: str, days: int, *, exact: bool = True
+) -> UsageRecord | None:
     """:func:`secret_in_use` for a config value (by lower-cased key)."""
-    await conn.execute(
-        "INSERT INTO config_usage (key_lower) VALUES ($1) ON CONFLICT DO NOTHING", key_lower
-    )
-    row = await conn.fetchrow(
-        "SELECT last_resolve_time > now() - make_interval(days => $2) AS recent "
-        "FROM config_usage WHERE key_lower = $1 FOR UPDATE",
+    recent = await _guard(
+        conn,
+        (None, key_lower),
+        "SELECT last_resolve_time > now() - make_interval(days => $2) "
+        "FROM config_usage WHERE key_lower = $1",
         key_lower,
         days,
+        exact,
     )
-    if row is None or not row["recent"]:
-        return None
-    return (await config_usage(conn, [key_lower]))[key_lower]
+    return (await config_usage(conn, [key_lower]))[key_lower] if recent else None
 
 
 def in_use_error(what: str, name: str, usage: UsageRecord, days: int) -> FailedPrecondition:
