@@ -1,0 +1,276 @@
+"""Usage off the hot rows (issue 9): audit batches only append to ``usage_pending``; folds
+move it into the usage tables exactly once, even two at a time; the delete guard holds new
+uses while it checks; pending uses of items gone are dropped; folds go in bounded batches.
+Real servers over real channels on embedded Postgres (storage/usage.py has the design)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import asyncpg
+from interakt.vault.v1 import config_service_pb2 as cpb
+from interakt.vault.v1 import secret_service_pb2 as spb
+
+from tests.support.resolve import RAW, put_configs, put_secrets, resolve
+from tests.support.rpc import configs_admin, resolver, secrets_admin
+from tests.support.vault import LogCapture, VaultFactory, VaultHandle
+from vaultsvc.config import DatabaseSettings
+from vaultsvc.storage.db import Database
+from vaultsvc.storage.usage import FOLD_LOCK_ID, fold_batch
+from vaultsvc.vault.usage_fold import MAX_BATCHES_PER_ROUND, UsageFolder
+
+
+@contextlib.asynccontextmanager
+async def periodic_folds_paused(database_url: str) -> AsyncIterator[None]:
+    """Hold the periodic fold's advisory lock: every process's round skips (reads still
+    fold for themselves)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", FOLD_LOCK_ID)
+            yield
+    finally:
+        await conn.close()
+
+
+async def pending(vault: VaultHandle) -> int:
+    rows = await vault.sql("SELECT count(*) AS n FROM usage_pending")
+    return int(rows[0]["n"])
+
+
+async def get(vault: VaultHandle, name: str) -> spb.Secret:
+    return await secrets_admin(vault).GetSecret(spb.GetSecretRequest(name=name))
+
+
+async def test_audit_batches_only_append_and_reads_fold(vault: VaultHandle) -> None:
+    await put_secrets(vault, {"orders_key": "O"})
+    await put_configs(vault, {"region": "eu"})
+    fields = [("f", "{{secret:orders_key}}/{{config:region}}", RAW)]
+    async with periodic_folds_paused(vault.database_url):
+        for _ in range(5):
+            await resolve(resolver(vault), fields, tool="payments")
+        await resolve(resolver(vault), fields, tool="")
+        # The batches touched no usage row: all their usage is pending.
+        assert await vault.sql("SELECT * FROM secret_usage") == []
+        assert await vault.sql("SELECT * FROM config_usage") == []
+        rows = await vault.sql(
+            "SELECT tool, sum(uses) AS n FROM usage_pending WHERE secret_id IS NOT NULL "
+            "GROUP BY tool ORDER BY tool"
+        )
+        assert [(r["tool"], r["n"]) for r in rows] == [("", 1), ("payments", 5)]
+        # A read folds first, so it is exact while the periodic fold is not running.
+        usage = (await get(vault, "orders_key")).usage
+        assert usage.resolve_count == 6
+        assert [(t.tool, t.resolve_count) for t in usage.tools] == [("payments", 5)]
+        config = await configs_admin(vault).GetConfigValue(cpb.GetConfigValueRequest(key="region"))
+        assert config.usage.resolve_count == 6
+        assert await pending(vault) == 0
+        await resolve(resolver(vault), fields, tool="payments")
+        listed = await configs_admin(vault).ListConfigValues(cpb.ListConfigValuesRequest())
+        assert listed.config_values[0].usage.resolve_count == 7
+    # The periodic fold takes what is left (here: nothing) and keeps taking new uses.
+    await resolve(resolver(vault), fields, tool="payments")
+    for _ in range(100):  # 10 s at most
+        if not await pending(vault):
+            break
+        await asyncio.sleep(0.1)
+    assert await pending(vault) == 0
+    rows = await vault.sql("SELECT resolve_count FROM secret_usage")
+    assert [r["resolve_count"] for r in rows] == [8]
+
+
+async def test_two_concurrent_folds_count_every_use_exactly_once(
+    make_vault: VaultFactory,
+) -> None:
+    """Two replicas resolving at once while two folds (tiny batches, tight loops, one per
+    replica's pool) and the periodic ones race for the same pending rows: every OK resolve
+    is counted once per item and tool, none twice."""
+    first = await make_vault()
+    second = await make_vault(
+        database_url=first.database_url, master_keys=first.master_keys, tokens=first.tokens
+    )
+    await put_secrets(first, {"s1": "1", "s2": "2"})
+    await put_configs(first, {"c": "x"})
+    fields = [("f", "{{secret:s1}}{{secret:s2}}{{config:c}}", RAW)]
+    ok: Counter[str] = Counter()
+    stop = asyncio.Event()
+    folded = [0, 0]
+
+    async def client(vault: VaultHandle, n: int, worker: int) -> None:
+        stub = resolver(vault)
+        for i in range(n):
+            tool = f"tool-{(i + worker) % 4}" if i % 5 else ""
+            await resolve(stub, fields, tool=tool)
+            ok[tool] += 1
+
+    async def folding(db: Database, index: int) -> None:
+        while not stop.is_set():
+            n = await fold_batch(db, limit=3)
+            assert n is not None
+            folded[index] += n
+            if n == 0:
+                await asyncio.sleep(0.001)
+
+    folds = [
+        asyncio.create_task(folding(first.runtime.db, 0)),
+        asyncio.create_task(folding(second.runtime.db, 1)),
+    ]
+    try:
+        await asyncio.gather(
+            *(client(first, 25, w) for w in range(6)), *(client(second, 25, w) for w in range(6))
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(*folds)
+    # Both test folds took rows (they raced for them), and the reads below fold the rest.
+    assert folded[0] > 0 and folded[1] > 0, folded
+    total = sum(ok.values())
+    assert total == 300
+    named = {tool: n for tool, n in ok.items() if tool}
+    for name in ("s1", "s2"):
+        usage = (await get(second, name)).usage
+        assert usage.resolve_count == total
+        assert {t.tool: t.resolve_count for t in usage.tools} == named
+    config = await configs_admin(first).GetConfigValue(cpb.GetConfigValueRequest(key="c"))
+    assert config.usage.resolve_count == total
+    assert {t.tool: t.resolve_count for t in config.usage.tools} == named
+    assert await pending(first) == 0
+    events = await first.sql(
+        "SELECT count(*) AS n FROM audit_events WHERE outcome = 'OK' "
+        "AND method LIKE '%/ResolveTemplate'"
+    )
+    assert events[0]["n"] == total
+
+
+async def test_guard_holds_uses_committing_during_the_delete(vault: VaultHandle) -> None:
+    """Resolves of a never-used secret start while its guarded delete is between its check
+    and its commit (a test trigger makes that window 0.6 s long). Their uses must not commit
+    inside the window: the delete, which saw no use, would then miss uses committed before
+    it. A guard that only reads usage (no lock) lets them commit there and fails this."""
+    await put_secrets(vault, {"racy": "RACY-V"})
+    for statement in (
+        "CREATE TABLE test_pending_log (secret_id uuid, at timestamptz)",
+        """CREATE FUNCTION test_log_pending() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO test_pending_log VALUES (NEW.secret_id, clock_timestamp());
+                 RETURN NULL; END $$""",
+        """CREATE TRIGGER test_log_pending AFTER INSERT ON usage_pending
+           FOR EACH ROW EXECUTE FUNCTION test_log_pending()""",
+        "CREATE TABLE test_delete_done (at timestamptz)",
+        """CREATE FUNCTION test_slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF NEW.delete_time IS NOT NULL AND OLD.delete_time IS NULL THEN
+               PERFORM pg_sleep(0.6);
+               INSERT INTO test_delete_done VALUES (clock_timestamp());
+             END IF;
+             RETURN NEW;
+           END $$""",
+        """CREATE TRIGGER test_slow_delete BEFORE UPDATE ON secrets
+           FOR EACH ROW EXECUTE FUNCTION test_slow_delete()""",
+    ):
+        await vault.sql(statement)
+    admin = secrets_admin(vault)
+
+    async def delete_racy() -> None:
+        await admin.DeleteSecret(spb.DeleteSecretRequest(name="racy"))
+
+    delete = asyncio.create_task(delete_racy())
+    deadline = time.monotonic() + 10
+    while not await vault.sql(
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+        "AND datname = current_database()"
+    ):
+        assert time.monotonic() < deadline and not delete.done()
+        await asyncio.sleep(0.01)
+    stub = resolver(vault)
+    results = await asyncio.gather(
+        *(resolve(stub, [("f", "{{secret:racy}}", RAW)], tool="racer") for _ in range(8)),
+        return_exceptions=True,
+    )
+    await delete  # no use committed before it: not in use
+    answered = [r for r in results if not isinstance(r, BaseException)]
+    assert answered, results  # the resolves read the secret while it was live
+    assert all(r == [("f", "RACY-V")] for r in answered)
+    done = await vault.sql("SELECT at FROM test_delete_done")
+    logged = await vault.sql("SELECT at FROM test_pending_log")
+    assert len(done) == 1 and logged
+    # Every use was appended after the delete's window, i.e. after it committed.
+    assert all(row["at"] > done[0]["at"] for row in logged), (done, logged)
+
+
+async def test_pending_uses_of_items_gone_are_dropped(make_vault: VaultFactory) -> None:
+    """A batch that commits after its secret was purged (the resolve read it before) leaves
+    pending rows the fold drops; a deleted config value takes its pending rows along, so a
+    value recreated under the same key starts afresh."""
+    vault = await make_vault(delete_guard_days=0)  # deletes fold nothing themselves
+    await put_secrets(vault, {"gone": "G", "kept": "K"})
+    await put_configs(vault, {"host": "h"})
+    gone_id = (await vault.sql("SELECT id FROM secrets WHERE name = 'gone'"))[0]["id"]
+    async with periodic_folds_paused(vault.database_url):
+        await resolve(resolver(vault), [("f", "{{secret:gone}}{{config:host}}", RAW)], tool="t")
+        await secrets_admin(vault).DeleteSecret(spb.DeleteSecretRequest(name="gone", purge=True))
+        # As a batch would write it, committing after the purge.
+        await vault.sql(
+            "INSERT INTO usage_pending (secret_id, tool, uses, last_time) "
+            "VALUES ($1, 'late', 3, now())",
+            gone_id,
+        )
+        host = await vault.sql("SELECT uses FROM usage_pending WHERE key_lower = 'host'")
+        assert [r["uses"] for r in host] == [1]  # pending, not folded
+        await configs_admin(vault).DeleteConfigValue(cpb.DeleteConfigValueRequest(key="host"))
+        assert await vault.sql("SELECT * FROM usage_pending WHERE key_lower IS NOT NULL") == []
+        assert await pending(vault) == 2  # the purged secret's rows, pending
+        assert (await get(vault, "kept")).usage.resolve_count == 0  # folds every row
+        assert await pending(vault) == 0
+        assert await vault.sql("SELECT * FROM secret_usage WHERE secret_id = $1", gone_id) == []
+        assert await vault.sql("SELECT * FROM secret_tool_usage") == []
+        await put_configs(vault, {"host": "h2"})
+        fresh = await configs_admin(vault).GetConfigValue(cpb.GetConfigValueRequest(key="host"))
+        assert fresh.usage.resolve_count == 0 and not fresh.usage.tools
+
+
+async def test_folds_go_in_bounded_batches_and_a_backlog_is_logged(
+    make_vault: VaultFactory, log_capture: LogCapture
+) -> None:
+    """A backlog (the periodic fold stopped) is folded a bounded batch per transaction and
+    a bounded number of batches per round, and logged; a process that finds another one
+    folding skips its round."""
+    vault = await make_vault()
+    await put_secrets(vault, {"s": "S"})
+    url = vault.database_url
+    async with periodic_folds_paused(url):
+        stub = resolver(vault)
+        for i in range(25):  # one pending row per (secret, tool)
+            await resolve(stub, [("f", "{{secret:s}}", RAW)], tool=f"tool-{i:02d}")
+        await vault.close()  # no periodic fold from here on
+        assert await pending(vault) == 25
+    db = await Database.connect(url, DatabaseSettings(url=url))
+    try:
+        assert await fold_batch(db, limit=3) == 3
+        assert await pending(vault) == 22
+        folder = UsageFolder(db, batch_size=1)
+        async with periodic_folds_paused(url):
+            assert await folder.run_once() is None  # another process holds the lock
+        assert await pending(vault) == 22
+        # At most MAX_BATCHES_PER_ROUND batches of one row: the round stops with 2 left.
+        assert MAX_BATCHES_PER_ROUND == 20
+        assert await folder.run_once() == 20
+        assert await pending(vault) == 2
+        lines = [json.loads(line) for line in log_capture.text().splitlines()]
+        logged = [line for line in lines if line["logger"] == "vaultsvc.usage"]
+        assert [(e["level"], e["msg"], e["count"], e["more_left"]) for e in logged] == [
+            ("WARNING", "usage fold: folded a backlog of pending usage", 20, True)
+        ]
+        assert await folder.run_once() == 2
+        assert await folder.run_once() == 0
+        rows = await vault.sql("SELECT resolve_count FROM secret_usage")
+        assert [r["resolve_count"] for r in rows] == [25]
+        tools = await vault.sql("SELECT tool FROM secret_tool_usage ORDER BY tool")
+        # Pruned to the 20 most recent, across batches.
+        assert [r["tool"] for r in tools] == [f"tool-{i:02d}" for i in range(5, 25)]
+    finally:
+        await db.close()
