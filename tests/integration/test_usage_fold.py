@@ -13,14 +13,16 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import asyncpg
+import grpc
 from interakt.vault.v1 import config_service_pb2 as cpb
 from interakt.vault.v1 import secret_service_pb2 as spb
 
 from tests.support.resolve import RAW, put_configs, put_secrets, resolve
-from tests.support.rpc import configs_admin, resolver, secrets_admin
-from tests.support.vault import LogCapture, VaultFactory, VaultHandle
+from tests.support.rpc import configs_admin, expect_error, resolver, secrets_admin
+from tests.support.vault import LogCapture, VaultFactory, VaultHandle, create_database
 from vaultsvc.config import DatabaseSettings
 from vaultsvc.storage.db import Database
+from vaultsvc.storage.embedded import EmbeddedPostgres
 from vaultsvc.storage.usage import FOLD_LOCK_ID, fold_batch
 from vaultsvc.vault.usage_fold import MAX_BATCHES_PER_ROUND, UsageFolder
 
@@ -274,3 +276,33 @@ async def test_folds_go_in_bounded_batches_and_a_backlog_is_logged(
         assert [r["tool"] for r in tools] == [f"tool-{i:02d}" for i in range(5, 25)]
     finally:
         await db.close()
+
+
+async def test_fold_and_guard_behind_a_transaction_pooler(
+    pg: EmbeddedPostgres, make_vault: VaultFactory
+) -> None:
+    """``database.pooler = transaction``: the fold, the reads that fold and the guard's lock
+    all live in transactions; nothing (advisory lock, lock_timeout) stays on a connection
+    a pooler would hand to another client."""
+    url = await create_database(pg)
+    pooled = DatabaseSettings(
+        url=url, pooler="transaction", statement_timeout_ms=5000, pool_min_size=1, pool_max_size=1
+    )
+    vault = await make_vault(database_url=url, database=pooled)
+    await put_secrets(vault, {"k": "K", "idle": "I"})
+    await resolve(resolver(vault), [("f", "{{secret:k}}", RAW)], tool="pooled")
+    assert (await get(vault, "k")).usage.resolve_count == 1
+    await expect_error(
+        secrets_admin(vault).DeleteSecret(spb.DeleteSecretRequest(name="k")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "SECRET_IN_USE",
+    )
+    await secrets_admin(vault).DeleteSecret(spb.DeleteSecretRequest(name="idle"))
+    assert await UsageFolder(vault.runtime.db).run_once() in (0, None)
+    async with vault.runtime.db.pool.acquire() as raw:  # the one pool connection, idle
+        assert not raw.is_in_transaction()
+        assert await raw.fetchval("SHOW lock_timeout") == "0"
+        held = await raw.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        assert held == 0

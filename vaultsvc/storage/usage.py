@@ -52,9 +52,11 @@ FOLD_LOCK_ID = 0x7661756C7475  # "vaultu"
 """Held (per transaction) by the process running the periodic fold; the others skip."""
 
 GUARD_LOCK_TIMEOUT_MS = 500
-"""How long a guarded delete waits for ``usage_pending`` (the audit batches in flight).
-Batches queued behind the waiting delete wait as long, so this stays well below the audit
-write timeout (at least 100 ms, 2 s by default)."""
+"""How long a guarded delete waits for ``usage_pending``: for the audit batches and folds
+in flight (milliseconds), or an autovacuum of the table, which gives way only after
+``deadlock_timeout`` (1 s: the delete fails UNAVAILABLE first, to be retried). Batches
+queued behind the waiting delete wait as long, so this stays well below the default audit
+write timeout (2 s); with ``audit_write_timeout`` below 0.5 s such a wait can fail them."""
 
 _Count = tuple[int, datetime]
 
