@@ -109,16 +109,22 @@ def audit_statement(insert_sql: str, audit_params: int) -> str:
 # ---------------------------------------------------------------------------- folding
 
 
+_FOLD_SQL = "SELECT vault_fold_usage($1, $2)"
+# CASE evaluates the lock first; the lock lasts for the statement's own transaction.
+_FOLD_ONLY_ONE_SQL = (
+    "SELECT CASE WHEN pg_try_advisory_xact_lock($3) THEN vault_fold_usage($1, $2) END"
+)
+
+
 async def fold_batch(db: Any, *, only_one: bool = False, limit: int = FOLD_BATCH) -> int | None:
-    """Fold at most ``limit`` pending rows in one transaction; how many it took (``limit``:
-    more may be left). ``only_one``: only if no other process is folding (the periodic
-    fold), None when one is."""
-    async with db.transaction() as conn:
-        if only_one and not await conn.fetchval(
-            "SELECT pg_try_advisory_xact_lock($1)", FOLD_LOCK_ID
-        ):
-            return None
-        return int(await conn.fetchval("SELECT vault_fold_usage($1, $2)", limit, MAX_USAGE_TOOLS))
+    """Fold at most ``limit`` pending rows in one transaction (one statement, one round
+    trip); how many it took (``limit``: more may be left). ``only_one``: only if no other
+    process is folding (the periodic fold), None when one is."""
+    async with db.connection() as conn:
+        if only_one:
+            n = await conn.fetchval(_FOLD_ONLY_ONE_SQL, limit, MAX_USAGE_TOOLS, FOLD_LOCK_ID)
+            return None if n is None else int(n)
+        return int(await conn.fetchval(_FOLD_SQL, limit, MAX_USAGE_TOOLS))
 
 
 async def fold_all(db: Any, *, limit: int = FOLD_BATCH) -> int:
