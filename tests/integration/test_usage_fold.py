@@ -23,7 +23,7 @@ from tests.support.vault import LogCapture, VaultFactory, VaultHandle, create_da
 from vaultsvc.config import DatabaseSettings
 from vaultsvc.storage.db import Database
 from vaultsvc.storage.embedded import EmbeddedPostgres
-from vaultsvc.storage.usage import FOLD_LOCK_ID, fold_batch
+from vaultsvc.storage.usage import FOLD_LOCK_ID, GUARD_LOCK_TIMEOUT_MS, fold_batch
 from vaultsvc.vault.usage_fold import MAX_BATCHES_PER_ROUND, UsageFolder
 
 
@@ -306,3 +306,39 @@ async def test_fold_and_guard_behind_a_transaction_pooler(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
         )
         assert held == 0
+
+
+async def test_guard_waits_a_bounded_time_for_a_batch_in_flight(vault: VaultHandle) -> None:
+    """An audit batch that does not commit (here: a transaction holding an uncommitted
+    pending row) makes a guarded delete wait at most GUARD_LOCK_TIMEOUT_MS, then fail
+    UNAVAILABLE (retryable) with nothing deleted; once it commits, its use is seen."""
+    await put_secrets(vault, {"k": "K"})
+    secret_id = (await vault.sql("SELECT id FROM secrets WHERE name = 'k'"))[0]["id"]
+    admin = secrets_admin(vault)
+    conn = await asyncpg.connect(vault.database_url)
+    try:
+        batch = conn.transaction()
+        await batch.start()
+        await conn.execute(
+            "INSERT INTO usage_pending (secret_id, tool, uses, last_time) "
+            "VALUES ($1, 'slow', 1, now())",
+            secret_id,
+        )
+        started = time.monotonic()
+        await expect_error(
+            admin.DeleteSecret(spb.DeleteSecretRequest(name="k")),
+            grpc.StatusCode.UNAVAILABLE,
+            "DATABASE_UNAVAILABLE",
+        )
+        waited = time.monotonic() - started
+        assert GUARD_LOCK_TIMEOUT_MS / 1000 <= waited < GUARD_LOCK_TIMEOUT_MS / 1000 + 2, waited
+        assert (await get(vault, "k")).name == "k"
+        await batch.commit()
+    finally:
+        await conn.close()
+    _, info = await expect_error(
+        admin.DeleteSecret(spb.DeleteSecretRequest(name="k")),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "SECRET_IN_USE",
+    )
+    assert info.metadata["tools"] == "slow"
