@@ -116,6 +116,13 @@ def _refused(cause: BaseException | None = None) -> VaultError:
     )
 
 
+def _retrieve(done: asyncio.Future[None]) -> None:
+    """Retrieve a commit future's outcome: a waiter that went away leaves none unretrieved
+    (a module function, not a closure per call)."""
+    if not done.cancelled():
+        done.exception()
+
+
 class AuditWriter:
     """Group commit of audit events, bounded and failing fast (see the module docstring)."""
 
@@ -191,7 +198,7 @@ class AuditWriter:
             record.time = datetime.now(UTC)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Retrieved here too, so a waiter that went away never leaves it unretrieved.
-        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        done.add_done_callback(_retrieve)
         self._pending.append((record, done))
         self._idle.clear()
         self._wakeup.set()

@@ -117,6 +117,10 @@ class TokenAuthenticator:
 
     def __init__(self, entries: Iterable[TokenEntry], store: TokenStore | None = None) -> None:
         self._entries: Sequence[TokenEntry] = tuple(entries)
+        # Built once: a Principal is immutable, so every call of one token shares it.
+        self._principals = tuple(
+            (e.sha256, Principal(e.principal, e.role, e.scopes)) for e in self._entries
+        )
         self.store = store
         """Database tokens, asked only by :meth:`authenticate_call` when no configured
         (bootstrap) token matches."""
@@ -150,12 +154,12 @@ class TokenAuthenticator:
         The console keeps only this hash beside a session and asks again on every request,
         so a session ends as soon as its token does.
         """
-        found: TokenEntry | None = None
+        found: Principal | None = None
         # Compare against every entry so timing does not depend on which one matches.
-        for entry in self._entries:
-            if hmac.compare_digest(entry.sha256, digest):
-                found = entry
-        return None if found is None else Principal(found.principal, found.role, found.scopes)
+        for sha256, principal in self._principals:
+            if hmac.compare_digest(sha256, digest):
+                found = principal
+        return found
 
 
 def _bearer_digest(authorization: str | None) -> bytes:
@@ -163,7 +167,8 @@ def _bearer_digest(authorization: str | None) -> bytes:
         raise Unauthenticated("missing authorization metadata (expected 'Bearer <token>')")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+    # str.split() splits at exactly the characters str.isspace() accepts.
+    if scheme.lower() != "bearer" or not token or len(token.split(None, 1)) > 1:
         raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>')")
     return hash_token(token)
 

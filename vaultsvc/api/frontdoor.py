@@ -410,19 +410,29 @@ class Budget:
 
 
 async def receive_one(requests: AsyncIterable[Any], deadline: float) -> Any:
-    """The single request message of a unary method, by ``deadline`` (monotonic).
+    """The single request message of a unary method, by ``deadline`` (monotonic)."""
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            return await receive_message(requests)
+    except TimeoutError:
+        raise receive_timed_out() from None
+
+
+def receive_timed_out() -> DeadlineExceeded:
+    return DeadlineExceeded(
+        "the request message did not arrive in time", reason=Reason.DEADLINE_EXCEEDED
+    )
+
+
+async def receive_message(requests: AsyncIterable[Any]) -> Any:
+    """The single request message of a unary method (the caller bounds the wait).
 
     grpc's request iterator is an async generator left suspended after the one message:
     it is closed here, at once, rather than by the event loop's finaliser hook when it is
     collected (which wakes the loop through its self-pipe and runs a task per call)."""
     iterator = aiter(requests)
     try:
-        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-            return await anext(iterator)
-    except TimeoutError:
-        raise DeadlineExceeded(
-            "the request message did not arrive in time", reason=Reason.DEADLINE_EXCEEDED
-        ) from None
+        return await anext(iterator)
     except StopAsyncIteration:
         raise InvalidArgument("the request message is missing") from None
     finally:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +15,7 @@ import grpc
 
 from vaultsvc import telemetry
 from vaultsvc.api.callflow import settle_audit, submit_quietly
-from vaultsvc.api.frontdoor import FrontDoor, receive_one
+from vaultsvc.api.frontdoor import FrontDoor, receive_message, receive_timed_out
 from vaultsvc.api.status import status_for
 from vaultsvc.audit import AuditWriter, CallContext, current_call
 from vaultsvc.auth import Principal, TokenAuthenticator, authorize, is_open_method
@@ -44,6 +44,12 @@ def _client_id_echo(supplied: object) -> tuple[tuple[str, str], ...]:
 
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+def _request_id() -> str:
+    """A fresh request id: 32 hex characters of 128 random bits (as ``uuid4().hex``
+    looks, without building a UUID object per call)."""
+    return os.urandom(16).hex()
 
 
 def _loop_time(deadline: float) -> float:
@@ -166,7 +172,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 supplied_id = value
         # The server names every call; what the client sent is kept beside it, so one
         # client cannot make its call look like another in the audit trail.
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         call = CallContext(method=method, request_id=request_id, peer=context.peer() or "")
         if isinstance(supplied_id, str):
             call.record.client_request_id = safe_label(supplied_id, _MAX_CLIENT_REQUEST_ID)
@@ -189,14 +195,20 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 )
                 deadline = started + budget
                 self.frontdoor.precheck(deadline)  # shed before reading the message
-                request = await receive_one(
-                    requests, min(deadline, self.frontdoor.receive_deadline(started))
-                )
+                # ONE timer per call: the message's arrival, then the call's deadline.
+                receiving = True
                 try:
-                    granted = await self.frontdoor.admit(deadline)
-                    async with asyncio.timeout_at(_loop_time(deadline)):
+                    async with asyncio.timeout_at(
+                        _loop_time(min(deadline, self.frontdoor.receive_deadline(started)))
+                    ) as timer:
+                        request = await receive_message(requests)
+                        receiving = False
+                        timer.reschedule(_loop_time(deadline))
+                        granted = await self.frontdoor.admit(deadline)
                         response = await inner(request, context)
                 except TimeoutError:
+                    if receiving:
+                        raise receive_timed_out() from None
                     raise DeadlineExceeded(
                         "deadline exceeded", reason=Reason.DEADLINE_EXCEEDED
                     ) from None
