@@ -62,6 +62,26 @@ _META_COLUMNS = (
 _CONFIG_COLUMNS = "key, value, description, create_time, update_time"
 
 
+RESOLVE_ROWS_SQL = """SELECT 's' AS kind, s.name_key AS k, s.id, s.name, s.current_version,
+          s.delete_time, v.kek_id, v.wrapped_dek, v.ciphertext, NULL::text AS value,
+          s.allowed_hosts
+     FROM secrets s
+     LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.current_version
+    WHERE s.name_key = ANY((SELECT $1::text[])::text[])
+   UNION ALL
+   SELECT 'c', key_lower, NULL, key, NULL, NULL, NULL, NULL, NULL, value, NULL
+     FROM config_values WHERE key_lower = ANY((SELECT $2::text[])::text[])"""
+"""The rows a resolve reads, in ONE statement (one snapshot).
+
+Each array is behind a scalar subquery (an InitPlan) so that the planner never sees its
+values: the plan is the same for every call, its generic plan costs no more than a custom
+one, and Postgres keeps the prepared statement's generic plan after the first 5 calls
+instead of planning again on every call (``= ANY($1)`` with the values inlined looks
+cheaper for a few names than the generic estimate of 10, so it was re-planned each time:
+~0.2 ms of database CPU per cache miss, more than executing it). The index scans stay
+(``Index Cond: name_key = ANY ((InitPlan 1).col1)``)."""
+
+
 @dataclass(frozen=True)
 class SealedRow:
     """What a resolve needs to open one secret (its current version), or one version.
@@ -1007,16 +1027,7 @@ class Repository:
         """
         async with self.db.connection() as conn:
             rows = await conn.fetch(
-                """SELECT 's' AS kind, s.name_key AS k, s.id, s.name, s.current_version,
-                          s.delete_time, v.kek_id, v.wrapped_dek, v.ciphertext,
-                          NULL::text AS value, s.allowed_hosts
-                     FROM secrets s
-                     LEFT JOIN secret_versions v
-                       ON v.secret_id = s.id AND v.version = s.current_version
-                    WHERE s.name_key = ANY($1::text[])
-                   UNION ALL
-                   SELECT 'c', key_lower, NULL, key, NULL, NULL, NULL, NULL, NULL, value, NULL
-                     FROM config_values WHERE key_lower = ANY($2::text[])""",
+                RESOLVE_ROWS_SQL,
                 [n.lower() for n in secret_names],
                 [k.lower() for k in config_keys],
             )

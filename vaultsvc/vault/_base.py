@@ -9,6 +9,7 @@ from vaultsvc.config import Settings
 from vaultsvc.crypto import Envelope, Fingerprinter
 from vaultsvc.storage.repository import Repository
 from vaultsvc.vault.cache import SealedRowCache
+from vaultsvc.vault.fetcher import RowFetcher
 
 
 @dataclass(frozen=True)
@@ -48,5 +49,7 @@ class VaultBase:
         self.cache = cache if cache is not None else SealedRowCache.disabled()
         """Sealed rows for resolve; a write evicts its key here when it commits (or fails
         not knowing whether it committed), so this replica reads its own writes."""
+        self.fetcher = RowFetcher(repository, self.cache)
+        """Fetches what resolves miss in the cache, concurrent misses in one query."""
         self.fingerprinter = Fingerprinter(envelope.keyring)
         self.lifecycle = lifecycle or Lifecycle.from_settings(Settings())

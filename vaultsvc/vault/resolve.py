@@ -249,23 +249,13 @@ class Resolution(VaultBase):
     async def _sealed_rows(
         self, secret_keys: list[str], config_keys: list[str]
     ) -> tuple[dict[str, SealedRow], dict[str, str]]:
-        """Sealed rows and config values by lower-cased name: hits from the cache, every
-        miss in ONE query (one snapshot), stored back unless a change raced the read."""
-        cache = self.cache
-        found = cache.lookup(secret_keys, config_keys)
+        """Sealed rows and config values by lower-cased name: hits from the cache, the
+        misses in ONE query (one snapshot), shared with the misses of concurrent resolves
+        (:mod:`vaultsvc.vault.fetcher`) and stored back unless a change raced the read."""
+        found = self.cache.lookup(secret_keys, config_keys)
         if found.missing_secrets or found.missing_configs:
-            ticket = cache.begin_fill()
-            fetched_secrets, fetched_configs = await self.repo.fetch_for_resolve(
+            fetched_secrets, fetched_configs = await self.fetcher.fetch(
                 found.missing_secrets, found.missing_configs
-            )
-            if cache.before_store is not None:
-                await cache.before_store()
-            cache.store(
-                ticket,
-                found.missing_secrets,
-                found.missing_configs,
-                fetched_secrets,
-                fetched_configs,
             )
             found.secrets.update(fetched_secrets)
             found.configs.update(fetched_configs)
