@@ -177,6 +177,9 @@ async def test_a_failed_batch_fails_every_caller_with_the_mapped_reason(
         for outcome in outcomes:
             assert isinstance(outcome, VaultError), outcome
             assert outcome.reason is Reason.DATABASE_UNAVAILABLE, outcome
+        # Each caller raises its own object (one object raised in several tasks would
+        # collect every task's traceback).
+        assert len({id(outcome) for outcome in outcomes}) == len(outcomes)
         # ... and through the RPC: UNAVAILABLE with the same reason, never a hang.
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await resolver(vault).ResolveTemplate(

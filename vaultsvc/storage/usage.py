@@ -48,6 +48,8 @@ FOLD_BATCH = 5000
 """Pending rows one fold transaction takes at most: a backlog is folded in short
 transactions, never one that holds thousands of row locks for long."""
 
+FOLD_ROUNDS_BEFORE_READ = 20
+"""Most batches a read folds before it reads (see :func:`fold_all`)."""
 FOLD_LOCK_ID = 0x7661756C7475  # "vaultu"
 """Held (per transaction) by the process running the periodic fold; the others skip."""
 
@@ -127,17 +129,23 @@ async def fold_batch(db: Any, *, only_one: bool = False, limit: int = FOLD_BATCH
         return int(await conn.fetchval(_FOLD_SQL, limit, MAX_USAGE_TOOLS))
 
 
-async def fold_all(db: Any, *, limit: int = FOLD_BATCH) -> int:
-    """Fold every pending row committed before the call (before a read of usage), batch by
-    batch; how many rows this caller folded. A fold running elsewhere at the same time is
-    waited for where both meet a row, so its rows are in the usage tables on return too."""
+async def fold_all(
+    db: Any, *, limit: int = FOLD_BATCH, rounds: int = FOLD_ROUNDS_BEFORE_READ
+) -> int:
+    """Fold the pending rows committed before the call (before a read of usage), batch by
+    batch, at most ``rounds`` batches: how many rows this caller folded. A fold running
+    elsewhere at the same time is waited for where both meet a row, so its rows are in the
+    usage tables on return too. Only a backlog beyond ``rounds * limit`` rows (the folds
+    stopped for a long while) is left for the periodic fold: the read then shows the
+    usage folded so far rather than waiting without bound."""
     folded = 0
-    while True:
+    for _ in range(rounds):
         n = await fold_batch(db, limit=limit)
-        assert n is not None
+        assert n is not None  # only_one=False always folds
         folded += n
         if n < limit:
-            return folded
+            break
+    return folded
 
 
 # ------------------------------------------------------------------------- reading

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 from collections import deque
 from collections.abc import Sequence
 from typing import Final
@@ -39,6 +40,15 @@ MAX_BATCH_NAMES: Final = 256
 MAX_IN_FLIGHT: Final = 2
 
 Rows = tuple[dict[str, SealedRow], dict[str, str]]
+
+
+def _own_copy(exc: Exception) -> Exception:
+    """The same error as a fresh object for each caller: one exception object raised in
+    several tasks would collect all their tracebacks (and chain them into each other)."""
+    try:
+        return copy.copy(exc)
+    except Exception:
+        return exc
 
 
 class _Waiter:
@@ -172,7 +182,7 @@ class RowFetcher:
         except Exception as exc:
             for waiter in batch.waiters:
                 if not waiter.future.done():
-                    waiter.future.set_exception(exc)
+                    waiter.future.set_exception(_own_copy(exc))
             return
         if len(batch.waiters) == 1:
             waiter = batch.waiters[0]
