@@ -30,9 +30,10 @@ from vaultsvc.errors import (
     Unauthenticated,
     VaultError,
 )
+from vaultsvc.logs import AccessLog
 
 _log = logging.getLogger("vaultsvc.server")
-_access = logging.getLogger("vaultsvc.access")
+_access = AccessLog(logging.getLogger("vaultsvc.access"), "rpc")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_CLIENT_REQUEST_ID = 64
 
@@ -265,11 +266,11 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     @staticmethod
     def _log_access(call: CallContext, outcome: str, reason: str, started: float) -> None:
         telemetry.rpc_done(call, outcome, started)
-        if not _access.isEnabledFor(logging.INFO):
+        if not _access.enabled():
             return
-        _access.info(
-            "rpc",
-            extra={
+        _access.write(
+            time.time(),
+            {
                 "method": call.method,
                 "principal": call.principal,
                 "outcome": outcome,
