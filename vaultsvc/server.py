@@ -183,11 +183,13 @@ async def start_server(settings: Settings, *, shared_port: bool = False) -> Runt
         frontdoor = FrontDoor(settings)
         drain = DrainGate()
         authenticator = TokenAuthenticator(settings.tokens, tokens)
-        interceptor = VaultInterceptor(authenticator, audit, settings, frontdoor=frontdoor)
+        interceptor = VaultInterceptor(
+            authenticator, audit, settings, frontdoor=frontdoor, drain=drain
+        )
         # No grpc-wide maximum_concurrent_rpcs: it counts calls before any token is checked,
         # health included; the front door's budgets bound each kind of call instead.
         server = grpc.aio.server(
-            interceptors=[drain, interceptor],
+            interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),

@@ -23,15 +23,18 @@ drains in phases (:func:`vaultsvc.server.stop_server`):
 4. only then grpc's server stops: nothing is left to cancel, and the listening socket closes
    before a reconnecting client could get a call through.
 
-The gate is the first interceptor of the server (see :func:`vaultsvc.server.start_server`);
-while open it counts the calls being served (one wrapper per method, built once).
+The gate is not an interceptor of its own: the vault's one interceptor
+(:class:`vaultsvc.api.interceptor.VaultInterceptor`) asks it per call, so a call passes one
+interceptor hop and one wrapper coroutine. While open, :meth:`DrainGate.track` counts each
+checked call from the start of its handler until grpc reports it done; once closed,
+:meth:`DrainGate.refusal` answers instead. Health and reflection (open methods) are neither
+counted nor refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import socket
@@ -44,7 +47,6 @@ from typing import Any
 import grpc
 
 from vaultsvc.api.status import status_for
-from vaultsvc.auth import is_open_method
 from vaultsvc.errors import Reason, Unavailable
 
 _log = logging.getLogger("vaultsvc.server")
@@ -56,9 +58,9 @@ _LISTEN_STATE = "0A"
 """``st`` of a listening socket in ``/proc/net/tcp``."""
 
 
-class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class DrainGate:
     """Counts the calls being served; refuses new calls with UNAVAILABLE once :meth:`close`
-    is called."""
+    is called (consulted by the vault's interceptor for every call that is not open)."""
 
     def __init__(self) -> None:
         self.closed = False
@@ -68,7 +70,6 @@ class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._last_refusal = 0.0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._counted: dict[str, tuple[Any, Any]] = {}
 
     def close(self) -> None:
         if not self.closed:
@@ -96,50 +97,20 @@ class DrainGate(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await self._idle.wait()
         return self.serving == 0
 
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or is_open_method(method):
-            return handler
-        if self.closed:
-            return self._refusal(handler)
-        cached = self._counted.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        counted = self._counting(handler)
-        self._counted[method] = (handler, counted)
-        return counted
+    def track(self, context: Any) -> None:
+        """Count the call of ``context`` in :attr:`serving` until grpc reports it done
+        (its reply has left or it ended); called as its handler starts."""
+        self.serving += 1
+        if self.serving == 1:
+            self._idle.clear()
+        context.add_done_callback(self._done)
 
     def _done(self, _: object) -> None:
         self.serving -= 1
         if self.serving == 0:
             self._idle.set()
 
-    def _counting(self, handler: Any) -> Any:
-        """``handler``, counted in :attr:`serving` until grpc reports the call done."""
-        inner = (
-            handler.unary_unary
-            or handler.unary_stream
-            or handler.stream_unary
-            or handler.stream_stream
-        )
-
-        async def counted(request: Any, context: Any) -> Any:
-            self.serving += 1
-            self._idle.clear()
-            context.add_done_callback(self._done)
-            result = inner(request, context)
-            if inspect.isasyncgen(result):
-                async for response in result:
-                    await context.write(response)
-                return None
-            return await result
-
-        return _same_shape(handler, counted)
-
-    def _refusal(self, handler: Any) -> Any:
+    def refusal(self, handler: Any) -> Any:
         """A handler of the same shape as ``handler`` that only refuses."""
 
         async def refuse(request: Any, context: Any) -> None:

@@ -15,6 +15,7 @@ import grpc
 
 from vaultsvc import telemetry
 from vaultsvc.api.callflow import settle_audit, submit_quietly
+from vaultsvc.api.drain import DrainGate
 from vaultsvc.api.frontdoor import FrontDoor, receive_message, receive_timed_out
 from vaultsvc.api.status import status_for
 from vaultsvc.audit import AuditWriter, CallContext, current_call
@@ -29,9 +30,10 @@ from vaultsvc.errors import (
     Unauthenticated,
     VaultError,
 )
+from vaultsvc.logs import AccessLog
 
 _log = logging.getLogger("vaultsvc.server")
-_access = logging.getLogger("vaultsvc.access")
+_access = AccessLog(logging.getLogger("vaultsvc.access"), "rpc")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_CLIENT_REQUEST_ID = 64
 
@@ -63,6 +65,10 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     The last-resort handler turns every unexpected exception into INTERNAL carrying only
     a request id: grpc's default would put the exception text, which could hold a value,
     into the status.
+
+    It is the server's only interceptor: the drain gate (:mod:`vaultsvc.api.drain`) is
+    consulted here rather than stacked as a second one, so a call costs one interceptor hop
+    and one wrapper coroutine.
     """
 
     def __init__(
@@ -71,8 +77,10 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         audit: AuditWriter,
         settings: Settings,
         frontdoor: FrontDoor | None = None,
+        drain: DrainGate | None = None,
     ) -> None:
         self.authenticator = authenticator
+        self.drain = drain or DrainGate()
         self.audit = audit
         self.frontdoor = frontdoor or FrontDoor(settings)
         self.rpc_timeout_cap = settings.rpc_timeout_cap
@@ -80,7 +88,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             cp.subject_cn: Principal(cp.principal, cp.role)
             for cp in (settings.tls.client_principals if settings.tls else ())
         }
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
+        self._wrapped: dict[str, tuple[Any, Any, bool]] = {}
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
@@ -92,16 +100,22 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         # The wrapped handler is built once per registered method (only those get here;
         # an unknown method has no handler), not once per call.
         cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
+        if cached is None or cached[0] is not handler:
+            cached = self._wrap(method, handler)
+        if self.drain.closed and cached[2]:
+            return self.drain.refusal(cached[1])
+        return cached[1]
+
+    def _wrap(self, method: str, handler: Any) -> tuple[Any, Any, bool]:
+        """(``handler``, what serves it, whether the drain gate counts and refuses it)."""
         if is_open_method(method):
-            wrapped = self.frontdoor.open_method(method, handler)
+            entry = (handler, self.frontdoor.open_method(method, handler), False)
         elif handler.unary_unary is None:
-            wrapped = self._streaming_refused(method, handler)
+            entry = (handler, self._streaming_refused(method, handler), True)
         else:
-            wrapped = self._checked(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+            entry = (handler, self._checked(method, handler), True)
+        self._wrapped[method] = entry
+        return entry
 
     def _checked(self, method: str, handler: Any) -> Any:
         inner: Handler = handler.unary_unary
@@ -159,6 +173,7 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         # taken and given back by hand (no context-manager objects per call).
         granted: float | None = None
         started = time.monotonic()
+        self.drain.track(context)  # served until grpc reports the call done
         # One pass over the metadata: the last value of a key wins, as in a dict.
         authorization: object = None
         authorizations = 0
@@ -251,11 +266,11 @@ class VaultInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     @staticmethod
     def _log_access(call: CallContext, outcome: str, reason: str, started: float) -> None:
         telemetry.rpc_done(call, outcome, started)
-        if not _access.isEnabledFor(logging.INFO):
+        if not _access.enabled():
             return
-        _access.info(
-            "rpc",
-            extra={
+        _access.write(
+            time.time(),
+            {
                 "method": call.method,
                 "principal": call.principal,
                 "outcome": outcome,
