@@ -25,8 +25,9 @@ _encode_str: Callable[[str], str] = json.encoder.encode_basestring_ascii  # as j
 _JSON = json.JSONEncoder(default=str, ensure_ascii=False)
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
-_second: list[Any] = [None, ""]
-"""The last whole second :func:`_timestamp` formatted, and its text up to the seconds."""
+_second: list[tuple[float, str]] = [(math.nan, "")]
+"""The last whole second :func:`_timestamp` formatted and its text up to the seconds, as
+one tuple (replaced at once: a reader in another thread never sees a mixed pair)."""
 
 
 def _timestamp(created: float) -> str:
@@ -40,10 +41,11 @@ def _timestamp(created: float) -> str:
         micros -= 1_000_000
     elif micros < 0:
         return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
-    if _second[0] != whole:
-        _second[1] = datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds")[:-6]
-        _second[0] = whole
-    return f"{_second[1]}.{micros // 1000:03d}+00:00"
+    second, text = _second[0]
+    if second != whole:
+        text = datetime.fromtimestamp(whole, UTC).isoformat(timespec="seconds")[:-6]
+        _second[0] = (whole, text)
+    return f"{text}.{micros // 1000:03d}+00:00"
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
