@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
@@ -49,8 +49,10 @@ def enable_reflection(service_names: Iterable[str], server: Any) -> None:
     """Reflection v1alpha and v1 for ``service_names`` (both reflection services added)."""
     _register_v1_descriptor()
     names = (*service_names, reflection.SERVICE_NAME, V1_SERVICE_NAME)
-    servicer = ReflectionServicer(names)
-    reflection.enable_server_reflection(names, server)
+    servicer = ReflectionServicer(names)  # the asyncio servicer, for both versions
+    # Added directly (not via reflection.enable_server_reflection, which picks the
+    # servicer by the server's class: the vault passes a registration adapter).
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
