@@ -54,7 +54,20 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
-class JsonFormatter(logging.Formatter):
+class _Labelled(logging.Formatter):
+    """A formatter with ``labels``: fields added to every line after the record's own (a
+    worker's ``worker``), part of the formatter rather than a filter, so the access log's
+    direct path still applies."""
+
+    def __init__(self, labels: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.labels: dict[str, Any] = dict(labels or {})
+
+    def _fields(self, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        return {**fields, **self.labels} if self.labels else fields
+
+
+class JsonFormatter(_Labelled):
     def format(self, record: logging.LogRecord) -> str:
         exc_type = None
         if record.exc_info and record.exc_info[0] is not None:
@@ -69,8 +82,8 @@ class JsonFormatter(logging.Formatter):
             exc_type,
         )
 
-    @staticmethod
     def line(
+        self,
         created: float,
         level: str,
         logger: str,
@@ -84,7 +97,7 @@ class JsonFormatter(logging.Formatter):
             "logger": logger,
             "msg": msg,
         }
-        payload.update(fields)
+        payload.update(self._fields(fields))
         if exc_type is not None:
             payload["exc_type"] = exc_type
         return _JSON.encode(payload)
@@ -98,14 +111,14 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(_Labelled):
     def format(self, record: logging.LogRecord) -> str:
         return self.line(
             record.created, record.levelname, record.name, record.getMessage(), _extras(record)
         )
 
-    @staticmethod
     def line(
+        self,
         created: float,
         level: str,
         logger: str,
@@ -114,6 +127,7 @@ class TextFormatter(logging.Formatter):
         exc_type: str | None = None,
     ) -> str:
         line = f"{level:7} {logger}: {msg}"
+        fields = self._fields(fields)
         if fields:
             line += " " + " ".join(f"{k}={_dumps(v)}" for k, v in fields.items())
         return line.replace("\r", "\\r").replace("\n", "\\n")
@@ -123,9 +137,16 @@ _installed: list[logging.StreamHandler[Any]] = []
 """The handler :func:`configure_logging` installed last (at most one)."""
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
+def configure_logging(
+    level: str = "INFO",
+    fmt: str = "json",
+    stream: Any = None,
+    labels: Mapping[str, Any] | None = None,
+) -> None:
+    """One handler on the root logger; ``labels`` are added to every line (a worker's
+    ``worker``)."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(labels) if fmt == "json" else TextFormatter(labels))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -153,16 +153,6 @@ def worker_count(setting: int | Literal["auto"]) -> int:
 # ----------------------------------------------------------------------- worker
 
 
-class _WorkerLabel(logging.Filter):
-    def __init__(self, index: int) -> None:
-        super().__init__()
-        self.index = index
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.worker = self.index
-        return True
-
-
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to SIGTERM this worker when the supervisor dies (PR_SET_PDEATHSIG)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -177,9 +167,9 @@ def worker_main(
 ) -> None:
     """A worker process (spawned): one vault on the shared port until SIGTERM/SIGINT."""
     _die_with_parent(parent)
-    configure_logging(settings.log_level, settings.log_format)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_WorkerLabel(index))
+    # The label is part of the formatter, not a filter: a filter on the handler would
+    # turn the access log's direct path off (vaultsvc.logs).
+    configure_logging(settings.log_level, settings.log_format, labels={"worker": index})
     stop_requested: list[int] = []
 
     def early(signum: int, frame: FrameType | None) -> None:

@@ -117,3 +117,35 @@ def test_other_handlers_and_filters_get_records_as_before(restored_logging: None
     logger.filters.clear()
     logger.setLevel(logging.WARNING)
     assert not access.enabled()
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_labels_of_every_line_keep_the_direct_path(
+    fmt: str, restored_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's label (``worker``) is part of its formatter, not a filter: its access
+    lines still take the direct path, and read as the ordinary path's lines do."""
+    stream = io.StringIO()
+    configure_logging("INFO", fmt, stream, labels={"worker": 3})
+    logger = logging.getLogger("test.access")
+    access = AccessLog(logger, "rpc")
+    monkeypatch.setattr(logger, "makeRecord", _no_record)
+    created = time.time()
+    access.write(created, dict(FIELDS))
+    formatter = (
+        JsonFormatter(labels={"worker": 3})
+        if fmt == "json"
+        else TextFormatter(labels={"worker": 3})
+    )
+    line = stream.getvalue()
+    assert line == _expected(formatter, created) + "\n"
+    assert ('"worker": 3' if fmt == "json" else "worker=3") in line
+    monkeypatch.undo()
+
+    logging.getLogger("test.other").warning("plain", extra={"k": "v"})
+    other = stream.getvalue().splitlines()[-1]
+    assert ('"worker": 3' if fmt == "json" else "worker=3") in other
+
+
+def _no_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    raise AssertionError("the direct path builds no LogRecord")
