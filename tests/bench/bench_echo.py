@@ -12,6 +12,12 @@ of well under a minute). It starts:
   server options, no auth, no database, no crypto; it returns each field's template as
   its value. It runs as N spawned processes sharing the port with SO_REUSEPORT, like the
   vault's workers;
+- the **durable-audit floor** ("echo+audit"): the same echo processes, except that before
+  each reply they commit one audit event (the names the template refers to, the tool)
+  through the vault's own group commit (``AuditWriter`` over ``AuditStore``: the same
+  INSERT into the same table, no usage rows). Issue 9 asks both for a reply that waits for
+  its durable event and for the vault near echo; this measures what the first costs by
+  itself, with no auth, cache, crypto or templates;
 - the vault: ``python -m vaultsvc serve --workers N`` (a subprocess), with its sealed-row
   cache sized far below the cold pool (``VAULT_CACHE_MAX_ENTRIES``) so cold calls miss;
 - the client in a separate process (spawned), running the load tool's own runner
@@ -19,11 +25,13 @@ of well under a minute). It starts:
 
 For warm (every call names the same 5 secrets) and cold (each call names 5 secrets
 drawn at random from the pool) and concurrency 1, 16 and 64, it runs interleaved
-rounds (echo, vault, vault, echo, ...) and prints QPS, p50, p99 and server CPU
-microseconds per call, each with its ratio to echo. Server CPU is utime+stime from
-/proc of the server processes: the echo workers; the vault supervisor, its workers and
-every process of its Postgres (backends, WAL writer: what a resolve and its group-
-committed audit cost). It also prints the commit latency of this machine's database
+rounds (echo, floor, vault, then the reverse order, ...) and prints QPS, p50, p99 and
+server CPU microseconds per call, each with its ratio to echo, and the floor's ratios to
+echo beside the vault's to the floor. Server CPU is utime+stime from /proc of the
+server processes: the echo workers; the floor's workers and every process of its
+Postgres; the vault supervisor, its workers and every process of its Postgres
+(backends, WAL writer: what a resolve and its group-committed audit cost). It also
+prints the commit latency of this machine's database
 (single-row INSERTs, each its own transaction: what group commit waits for), a second
 table with cold resolve p50 at 1,000 versus 1,000,000 secrets, and the resident memory
 of each vault worker at 1,000,000 secrets after the cold run. Finally a markdown table.
@@ -41,6 +49,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -70,6 +79,8 @@ from vaultsvc.storage.db import migrate
 from vaultsvc.storage.embedded import EmbeddedPostgres
 
 WARM_NAMES = tuple(f"warm_{i}" for i in range(5))
+SECRET_REF = re.compile(r"\{\{\s*secret:([^}\s]+)\s*\}\}")
+RESOLVE_METHOD = "/interakt.vault.v1.ResolverService/ResolveTemplate"
 SLOTS = 5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -257,29 +268,67 @@ def parent_pid(pid: int) -> int:
 # -------------------------------------------------------------------- echo server
 
 
-def _echo_worker(port: int, ready: multiprocessing.connection.Connection) -> None:
+def _echo_worker(
+    port: int, ready: multiprocessing.connection.Connection, audit_url: str | None = None
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(_echo_serve(port, ready))
+    asyncio.run(_echo_serve(port, ready, audit_url))
 
 
-async def _echo_serve(port: int, ready: multiprocessing.connection.Connection) -> None:
+async def _echo_serve(
+    port: int, ready: multiprocessing.connection.Connection, audit_url: str | None
+) -> None:
+    """An echo worker; with ``audit_url``, the durable-audit floor: before each reply it
+    commits one audit event through the vault's own group commit (AuditWriter over
+    AuditStore, the same INSERT into the same table)."""
     import grpc
     from interakt.vault.v1 import resolver_service_pb2 as rpb
     from interakt.vault.v1 import resolver_service_pb2_grpc as rpbg
 
     from vaultsvc.api.frontdoor import FrontDoor
+    from vaultsvc.audit import AuditWriter
     from vaultsvc.config import Settings
+    from vaultsvc.domain import AuditRecord
     from vaultsvc.server import MAX_SEND_MESSAGE_BYTES
+    from vaultsvc.storage.audit_store import AuditStore
+
+    settings = Settings()
+    audit: AuditWriter | None = None
+    if audit_url is not None:
+        audit = AuditWriter(
+            AuditStore(
+                audit_url,
+                connect_timeout=settings.database.connect_timeout,
+                write_timeout=settings.audit_write_timeout,
+            ),
+            queue_size=settings.audit_buffer_size,
+            write_timeout=settings.audit_write_timeout,
+            stall_threshold=settings.audit_stall_threshold,
+        )
+        audit.start()
 
     class Echo(rpbg.ResolverServiceServicer):
         async def ResolveTemplate(
             self, request: rpb.ResolveTemplateRequest, context: Any
         ) -> rpb.ResolveTemplateResponse:
+            if audit is not None:
+                # A resolve's event: who, what, which names (found as the vault would
+                # list them), the tool; committed before the reply leaves.
+                names = sorted({n for f in request.fields for n in SECRET_REF.findall(f.template)})
+                await audit.commit(
+                    AuditRecord(
+                        principal="bench-resolver",
+                        method=RESOLVE_METHOD,
+                        request_id=os.urandom(16).hex(),
+                        peer=context.peer(),
+                        secret_names=names,
+                        tool=request.tool,
+                    )
+                )
             return rpb.ResolveTemplateResponse(
                 fields=[rpb.ResolvedField(key=f.key, value=f.template) for f in request.fields]
             )
 
-    settings = Settings()
     # The vault's own grpc server options (message sizes, streams, keepalive, ages).
     server = grpc.aio.server(
         options=[
@@ -298,18 +347,23 @@ async def _echo_serve(port: int, ready: multiprocessing.connection.Connection) -
     ready.send(bound)
     await stop.wait()
     await server.stop(0.5)
+    if audit is not None:
+        await audit.stop()
 
 
 class EchoServer:
-    """N echo processes on one port (the first binds port 0, the others its port)."""
+    """N echo processes on one port (the first binds port 0, the others its port); with
+    ``audit_url``, the durable-audit floor (see :func:`_echo_serve`)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, audit_url: str | None = None) -> None:
         self.context = multiprocessing.get_context("spawn")
         self.processes: list[Any] = []
         self.port = 0
         for _ in range(workers):
             receive, send = self.context.Pipe(duplex=False)
-            process = self.context.Process(target=_echo_worker, args=(self.port, send), daemon=True)
+            process = self.context.Process(
+                target=_echo_worker, args=(self.port, send, audit_url), daemon=True
+            )
             process.start()
             send.close()
             if not receive.poll(60):
@@ -585,6 +639,15 @@ async def commit_latency(url: str, count: int) -> dict[str, float]:
     }
 
 
+async def floor_events(url: str) -> int:
+    conn = await asyncpg.connect(url, timeout=30)
+    try:
+        query = "SELECT count(*) FROM audit_events WHERE principal = 'bench-resolver'"
+        return int(await conn.fetchval(query))
+    finally:
+        await conn.close()
+
+
 async def create_db(pg: EmbeddedPostgres, name: str) -> str:
     conn = await asyncpg.connect(pg.uri("postgres"), timeout=10)
     try:
@@ -643,6 +706,10 @@ def vault_workers(server: ServeProcess) -> list[int]:
 class Results:
     options: Options
     main: dict[tuple[str, int], tuple[Cell, Cell]] = field(default_factory=dict)
+    floor: dict[tuple[str, int], Cell] = field(default_factory=dict)
+    """The durable-audit floor (echo + one group-committed audit event per call) per cell."""
+    floor_events: int = 0
+    """Audit events the floor committed (warm-up rounds included)."""
     scale: dict[int, tuple[Cell, Cell]] = field(default_factory=dict)
     rss_mib: list[float] = field(default_factory=list)
     commit: dict[str, Any] = field(default_factory=dict)
@@ -652,7 +719,8 @@ class Results:
     def errors(self) -> list[str]:
         lines = []
         for (scenario, c), cells in self.main.items():
-            for label, cell in zip(("echo", "vault"), cells, strict=True):
+            floor = self.floor.get((scenario, c), Cell())
+            for label, cell in zip(("echo", "vault", "echo+audit"), (*cells, floor), strict=True):
                 if cell.errors:
                     lines.append(f"{scenario} c={c} {label}: {cell.errors}")
         for c, cells in self.scale.items():
@@ -692,6 +760,11 @@ class Results:
             "workers; vault supervisor + workers + every Postgres process ((PG): the "
             "Postgres part).",
             "",
+            "durable-audit floor: echo+audit = the echo that, before each reply, commits one "
+            "audit event through the vault's group commit (no auth, cache, crypto or "
+            "templates); its CPU includes every Postgres process, like the vault's.",
+            *self.floor_lines(),
+            "",
             f"database commit latency (single-row INSERT, own transaction, {o.commits} times): "
             f"p50 {self.commit['p50']:.3f} ms, p99 {self.commit['p99']:.3f} ms, mean "
             f"{self.commit['mean']:.3f} ms (synchronous_commit={self.commit['synchronous_commit']}"
@@ -722,6 +795,31 @@ class Results:
         lines += ["", self.markdown()]
         return "\n".join(lines)
 
+    def floor_rows(self) -> list[tuple[str, int, Cell, Cell, Cell]]:
+        return [
+            (scenario, c, echo, self.floor[(scenario, c)], vault)
+            for (scenario, c), (echo, vault) in self.main.items()
+            if (scenario, c) in self.floor
+        ]
+
+    def floor_lines(self) -> list[str]:
+        head = (
+            f"{'scenario':<8} {'c':>3} | {'QPS':>7} {'p99 ms':>7} {'CPU us':>7} {'(PG)':>6} | "
+            f"{'floor/echo: QPS x':>17} {'p99 x':>6} {'CPU x':>6} | "
+            f"{'vault/floor: QPS x':>18} {'p99 x':>6} {'CPU x':>6}"
+        )
+        lines = [head, "-" * len(head)]
+        for scenario, c, echo, floor, vault in self.floor_rows():
+            lines.append(
+                f"{scenario:<8} {c:>3} | {floor.qps:>7.0f} {floor.p99:>7.2f} "
+                f"{floor.cpu_us:>7.0f} {floor.db_us:>6.0f} | "
+                f"{ratio(floor.qps, echo.qps):>17.2f} {ratio(floor.p99, echo.p99):>6.2f} "
+                f"{ratio(floor.cpu_us, echo.cpu_us):>6.2f} | "
+                f"{ratio(vault.qps, floor.qps):>18.2f} {ratio(vault.p99, floor.p99):>6.2f} "
+                f"{ratio(vault.cpu_us, floor.cpu_us):>6.2f}"
+            )
+        return lines
+
     def markdown(self) -> str:
         o = self.options
         rows = [
@@ -737,6 +835,20 @@ class Results:
                 f"{echo.p99:.2f} / {vault.p99:.2f} | {ratio(vault.p99, echo.p99):.2f} | "
                 f"{echo.cpu_us:.0f} / {vault.cpu_us:.0f} ({vault.db_us:.0f}) | "
                 f"{ratio(vault.cpu_us, echo.cpu_us):.2f} |"
+            )
+        rows += [
+            "",
+            "| requests | concurrency | echo+audit QPS | QPS / echo | p99 / echo "
+            "| CPU µs/call (Postgres) | CPU / echo "
+            "| vault QPS / echo+audit | vault CPU / echo+audit |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for scenario, c, echo, floor, vault in self.floor_rows():
+            rows.append(
+                f"| {scenario} | {c} | {floor.qps:.0f} | {ratio(floor.qps, echo.qps):.2f} | "
+                f"{ratio(floor.p99, echo.p99):.2f} | {floor.cpu_us:.0f} ({floor.db_us:.0f}) | "
+                f"{ratio(floor.cpu_us, echo.cpu_us):.2f} | {ratio(vault.qps, floor.qps):.2f} | "
+                f"{ratio(vault.cpu_us, floor.cpu_us):.2f} |"
             )
         rows += [
             "",
@@ -768,6 +880,7 @@ async def run_bench(options: Options) -> Results:
     pg = await asyncio.to_thread(start_embedded, "vaultsvc-bench-")
     workdir = Path(tempfile.mkdtemp(prefix="vaultsvc-bench-logs-"))
     echo: EchoServer | None = None
+    floor: EchoServer | None = None
     client: Client | None = None
     vaults: list[ServeProcess] = []
     try:
@@ -793,6 +906,7 @@ async def run_bench(options: Options) -> Results:
         results.seed_seconds["big"] = await seed(big_url, envelope, big_names, options.value_size)
 
         echo = await asyncio.to_thread(EchoServer, options.workers)
+        floor = await asyncio.to_thread(EchoServer, options.workers, main_url)
         client = Client()
         client.pool("warm", WARM_NAMES)
         client.pool("cold", cold_names)
@@ -805,6 +919,13 @@ async def run_bench(options: Options) -> Results:
         vaults.append(vault)
         targets = [
             Target("echo", echo.address, None, ProcessSet(echo.pids)),
+            Target(
+                "echo+audit",
+                floor.address,
+                None,
+                ProcessSet(floor.pids),
+                ProcessSet([], [postmaster]),
+            ),
             vault_target("vault", vault, tokens[RESOLVER], postmaster),
         ]
         for scenario, pool, names in (("warm", "warm", "same"), ("cold", "cold", "random")):
@@ -812,7 +933,9 @@ async def run_bench(options: Options) -> Results:
                 cells = await asyncio.to_thread(
                     interleaved, client, targets, pool, names, c, options, options.rounds
                 )
-                results.main[(scenario, c)] = (cells[0], cells[1])
+                results.main[(scenario, c)] = (cells[0], cells[2])
+                results.floor[(scenario, c)] = cells[1]
+        results.floor_events = await floor_events(main_url)
         results.commit = await commit_latency(main_url, options.commits)
         await vault.stop()
         vaults.remove(vault)
@@ -870,8 +993,9 @@ async def run_bench(options: Options) -> Results:
                 server.proc.kill()
         if client is not None:
             client.close()
-        if echo is not None:
-            echo.stop()
+        for echo_server in (echo, floor):
+            if echo_server is not None:
+                echo_server.stop()
         await asyncio.to_thread(pg.stop)
         shutil.rmtree(pg.data_dir, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -912,7 +1036,13 @@ def summary(results: Results) -> dict[str, Any]:
 
     return {
         "main": [
-            {"scenario": s, "concurrency": c, "echo": cell(e), "vault": cell(v)}
+            {
+                "scenario": s,
+                "concurrency": c,
+                "echo": cell(e),
+                "vault": cell(v),
+                "echo_audit": cell(results.floor[(s, c)]),
+            }
             for (s, c), (e, v) in results.main.items()
         ],
         "scale": [

@@ -23,6 +23,13 @@ async def test_quick_bench_measures_echo_and_vault_side_by_side() -> None:
         # Server CPU is charged to each side (the vault's includes its Postgres).
         assert vault.cpu_ticks > 0 and 0 < vault.db_ticks < vault.cpu_ticks, (scenario, c)
     assert sum(echo.cpu_ticks for echo, _ in results.main.values()) > 0
+    # The durable-audit floor ran in every cell, charged its Postgres, and its events are
+    # in the audit trail (one per call it answered).
+    assert list(results.floor) == list(results.main)
+    for key, floor in results.floor.items():
+        assert floor.failed == 0 and not floor.errors and floor.ok > 0, (key, floor.errors)
+        assert 0 < floor.db_ticks < floor.cpu_ticks, key
+    assert results.floor_events >= sum(floor.ok for floor in results.floor.values())
 
     assert list(results.scale) == list(options.scale_concurrencies)
     for small, big in results.scale.values():
@@ -36,7 +43,8 @@ async def test_quick_bench_measures_echo_and_vault_side_by_side() -> None:
     assert "errors: none" in text
     table = results.markdown().splitlines()
     assert table[0].startswith("| requests | concurrency | echo QPS | vault QPS | QPS / echo")
-    assert len([row for row in table if row.startswith(("| warm |", "| cold |"))]) == 6
+    assert len([row for row in table if row.startswith(("| warm |", "| cold |"))]) == 12
+    assert any(row.startswith("| requests | concurrency | echo+audit QPS") for row in table)
 
 
 def test_bench_arguments() -> None:
