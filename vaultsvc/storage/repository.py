@@ -881,7 +881,8 @@ class Repository:
 
         ``now`` replaces the database clock (tests move time with it); None uses ``now()``.
         Safe on any number of replicas at once: rows are claimed with SKIP LOCKED, so two
-        purgers never wait on or delete the same row.
+        purgers never wait on or delete the same row, and a secret a usage fold holds (FOR
+        KEY SHARE, V13__usage_races.sql) is left to a later round rather than waited for.
         """
         async with self.db.transaction() as conn:
             rows = await conn.fetch(

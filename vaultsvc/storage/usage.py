@@ -14,7 +14,11 @@ used. Recording it must not touch shared rows on the hot path, so it happens in 
    pending row is counted exactly once, whoever folds it. Every process folds about once a
    second (:mod:`vaultsvc.vault.usage_fold`, one process at a time through an advisory
    lock), and every read of usage folds first (:func:`fold_all`), so reads are exact: a
-   use answered before the read began is in its counts.
+   use answered before the read began is in its counts. A fold locks the items it folds
+   (``FOR KEY SHARE``) before their pending and usage rows and folds only those
+   (``V13__usage_races.sql``): a delete or purge of an item waits for (or, the purge,
+   skips) the fold holding it, so no usage row outlives its item and the two cannot
+   deadlock.
 
 The delete guard (:func:`secret_in_use`, :func:`config_in_use`) takes
 ``usage_pending`` in SHARE ROW EXCLUSIVE mode inside the delete's transaction: that waits
@@ -247,8 +251,8 @@ async def secret_in_use(
     forced delete, which only marks its event) the usage tables as they are (the caller
     folded just before), and audit batches never wait.
 
-    Not exact, it folds nothing in this transaction: holding a usage row before the delete
-    removes the item's pending rows (config values) could deadlock with a fold."""
+    Not exact, it folds nothing in this transaction and takes no lock on usage_pending, so
+    audit batches never wait for a forced delete."""
     recent = await _guard(
         conn,
         (secret_id, None),
