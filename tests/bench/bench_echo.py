@@ -21,7 +21,10 @@ of well under a minute). It starts:
 - the vault: ``python -m vaultsvc serve --workers N`` (a subprocess), with its sealed-row
   cache sized far below the cold pool (``VAULT_CACHE_MAX_ENTRIES``) so cold calls miss;
 - the client in a separate process (spawned), running the load tool's own runner
-  (``vaultsvc_client.load``: raw stub, HDR histogram), one process, closed loop.
+  (``vaultsvc_client.load``: raw stub, HDR histogram), one process, closed loop, with up
+  to 8 connections (one per concurrent call at most): SO_REUSEPORT spreads connections,
+  not calls, over a server's workers, so with a single connection one worker would serve
+  alone. Each worker's share of its server's CPU in one warm round is printed.
 
 For warm (every call names the same 5 secrets) and cold (each call names 5 secrets
 drawn at random from the pool) and concurrency 1, 16 and 64, it runs interleaved
@@ -120,6 +123,9 @@ class Options:
     scale_rounds: int = 3
     commits: int = 1_000
     value_size: int = 40
+    connections: int = 8
+    """Client connections per round (at most one per concurrent call). SO_REUSEPORT spreads
+    connections, not calls, over a server's workers: with one, one worker serves alone."""
 
     @classmethod
     def quick(cls, workers: int = 2) -> Options:
@@ -407,7 +413,8 @@ def _client_main(conn: multiprocessing.connection.Connection) -> None:
         if message[0] == "pool":
             pools[message[1]] = tuple(message[2])
             continue
-        _, address, token, pool, names, concurrency, seconds = message
+        _, address, token, pool, names, concurrency, seconds, connections = message
+        connections = min(connections, concurrency)
         options = LoadOptions(
             address=address,
             token=token,
@@ -415,7 +422,7 @@ def _client_main(conn: multiprocessing.connection.Connection) -> None:
             insecure=True,
             timeout=10.0,
             concurrency=concurrency,
-            connections=1,
+            connections=connections,
             procs=1,
             duration=seconds,
             total=None,
@@ -430,7 +437,7 @@ def _client_main(conn: multiprocessing.connection.Connection) -> None:
             output="json",
             progress=False,
         )
-        job = ProcessJob(options, scenario, pools[pool], 0, concurrency, 1)
+        job = ProcessJob(options, scenario, pools[pool], 0, concurrency, connections)
 
         async def one(job: ProcessJob = job) -> Any:
             run = ProcessRun(job)
@@ -471,8 +478,9 @@ class Client:
         names: str,
         concurrency: int,
         seconds: float,
+        connections: int,
     ) -> dict[str, Any]:
-        self.conn.send(("run", address, token, pool, names, concurrency, seconds))
+        self.conn.send(("run", address, token, pool, names, concurrency, seconds, connections))
         if not self.conn.poll(seconds + 60):
             raise RuntimeError("the client process did not answer")
         result: dict[str, Any] = self.conn.recv()
@@ -494,10 +502,12 @@ class Target:
     database: ProcessSet | None = None
 
 
-def measure_round(client: Client, target: Target, pool: str, names: str, c: int, s: float) -> Any:
+def measure_round(
+    client: Client, target: Target, pool: str, names: str, c: int, s: float, connections: int
+) -> Any:
     database = target.database or ProcessSet([])
     before, db_before = target.processes.snapshot(), database.snapshot()
-    result = client.run(target.address, target.token, pool, names, c, s)
+    result = client.run(target.address, target.token, pool, names, c, s, connections)
     after, db_after = target.processes.snapshot(), database.snapshot()
     return result, ProcessSet.delta(before, after), ProcessSet.delta(db_before, db_after)
 
@@ -513,7 +523,15 @@ def interleaved(
 ) -> list[Cell]:
     """Warm-up for each, then ``rounds`` rounds alternating which target goes first."""
     for target in targets:
-        client.run(target.address, target.token, pool, names, concurrency, options.warmup_seconds)
+        client.run(
+            target.address,
+            target.token,
+            pool,
+            names,
+            concurrency,
+            options.warmup_seconds,
+            options.connections,
+        )
     cells = [Cell() for _ in targets]
     for index in range(rounds):
         order = list(range(len(targets)))
@@ -521,10 +539,37 @@ def interleaved(
             order.reverse()
         for i in order:
             result, ticks, db_ticks = measure_round(
-                client, targets[i], pool, names, concurrency, options.round_seconds
+                client,
+                targets[i],
+                pool,
+                names,
+                concurrency,
+                options.round_seconds,
+                options.connections,
             )
             cells[i].add(result, ticks, db_ticks)
     return cells
+
+
+def worker_shares(
+    client: Client, target: Target, workers: Sequence[int], options: Options
+) -> list[float]:
+    """Each worker's share of its server's CPU in one warm round at concurrency 16: how
+    evenly the client's connections landed on the workers."""
+    before = {pid: cpu_ticks(pid) or 0 for pid in workers}
+    concurrency = max(c for c in options.concurrencies if c <= 16)
+    client.run(
+        target.address,
+        target.token,
+        "warm",
+        "same",
+        concurrency,
+        options.round_seconds,
+        options.connections,
+    )
+    spent = [(cpu_ticks(pid) or 0) - before[pid] for pid in workers]
+    total = sum(spent)
+    return [ticks / total if total else 0.0 for ticks in spent]
 
 
 # ----------------------------------------------------------------------- database
@@ -710,6 +755,8 @@ class Results:
     """The durable-audit floor (echo + one group-committed audit event per call) per cell."""
     floor_events: int = 0
     """Audit events the floor committed (warm-up rounds included)."""
+    shares: dict[str, list[float]] = field(default_factory=dict)
+    """Per server, each worker's share of its CPU in one warm round (:func:`worker_shares`)."""
     scale: dict[int, tuple[Cell, Cell]] = field(default_factory=dict)
     rss_mib: list[float] = field(default_factory=list)
     commit: dict[str, Any] = field(default_factory=dict)
@@ -739,7 +786,8 @@ class Results:
         )
         lines = [
             f"ResolveTemplate (5 secrets, seed-shaped template) vs an echo ResolverService; "
-            f"{o.workers} server workers each, client in 1 separate process, "
+            f"{o.workers} server workers each, client in 1 separate process with up to "
+            f"{o.connections} connections, "
             f"{o.rounds} interleaved rounds x {o.round_seconds:g} s per cell; cold = 5 of "
             f"{o.cold_pool:,} secrets at random, cache {o.cache_entries:,} entries",
             "",
@@ -764,6 +812,13 @@ class Results:
             "audit event through the vault's group commit (no auth, cache, crypto or "
             "templates); its CPU includes every Postgres process, like the vault's.",
             *self.floor_lines(),
+            "",
+            "server CPU per worker in one warm round (how the client's connections spread "
+            "over the workers): "
+            + "; ".join(
+                f"{label} " + " / ".join(f"{share:.0%}" for share in shares)
+                for label, shares in self.shares.items()
+            ),
             "",
             f"database commit latency (single-row INSERT, own transaction, {o.commits} times): "
             f"p50 {self.commit['p50']:.3f} ms, p99 {self.commit['p99']:.3f} ms, mean "
@@ -935,6 +990,12 @@ async def run_bench(options: Options) -> Results:
                 )
                 results.main[(scenario, c)] = (cells[0], cells[2])
                 results.floor[(scenario, c)] = cells[1]
+        for target, workers in zip(
+            targets, (echo.pids, floor.pids, vault_workers(vault)), strict=True
+        ):
+            results.shares[target.label] = await asyncio.to_thread(
+                worker_shares, client, target, workers, options
+            )
         results.floor_events = await floor_events(main_url)
         results.commit = await commit_latency(main_url, options.commits)
         await vault.stop()
@@ -979,6 +1040,7 @@ async def run_bench(options: Options) -> Results:
                         "random",
                         c,
                         options.round_seconds,
+                        options.connections,
                     )
                     cell.add(result, 0)
             results.scale[c] = (small_cell, big_cell)
@@ -1050,6 +1112,7 @@ def summary(results: Results) -> dict[str, Any]:
             for c, (a, b) in results.scale.items()
         ],
         "rss_mib": results.rss_mib,
+        "worker_cpu_shares": results.shares,
         "commit_ms": results.commit,
     }
 

@@ -30,6 +30,10 @@ async def test_quick_bench_measures_echo_and_vault_side_by_side() -> None:
         assert floor.failed == 0 and not floor.errors and floor.ok > 0, (key, floor.errors)
         assert 0 < floor.db_ticks < floor.cpu_ticks, key
     assert results.floor_events >= sum(floor.ok for floor in results.floor.values())
+    # Each server's workers' CPU shares of one warm round (how connections spread).
+    assert list(results.shares) == ["echo", "echo+audit", "vault"]
+    for shares in results.shares.values():
+        assert len(shares) == options.workers and abs(sum(shares) - 1) < 1e-9, shares
 
     assert list(results.scale) == list(options.scale_concurrencies)
     for small, big in results.scale.values():
