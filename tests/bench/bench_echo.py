@@ -22,9 +22,11 @@ of well under a minute). It starts:
   cache sized far below the cold pool (``VAULT_CACHE_MAX_ENTRIES``) so cold calls miss;
 - the client in a separate process (spawned), running the load tool's own runner
   (``vaultsvc_client.load``: raw stub, HDR histogram), one process, closed loop, with up
-  to 8 connections (one per concurrent call at most): SO_REUSEPORT spreads connections,
+  to 16 connections (one per concurrent call at most): SO_REUSEPORT spreads connections,
   not calls, over a server's workers, so with a single connection one worker would serve
-  alone. Each worker's share of its server's CPU in one warm round is printed.
+  alone. Each worker's share of its server's CPU in one warm round is printed. The
+  1,000-vs-1,000,000 table uses one connection, so that one worker of each vault serves
+  and the two compare under the same conditions whatever the hash does.
 
 For warm (every call names the same 5 secrets) and cold (each call names 5 secrets
 drawn at random from the pool) and concurrency 1, 16 and 64, it runs interleaved
@@ -123,9 +125,14 @@ class Options:
     scale_rounds: int = 3
     commits: int = 1_000
     value_size: int = 40
-    connections: int = 8
+    shared_buffers: str | None = "1GB"
+    """The bench Postgres's ``shared_buffers`` (None: Postgres's default, 128MB): sized, as a
+    server holding a million secrets would be, to keep the 1,000,000-secret database's
+    rows and indexes in its own cache rather than re-read from the OS page cache."""
+    connections: int = 16
     """Client connections per round (at most one per concurrent call). SO_REUSEPORT spreads
-    connections, not calls, over a server's workers: with one, one worker serves alone."""
+    connections, not calls, over a server's workers: with one, one worker serves alone. The
+    1k-vs-1M table uses one (one worker of each serves: the same conditions for both)."""
 
     @classmethod
     def quick(cls, workers: int = 2) -> Options:
@@ -142,6 +149,7 @@ class Options:
             scale_concurrencies=(1,),
             scale_rounds=1,
             commits=50,
+            shared_buffers=None,
         )
 
 
@@ -693,6 +701,22 @@ async def floor_events(url: str) -> int:
         await conn.close()
 
 
+async def set_shared_buffers(pg: EmbeddedPostgres, size: str) -> str:
+    """``ALTER SYSTEM SET shared_buffers`` and a restart; returns the setting now in force."""
+    conn = await asyncpg.connect(pg.uri("postgres"), timeout=10)
+    try:
+        await conn.execute(f"ALTER SYSTEM SET shared_buffers = '{size}'")
+    finally:
+        await conn.close()
+    await asyncio.to_thread(pg.stop)
+    await asyncio.to_thread(pg.start)
+    conn = await asyncpg.connect(pg.uri("postgres"), timeout=10)
+    try:
+        return str(await conn.fetchval("SHOW shared_buffers"))
+    finally:
+        await conn.close()
+
+
 async def create_db(pg: EmbeddedPostgres, name: str) -> str:
     conn = await asyncpg.connect(pg.uri("postgres"), timeout=10)
     try:
@@ -755,6 +779,8 @@ class Results:
     """The durable-audit floor (echo + one group-committed audit event per call) per cell."""
     floor_events: int = 0
     """Audit events the floor committed (warm-up rounds included)."""
+    shared_buffers: str = "128MB"
+    """The bench Postgres's ``shared_buffers``."""
     shares: dict[str, list[float]] = field(default_factory=dict)
     """Per server, each worker's share of its CPU in one warm round (:func:`worker_shares`)."""
     scale: dict[int, tuple[Cell, Cell]] = field(default_factory=dict)
@@ -826,7 +852,8 @@ class Results:
             f", fsync={self.commit['fsync']})",
             "",
             f"cold resolve at {o.small:,} vs {o.big:,} secrets (cache {o.scale_cache_entries} "
-            f"entries, interleaved, {o.scale_rounds} rounds x {o.round_seconds:g} s):",
+            f"entries, interleaved, {o.scale_rounds} rounds x {o.round_seconds:g} s, one "
+            f"connection; Postgres shared_buffers {self.shared_buffers}):",
         ]
         for c, (small, big) in self.scale.items():
             lines.append(
@@ -939,6 +966,8 @@ async def run_bench(options: Options) -> Results:
     client: Client | None = None
     vaults: list[ServeProcess] = []
     try:
+        if options.shared_buffers is not None:
+            results.shared_buffers = await set_shared_buffers(pg, options.shared_buffers)
         key_id, key = generate_master_key()
         keys = f"{key_id}:{key}"
         envelope = Envelope(parse_master_keys(keys))
@@ -1040,7 +1069,7 @@ async def run_bench(options: Options) -> Results:
                         "random",
                         c,
                         options.round_seconds,
-                        options.connections,
+                        1,  # one worker of each: the same conditions for both sizes
                     )
                     cell.add(result, 0)
             results.scale[c] = (small_cell, big_cell)
