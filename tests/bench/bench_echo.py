@@ -54,7 +54,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -84,7 +83,6 @@ from vaultsvc.storage.db import migrate
 from vaultsvc.storage.embedded import EmbeddedPostgres
 
 WARM_NAMES = tuple(f"warm_{i}" for i in range(5))
-SECRET_REF = re.compile(r"\{\{\s*secret:([^}\s]+)\s*\}\}")
 RESOLVE_METHOD = "/interakt.vault.v1.ResolverService/ResolveTemplate"
 SLOTS = 5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -305,6 +303,7 @@ async def _echo_serve(
     from vaultsvc.domain import AuditRecord
     from vaultsvc.server import MAX_SEND_MESSAGE_BYTES
     from vaultsvc.storage.audit_store import AuditStore
+    from vaultsvc.templates import compile_template
 
     settings = Settings()
     audit: AuditWriter | None = None
@@ -326,9 +325,16 @@ async def _echo_serve(
             self, request: rpb.ResolveTemplateRequest, context: Any
         ) -> rpb.ResolveTemplateResponse:
             if audit is not None:
-                # A resolve's event: who, what, which names (found as the vault would
-                # list them), the tool; committed before the reply leaves.
-                names = sorted({n for f in request.fields for n in SECRET_REF.findall(f.template)})
+                # A resolve's event: who, what, which names (read by the vault's own
+                # template compiler, cached as the vault's), the tool; committed before
+                # the reply leaves.
+                names = sorted(
+                    {
+                        name
+                        for f in request.fields
+                        for name in compile_template(f.template, f.encoding).secret_names
+                    }
+                )
                 await audit.commit(
                     AuditRecord(
                         principal="bench-resolver",
@@ -692,37 +698,30 @@ async def commit_latency(url: str, count: int) -> dict[str, float]:
     }
 
 
-async def floor_events(url: str) -> int:
+async def sql_value(url: str, query: str) -> Any:
+    """Run ``query`` on a connection of its own; its first value (None for a command)."""
     conn = await asyncpg.connect(url, timeout=30)
     try:
-        query = "SELECT count(*) FROM audit_events WHERE principal = 'bench-resolver'"
-        return int(await conn.fetchval(query))
+        return await conn.fetchval(query)
     finally:
         await conn.close()
+
+
+async def floor_events(url: str) -> int:
+    query = "SELECT count(*) FROM audit_events WHERE principal = 'bench-resolver'"
+    return int(await sql_value(url, query))
 
 
 async def set_shared_buffers(pg: EmbeddedPostgres, size: str) -> str:
     """``ALTER SYSTEM SET shared_buffers`` and a restart; returns the setting now in force."""
-    conn = await asyncpg.connect(pg.uri("postgres"), timeout=10)
-    try:
-        await conn.execute(f"ALTER SYSTEM SET shared_buffers = '{size}'")
-    finally:
-        await conn.close()
+    await sql_value(pg.uri("postgres"), f"ALTER SYSTEM SET shared_buffers = '{size}'")
     await asyncio.to_thread(pg.stop)
     await asyncio.to_thread(pg.start)
-    conn = await asyncpg.connect(pg.uri("postgres"), timeout=10)
-    try:
-        return str(await conn.fetchval("SHOW shared_buffers"))
-    finally:
-        await conn.close()
+    return str(await sql_value(pg.uri("postgres"), "SHOW shared_buffers"))
 
 
 async def create_db(pg: EmbeddedPostgres, name: str) -> str:
-    conn = await asyncpg.connect(pg.uri("postgres"), timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    await sql_value(pg.uri("postgres"), f'CREATE DATABASE "{name}"')
     return pg.uri(name)
 
 

@@ -430,6 +430,35 @@ async def ids(vault: VaultHandle, *names: str) -> dict[str, uuid.UUID]:
     return {r["name"]: r["id"] for r in rows}
 
 
+async def fold_gated_then_purge(
+    vault: VaultHandle,
+    gate: asyncpg.Connection,
+    folding: asyncpg.Connection,
+    observer: asyncpg.Connection,
+    gated_secret: uuid.UUID,
+) -> tuple[asyncio.Task[Any], asyncio.Task[Any], Purger]:
+    """In ``gate``'s open transaction, hold ``gated_secret``'s usage row; start a fold on
+    ``folding`` and wait until it waits on the gate; then start a purge (8 days on) and
+    wait until it waits on the fold. Returns the fold, the purge and the purger."""
+    await gate.execute("SELECT 1 FROM secret_usage WHERE secret_id = $1 FOR UPDATE", gated_secret)
+    gate_pid, fold_pid = gate.get_server_pid(), folding.get_server_pid()
+    fold = asyncio.create_task(folding.fetchval(FOLD_SQL, FOLD_BATCH, MAX_USAGE_TOOLS))
+
+    async def fold_waits_on_the_gate() -> bool:
+        return gate_pid in await blockers(observer, fold_pid)
+
+    await until(fold_waits_on_the_gate, fold)
+    assert not fold.done(), "the fold did not reach the gated row"
+    purger = Purger(vault.runtime.vault, interval=3600, clock=lambda: later(8))
+    purge = asyncio.create_task(purger.purge_expired())
+
+    async def purge_waits_on_the_fold() -> bool:
+        return bool(await blocked_by(observer, fold_pid))
+
+    await until(purge_waits_on_the_fold, purge)
+    return fold, purge, purger
+
+
 async def test_a_purge_racing_a_fold_leaves_no_usage_row_of_the_purged_secret(
     make_vault: VaultFactory,
 ) -> None:
@@ -455,26 +484,10 @@ async def test_a_purge_racing_a_fold_leaves_no_usage_row_of_the_purged_secret(
         fields = [("f", f"{{{{secret:{doomed}}}}}{{{{secret:{kept}}}}}", RAW)]
         await resolve(resolver(vault), fields, tool="t")
         await secrets_admin(vault).DeleteSecret(spb.DeleteSecretRequest(name=doomed))
-        fold_pid = folding.get_server_pid()
         async with gate.transaction():
-            await gate.execute(
-                "SELECT 1 FROM secret_usage WHERE secret_id = $1 FOR UPDATE", kept_id
+            fold, purge, purger = await fold_gated_then_purge(
+                vault, gate, folding, observer, kept_id
             )
-            fold = asyncio.create_task(folding.fetchval(FOLD_SQL, FOLD_BATCH, MAX_USAGE_TOOLS))
-            gate_pid = gate.get_server_pid()
-
-            async def fold_waits_on_the_gate() -> bool:
-                return gate_pid in await blockers(observer, fold_pid)
-
-            await until(fold_waits_on_the_gate, fold)
-            assert not fold.done(), "the fold did not reach the gated row"
-            purger = Purger(vault.runtime.vault, interval=3600, clock=lambda: later(8))
-            purge = asyncio.create_task(purger.purge_expired())
-
-            async def purge_waits_on_the_fold() -> bool:
-                return bool(await blocked_by(observer, fold_pid))
-
-            await until(purge_waits_on_the_fold, purge)
         first = await outcome(purge)
         assert await outcome(fold) == 2  # the two pending rows
         assert not isinstance(first, BaseException), first
@@ -518,25 +531,9 @@ async def test_a_purge_and_a_fold_do_not_deadlock(make_vault: VaultFactory) -> N
             await vault.sql(f"CREATE INDEX test_desc ON {table} ({column} DESC)")
             await vault.sql(f"CLUSTER {table} USING test_desc")
             await vault.sql("DROP INDEX test_desc")
-        fold_pid = folding.get_server_pid()
         gate_tx = gate.transaction()
         await gate_tx.start()
-        await gate.execute("SELECT 1 FROM secret_usage WHERE secret_id = $1 FOR UPDATE", c_id)
-        gate_pid = gate.get_server_pid()
-        fold = asyncio.create_task(folding.fetchval(FOLD_SQL, FOLD_BATCH, MAX_USAGE_TOOLS))
-
-        async def fold_waits_on_the_gate() -> bool:
-            return gate_pid in await blockers(observer, fold_pid)
-
-        await until(fold_waits_on_the_gate, fold)
-        assert not fold.done(), "the fold did not reach the gated row"
-        purger = Purger(vault.runtime.vault, interval=3600, clock=lambda: later(8))
-        purge = asyncio.create_task(purger.purge_expired())
-
-        async def purge_waits_on_the_fold() -> bool:
-            return bool(await blocked_by(observer, fold_pid))
-
-        await until(purge_waits_on_the_fold, purge)
+        fold, purge, purger = await fold_gated_then_purge(vault, gate, folding, observer, c_id)
         await gate_tx.commit()  # the fold goes on to c, then b
         first = await outcome(purge)
         folded = await outcome(fold)
