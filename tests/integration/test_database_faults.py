@@ -148,6 +148,7 @@ async def _resolve_events(vault: VaultHandle) -> int:
 async def test_read_only_database_says_so_and_writes_nothing(
     private_pg: EmbeddedPostgres, make_vault: VaultFactory, log_capture: LogCapture
 ) -> None:
+    logged_from = log_capture.mark()
     vault = await _vault(private_pg, make_vault)
     secrets, configs, resolve = secrets_admin(vault), configs_admin(vault), resolver(vault)
     kept = await secrets.CreateSecret(pb.CreateSecretRequest(name="k", value="value-1"))
@@ -184,7 +185,7 @@ async def test_read_only_database_says_so_and_writes_nothing(
     finally:
         await set_read_only(private_pg, False)
 
-    logs = log_capture.text()
+    logs = log_capture.text(logged_from)
     assert '"sqlstate": "25006"' in logs and '"sqlstate_class": "invalid_transaction_state"' in logs
     assert "read-only transaction" not in logs  # Postgres's own message is never logged
 
@@ -204,6 +205,7 @@ async def test_read_only_database_says_so_and_writes_nothing(
 async def test_full_disk_is_storage_full_and_nothing_half_written(
     private_pg: EmbeddedPostgres, make_vault: VaultFactory, log_capture: LogCapture
 ) -> None:
+    logged_from = log_capture.mark()
     vault = await _vault(private_pg, make_vault)
     secrets, resolve = secrets_admin(vault), resolver(vault)
     await secrets.CreateSecret(pb.CreateSecretRequest(name="k", value="value-1"))
@@ -248,6 +250,6 @@ async def test_full_disk_is_storage_full_and_nothing_half_written(
         created = await secrets.CreateSecret(pb.CreateSecretRequest(name="after", value=big))
         assert created.name == "after"
 
-    logs = log_capture.text()
+    logs = log_capture.text(logged_from)
     assert '"sqlstate": "53100"' in logs and '"sqlstate_class": "insufficient_resources"' in logs
     assert "No space left" not in logs

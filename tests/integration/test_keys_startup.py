@@ -75,13 +75,13 @@ async def test_wrong_key_is_refused_in_process_with_zero_writes(
     url, values = await populated(pg, good.spec)
     wrong = Key("k1", new_key("k1").b64)
     before = await db_fingerprint(url)
-    logs_from = len(log_capture.text())
+    logs_from = log_capture.mark()
 
     message = await refused_in_process(url, wrong.spec)
 
     assert "'k1'" in message
     assert "does not match" in message and "VAULT_MASTER_KEYS" in message
-    assert_no_key_material(message + log_capture.text()[logs_from:], good, wrong)
+    assert_no_key_material(message + log_capture.text(logs_from), good, wrong)
     assert await db_fingerprint(url) == before
     # The right key still works afterwards: nothing was damaged.
     async with vault_server(url, good.spec) as vault:
@@ -273,7 +273,7 @@ async def test_toml_config_with_key_files(pg: EmbeddedPostgres, tmp_path: Path) 
 
 
 def _warnings_since(log_capture: LogCapture, start: int) -> list[dict[str, object]]:
-    records = [json.loads(line) for line in log_capture.text()[start:].splitlines() if line]
+    records = log_capture.records(start)
     return [r for r in records if r.get("level") == "WARNING" and "wrapped" in str(r.get("msg"))]
 
 
@@ -288,7 +288,7 @@ async def test_wrap_count_warns_once_when_a_write_crosses_the_threshold(
         primary,
         NONCE_WARN_THRESHOLD - 1,
     )
-    start = len(log_capture.text())
+    start = log_capture.mark()
 
     await stub.CreateSecret(spb.CreateSecretRequest(name="first", value="v1"), timeout=10)
 
@@ -298,7 +298,7 @@ async def test_wrap_count_warns_once_when_a_write_crosses_the_threshold(
     assert warned[0]["wrap_count"] == NONCE_WARN_THRESHOLD
     assert primary in str(warned[0]["msg"]) and str(NONCE_WARN_THRESHOLD) in str(warned[0]["msg"])
 
-    start = len(log_capture.text())
+    start = log_capture.mark()
     await stub.CreateSecret(spb.CreateSecretRequest(name="second", value="v2"), timeout=10)
     await stub.UpdateSecret(spb.UpdateSecretRequest(name="first", value="v1b"), timeout=10)
     assert _warnings_since(log_capture, start) == [], "warn once, when crossing"
@@ -309,7 +309,7 @@ async def test_wrap_count_warns_at_start_up(pg: EmbeddedPostgres, log_capture: L
     k1 = new_key("k1")
     url, _ = await populated(pg, k1.spec)
     await sql(url, "UPDATE master_keys SET wrap_count = $1", NONCE_WARN_THRESHOLD + 7)
-    start = len(log_capture.text())
+    start = log_capture.mark()
     async with vault_server(url, k1.spec):
         pass
     warned = _warnings_since(log_capture, start)

@@ -256,13 +256,13 @@ async def test_a_lost_listener_bypasses_the_cache_until_it_listens_again(
     changes = b.runtime.changes
     assert changes is not None and changes.listening and cache_of(b).active
     pid = changes.backend_pid
-    logged = len(log_capture.text())
+    logged = log_capture.mark()
 
     await b.sql("SELECT pg_terminate_backend($1)", pid)
     await eventually(lambda: not cache_of(b).active or changes.backend_pid not in (None, pid))
-    assert "change listener lost" in log_capture.text()[logged:]
+    assert "change listener lost" in log_capture.text(logged)
     await eventually(lambda: changes.listening and changes.backend_pid != pid)
-    assert "change listener listening again" in log_capture.text()[logged:]
+    assert "change listener listening again" in log_capture.text(logged)
     assert cache_of(b).active
 
     # Back in use, from empty: the first resolve fetches, the next is a hit; a change
@@ -301,11 +301,11 @@ async def test_a_change_whose_notification_was_lost_is_caught_by_the_sequence_ch
     await secrets_admin(a).CreateSecret(spb.CreateSecretRequest(name="gone", value="here"))
     await b.caught_up()
     assert await value(b, "{{secret:gone}}") == "here"
-    logged = len(log_capture.text())
+    logged = log_capture.mark()
     await _silent_delete(a, "gone")  # committed, sequence moved, no NOTIFY sent
     assert cache_of(b).peek(SECRET_KIND, "gone") is not None
     await eventually(lambda: cache_of(b).peek(SECRET_KIND, "gone") is None)
-    assert "change sequence moved without notifications" in log_capture.text()[logged:]
+    assert "change sequence moved without notifications" in log_capture.text(logged)
     assert await reason_of(b, "{{secret:gone}}") == "SECRET_NOT_FOUND"
 
 
@@ -316,11 +316,11 @@ async def test_a_gap_in_the_notifications_clears_at_once(
     await secrets_admin(a).CreateSecret(spb.CreateSecretRequest(name="gone", value="here"))
     await b.caught_up()
     assert await value(b, "{{secret:gone}}") == "here"
-    logged = len(log_capture.text())
+    logged = log_capture.mark()
     await _silent_delete(a, "gone")
     await configs_admin(a).PutConfigValue(cpb.PutConfigValueRequest(key="other", value="x"))
     await b.caught_up()  # the next notification skips a number
-    assert "change notifications were lost" in log_capture.text()[logged:]
+    assert "change notifications were lost" in log_capture.text(logged)
     assert await reason_of(b, "{{secret:gone}}") == "SECRET_NOT_FOUND"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import tempfile
 import time
@@ -39,7 +40,11 @@ class AuthInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[mis
 
 
 class LogCapture(logging.Handler):
-    """Every log record of the process, formatted exactly as the server writes them."""
+    """Every log record of the process, formatted exactly as the server writes them.
+
+    It lives for the whole session (the canary tests read all of it), so a test that
+    looks for a line *it* caused reads from a :meth:`mark` taken before: an earlier
+    test's line must neither satisfy nor fail it."""
 
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
@@ -49,8 +54,16 @@ class LogCapture(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.buffer.write(self.format(record) + "\n")
 
-    def text(self) -> str:
-        return self.buffer.getvalue()
+    def mark(self) -> int:
+        """Where the log ends now; pass it as ``since`` to read only what comes after."""
+        return self.buffer.tell()
+
+    def text(self, since: int = 0) -> str:
+        return self.buffer.getvalue()[since:]
+
+    def records(self, since: int = 0) -> list[dict[str, Any]]:
+        """The lines from ``since`` on, parsed."""
+        return [json.loads(line) for line in self.text(since).splitlines() if line]
 
 
 def start_embedded(prefix: str) -> EmbeddedPostgres:
