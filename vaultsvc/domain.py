@@ -272,5 +272,6 @@ class AuditRecord:
     """A delete whose ``force`` overrode the delete guard (the item was in use)."""
     used_secrets: tuple[uuid.UUID, ...] = ()
     """A successful resolve: the ids of the secrets it opened (usage tracking)."""
-    used_configs: tuple[str, ...] = ()
-    """A successful resolve: the (lower-cased) keys of the config values it used."""
+    used_configs: tuple[tuple[str, datetime], ...] = ()
+    """A successful resolve: the config values it used, each as its lower-cased key and
+    the value's generation (its ``create_time``, see ``ConfigRow``)."""

@@ -104,10 +104,12 @@ async def test_concurrent_misses_share_one_query_and_each_caller_gets_its_own_ro
     for (wanted, wanted_configs), (rows, configs) in zip(asks, results, strict=True):
         assert sorted(rows) == sorted(n for n in wanted if n in names)
         assert all(rows[n].name == n for n in rows)
-        assert configs == ({"region": "eu-1"} if "region" in wanted_configs else {})
+        assert {k: c.value for k, c in configs.items()} == (
+            {"region": "eu-1"} if "region" in wanted_configs else {}
+        )
     # Stored for the next resolves, the missing ones negatively.
     assert cache.peek("s", "k5") is not None and cache.is_negative("s", "ghost")
-    assert cache.is_negative("c", "nope") and cache.peek("c", "region") == "eu-1"
+    assert cache.is_negative("c", "nope") and cache.peek("c", "region").value == "eu-1"
 
     # The same through real RPCs: every concurrent resolve renders its own values.
     stub = resolver(vault)
@@ -148,7 +150,7 @@ async def test_a_change_racing_a_batched_fetch_is_served_once_and_not_stored(
         cache.before_store = None
     assert fetcher.queries == before  # both callers were in the one batch
     assert first["k0"].value_version == 1 and second["k1"].value_version == 1
-    assert configs == {"region": "eu-1"}  # served once, as read
+    assert {k: c.value for k, c in configs.items()} == {"region": "eu-1"}  # served once, as read
     assert cache.peek("s", "k0") is None and cache.peek("c", "region") is None  # not kept
     assert cache.peek("s", "k1") is not None  # unchanged: kept
     assert await resolve(resolver(vault), [("f", "{{secret:k0}} {{config:region}}", RAW)]) == [

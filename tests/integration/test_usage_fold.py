@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import grpc
+import pytest
 from interakt.vault.v1 import config_service_pb2 as cpb
 from interakt.vault.v1 import secret_service_pb2 as spb
 
@@ -611,4 +612,82 @@ async def test_a_config_value_deleted_while_a_fold_runs_leaves_no_uses_to_its_su
         configs_admin(vault).GetConfigValue(cpb.GetConfigValueRequest(key="host")),
         grpc.StatusCode.NOT_FOUND,
         "CONFIG_NOT_FOUND",
+    )
+
+
+@pytest.mark.parametrize(
+    ("guard_days", "force"), [(0, False), (7, True)], ids=["unguarded", "forced"]
+)
+async def test_a_use_of_a_deleted_config_value_committed_after_its_delete_is_not_inherited(
+    make_vault: VaultFactory, guard_days: int, force: bool
+) -> None:
+    """A resolve read a config value; its audit batch commits after an unguarded (or
+    forced) delete of the value ran its cleanup, so its pending row outlives the delete.
+    The key is created again before that row is folded. Before V14 the fold counted the
+    old value's use for the new one (it looked used, and its guard refused a plain
+    delete); now every pending row of a config value names the value's generation (its
+    create_time) and the fold drops uses of a generation that is gone."""
+    vault = await make_vault(delete_guard_days=guard_days)
+    await put_configs(vault, {"host": "h"})
+    url = vault.database_url
+    fields = [("f", "x-{{config:host}}", RAW)]
+    async with (
+        periodic_folds_paused(url),
+        connection(url) as gate,
+        connection(url) as observer,
+    ):
+        gate_tx = gate.transaction()
+        await gate_tx.start()
+        await gate.execute("LOCK TABLE audit_events IN SHARE MODE")
+        gate_pid = gate.get_server_pid()
+        # The resolve has read the value; its batch waits on the gate.
+        old = asyncio.create_task(resolve(resolver(vault), fields, tool="old"))
+
+        async def waiting() -> list[str]:
+            """What the backends waiting on the gate run (the vault's own jobs may wait
+            there too)."""
+            rows = await observer.fetch(
+                "SELECT query FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))",
+                gate_pid,
+            )
+            return [r["query"] for r in rows]
+
+        async def batch_waits() -> bool:
+            return any("INSERT INTO usage_pending" in q for q in await waiting())
+
+        async def delete_waits() -> bool:  # its audit event, alone in its statement
+            return any(
+                "INSERT INTO audit_events" in q and "usage_pending" not in q
+                for q in await waiting()
+            )
+
+        await until(batch_waits, old)
+        assert not old.done(), "the resolve's batch did not reach the gate"
+
+        # The delete runs its cleanup (the value's pending rows: none committed yet), then
+        # waits on the gate with its own audit event.
+        async def delete_host() -> None:
+            request = cpb.DeleteConfigValueRequest(key="host", force=force)
+            await configs_admin(vault).DeleteConfigValue(request)
+
+        delete = asyncio.create_task(delete_host())
+        await until(delete_waits, delete)
+        assert not delete.done(), "the delete did not reach its audit event"
+        await gate_tx.commit()
+        assert await outcome(old) == [("f", "x-h")]
+        deleted = await outcome(delete)
+        assert not isinstance(deleted, BaseException), deleted
+        # The old value's use is pending, after the delete: created again, then folded.
+        assert await pending(vault) == 1
+        await put_configs(vault, {"host": "h2"})
+    fresh = await configs_admin(vault).GetConfigValue(cpb.GetConfigValueRequest(key="host"))
+    assert fresh.usage.resolve_count == 0 and not fresh.usage.tools
+    assert await pending(vault) == 0
+    # The new value's own uses count as ever.
+    assert await resolve(resolver(vault), fields, tool="new") == [("f", "x-h2")]
+    fresh = await configs_admin(vault).GetConfigValue(cpb.GetConfigValueRequest(key="host"))
+    assert fresh.usage.resolve_count == 1
+    assert [t.tool for t in fresh.usage.tools] == ["new"]
+    await configs_admin(vault).DeleteConfigValue(
+        cpb.DeleteConfigValueRequest(key="host", force=True)
     )

@@ -12,7 +12,7 @@ import pytest
 
 from vaultsvc.crypto import SealedValue
 from vaultsvc.storage.notify import ChangeListener
-from vaultsvc.storage.repository import SealedRow
+from vaultsvc.storage.repository import ConfigRow, SealedRow
 from vaultsvc.vault.cache import (
     CONFIG_KIND,
     ENTRY_OVERHEAD_BYTES,
@@ -32,6 +32,10 @@ def row(name: str, size: int = 32) -> SealedRow:
     )
 
 
+def config(value: str) -> ConfigRow:
+    return ConfigRow(value, datetime(2026, 1, 2, tzinfo=UTC))
+
+
 def trusted(**limits: int) -> SealedRowCache:
     settings = {"max_entries": 100, "max_bytes": 1 << 20, "negative_max_entries": 100}
     settings.update(limits)
@@ -48,11 +52,11 @@ def fill(cache: SealedRowCache, *names: str, absent: tuple[str, ...] = ()) -> No
 def test_a_hit_is_the_sealed_row_itself_and_a_miss_is_listed() -> None:
     cache = trusted()
     stored = row("a")
-    cache.store(cache.begin_fill(), ["a"], ["c"], {"a": stored}, {"c": "cfg"})
+    cache.store(cache.begin_fill(), ["a"], ["c"], {"a": stored}, {"c": config("cfg")})
     found = cache.lookup(["a", "b"], ["c", "d"])
     assert found.secrets == {"a": stored}
     assert isinstance(found.secrets["a"].sealed, SealedValue)  # never an opened value
-    assert found.configs == {"c": "cfg"}
+    assert found.configs == {"c": config("cfg")}
     assert found.missing_secrets == ["b"] and found.missing_configs == ["d"]
     assert cache.stats.hits == 2 and cache.stats.misses == 2
 
@@ -78,7 +82,7 @@ def test_byte_bound_evicts_and_an_oversized_entry_is_not_kept() -> None:
     cache.store(cache.begin_fill(), ["big"], [], {"big": big}, {})
     assert cache.peek(SECRET_KIND, "big") is None
     assert len(cache) == 2
-    assert entry_size("x" * 100) >= ENTRY_OVERHEAD_BYTES + 100
+    assert entry_size(config("x" * 100)) >= ENTRY_OVERHEAD_BYTES + 100
 
 
 def test_the_size_estimate_counts_host_bindings_and_deletion_state() -> None:
@@ -106,11 +110,11 @@ def test_a_found_row_replaces_its_negative_entry_and_kinds_are_separate() -> Non
     cache = trusted()
     fill(cache, absent=("x",))
     assert cache.is_negative(SECRET_KIND, "x")
-    cache.store(cache.begin_fill(), [], ["x"], {}, {"x": "config x"})
+    cache.store(cache.begin_fill(), [], ["x"], {}, {"x": config("config x")})
     assert cache.is_negative(SECRET_KIND, "x")  # the config x is another name
     fill(cache, "x")
     assert not cache.is_negative(SECRET_KIND, "x") and cache.peek(SECRET_KIND, "x") is not None
-    assert cache.peek(CONFIG_KIND, "x") == "config x"
+    assert cache.peek(CONFIG_KIND, "x") == config("config x")
 
 
 def test_a_fill_that_raced_an_invalidation_is_not_stored() -> None:
@@ -176,7 +180,7 @@ def listener_at(seq: int) -> tuple[ChangeListener, SealedRowCache]:
 def test_notifications_evict_their_key_and_track_the_sequence() -> None:
     listener, cache = listener_at(10)
     fill(cache, "a", "b")
-    cache.store(cache.begin_fill(), [], ["c"], {}, {"c": "v"})
+    cache.store(cache.begin_fill(), [], ["c"], {}, {"c": config("v")})
     listener.on_payload("11 s a")
     listener.on_payload("12 c c")
     assert cache.peek(SECRET_KIND, "a") is None and cache.peek(SECRET_KIND, "b") is not None

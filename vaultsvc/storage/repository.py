@@ -64,12 +64,12 @@ _CONFIG_COLUMNS = "key, value, description, create_time, update_time"
 
 RESOLVE_ROWS_SQL = """SELECT 's' AS kind, s.name_key AS k, s.id, s.name, s.current_version,
           s.delete_time, v.kek_id, v.wrapped_dek, v.ciphertext, NULL::text AS value,
-          s.allowed_hosts
+          s.allowed_hosts, NULL::timestamptz AS create_time
      FROM secrets s
      LEFT JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.current_version
     WHERE s.name_key = ANY((SELECT $1::text[])::text[])
    UNION ALL
-   SELECT 'c', key_lower, NULL, key, NULL, NULL, NULL, NULL, NULL, value, NULL
+   SELECT 'c', key_lower, NULL, key, NULL, NULL, NULL, NULL, NULL, value, NULL, create_time
      FROM config_values WHERE key_lower = ANY((SELECT $2::text[])::text[])"""
 """The rows a resolve reads, in ONE statement (one snapshot).
 
@@ -80,6 +80,16 @@ instead of planning again on every call (``= ANY($1)`` with the values inlined l
 cheaper for a few names than the generic estimate of 10, so it was re-planned each time:
 ~0.2 ms of database CPU per cache miss, more than executing it). The index scans stay
 (``Index Cond: name_key = ANY ((InitPlan 1).col1)``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRow:
+    """A config value as a resolve reads it. ``create_time`` is its generation: an update
+    keeps it, a value deleted and created again under the same key gets a new one, so a use
+    counts for the value it read (``usage_pending.config_created``, V14)."""
+
+    value: str
+    create_time: datetime
 
 
 @dataclass(frozen=True)
@@ -1018,7 +1028,7 @@ class Repository:
 
     async def fetch_for_resolve(
         self, secret_names: Sequence[str], config_keys: Sequence[str]
-    ) -> tuple[dict[str, SealedRow], dict[str, str]]:
+    ) -> tuple[dict[str, SealedRow], dict[str, ConfigRow]]:
         """Every named secret (its current version and deletion state) and config value in
         ONE statement, hence one snapshot.
 
@@ -1033,14 +1043,14 @@ class Repository:
                 [k.lower() for k in config_keys],
             )
         found_secrets: dict[str, SealedRow] = {}
-        found_configs: dict[str, str] = {}
+        found_configs: dict[str, ConfigRow] = {}
         for r in rows:
             if r["kind"] == "s":
                 found_secrets[r["k"]] = _sealed_row(
                     r, r["current_version"], r["delete_time"], tuple(r["allowed_hosts"])
                 )
             else:
-                found_configs[r["k"]] = r["value"]
+                found_configs[r["k"]] = ConfigRow(r["value"], r["create_time"])
         return found_secrets, found_configs
 
     async def existing_names(

@@ -18,7 +18,10 @@ used. Recording it must not touch shared rows on the hot path, so it happens in 
    (``FOR KEY SHARE``) before their pending and usage rows and folds only those
    (``V13__usage_races.sql``): a delete or purge of an item waits for (or, the purge,
    skips) the fold holding it, so no usage row outlives its item and the two cannot
-   deadlock.
+   deadlock. A config value's pending row also names the generation the resolve read
+   (its ``create_time``, :class:`~vaultsvc.storage.repository.ConfigRow`): a use whose
+   batch commits after an unguarded delete of the value is never counted for a value
+   created again under the key (``V14__usage_config_generation.sql``).
 
 The delete guard (:func:`secret_in_use`, :func:`config_in_use`) takes
 ``usage_pending`` in SHARE ROW EXCLUSIVE mode inside the delete's transaction: that waits
@@ -65,39 +68,44 @@ queued behind the waiting delete wait as long, so this stays well below the defa
 write timeout (2 s); with ``audit_write_timeout`` below 0.5 s such a wait can fail them."""
 
 _Count = tuple[int, datetime]
+_Item = tuple[uuid.UUID | None, str | None, datetime | None, str]
+"""(secret id, or config key and the config value's generation; tool)."""
 
 
 @dataclass(frozen=True)
 class UsageBatch:
     """The usage of a batch of audit events: one row per distinct (item, tool), tool ""
-    for resolves that named none; an item's count is the sum over its rows."""
+    for resolves that named none; an item's count is the sum over its rows. A config value
+    is the key and the generation the resolve read (``ConfigRow.create_time``): the fold
+    drops a use of a generation that is gone, so a value deleted and created again under
+    the key never inherits its predecessor's uses (V14)."""
 
-    rows: list[tuple[uuid.UUID | None, str | None, str, int, datetime]]
+    rows: list[tuple[uuid.UUID | None, str | None, datetime | None, str, int, datetime]]
 
     @classmethod
     def of(cls, records: Iterable[AuditRecord]) -> UsageBatch:
-        counts: dict[tuple[uuid.UUID | None, str | None, str], _Count] = {}
+        counts: dict[_Item, _Count] = {}
 
-        def add(key: tuple[uuid.UUID | None, str | None, str], time: datetime) -> None:
-            count, last = counts.get(key, (0, time))
-            counts[key] = (count + 1, max(last, time))
+        def add(item: _Item, time: datetime) -> None:
+            count, last = counts.get(item, (0, time))
+            counts[item] = (count + 1, max(last, time))
 
         for r in records:
             if r.outcome != "OK" or r.time is None:
                 continue
             tool = r.tool or ""
             for secret_id in set(r.used_secrets):
-                add((secret_id, None, tool), r.time)
-            for key in set(r.used_configs):
-                add((None, key, tool), r.time)
-        return cls([(s, k, tool, n, t) for (s, k, tool), (n, t) in counts.items()])
+                add((secret_id, None, None, tool), r.time)
+            for key, created in set(r.used_configs):
+                add((None, key, created, tool), r.time)
+        return cls([(*item, n, t) for item, (n, t) in counts.items()])
 
     def __bool__(self) -> bool:
         return bool(self.rows)
 
     def parameters(self) -> list[list[Any]]:
         """The arguments of the ``usage_pending`` INSERT (one array per column)."""
-        return [[row[i] for row in self.rows] for i in range(5)]
+        return [[row[i] for row in self.rows] for i in range(6)]
 
 
 def audit_statement(insert_sql: str, audit_params: int) -> str:
@@ -106,9 +114,9 @@ def audit_statement(insert_sql: str, audit_params: int) -> str:
     n = audit_params
     return (
         f"WITH audit AS ({insert_sql}) "
-        "INSERT INTO usage_pending (secret_id, key_lower, tool, uses, last_time) "
-        f"SELECT * FROM unnest(${n + 1}::uuid[], ${n + 2}::text[], ${n + 3}::text[], "
-        f"${n + 4}::bigint[], ${n + 5}::timestamptz[])"
+        "INSERT INTO usage_pending (secret_id, key_lower, config_created, tool, uses, last_time) "
+        f"SELECT * FROM unnest(${n + 1}::uuid[], ${n + 2}::text[], ${n + 3}::timestamptz[], "
+        f"${n + 4}::text[], ${n + 5}::bigint[], ${n + 6}::timestamptz[])"
     )
 
 

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from vaultsvc.storage.repository import SealedRow
+from vaultsvc.storage.repository import ConfigRow, SealedRow
 
 Kind = Literal["s", "c"]
 """``s``: a secret by lower-cased name; ``c``: a config value by lower-cased key."""
@@ -40,10 +40,10 @@ ENTRY_OVERHEAD_BYTES: Final = 400
 RECENT_INVALIDATIONS: Final = 4096
 
 
-def entry_size(value: SealedRow | str) -> int:
+def entry_size(value: SealedRow | ConfigRow) -> int:
     """Estimated resident bytes of one cached entry."""
-    if isinstance(value, str):
-        return ENTRY_OVERHEAD_BYTES + sys.getsizeof(value)
+    if isinstance(value, ConfigRow):
+        return ENTRY_OVERHEAD_BYTES + sys.getsizeof(value.value) + sys.getsizeof(value.create_time)
     sealed = value.sealed
     return (
         ENTRY_OVERHEAD_BYTES
@@ -74,7 +74,7 @@ class Lookup:
     """What the cache answered for one request; ``missing_*`` must be fetched."""
 
     secrets: dict[str, SealedRow] = field(default_factory=dict)
-    configs: dict[str, str] = field(default_factory=dict)
+    configs: dict[str, ConfigRow] = field(default_factory=dict)
     absent_secrets: set[str] = field(default_factory=set)
     absent_configs: set[str] = field(default_factory=set)
     missing_secrets: list[str] = field(default_factory=list)
@@ -100,7 +100,7 @@ class SealedRowCache:
         self.max_bytes = max_bytes
         self.negative_max_entries = negative_max_entries
         self.stats = CacheStats()
-        self._entries: OrderedDict[CacheKey, tuple[SealedRow | str, int]] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, tuple[SealedRow | ConfigRow, int]] = OrderedDict()
         self._negative: OrderedDict[CacheKey, None] = OrderedDict()
         self._bytes = 0
         self._trusted = False
@@ -133,7 +133,7 @@ class SealedRowCache:
     def bytes_used(self) -> int:
         return self._bytes
 
-    def peek(self, kind: Kind, key: str) -> SealedRow | str | None:
+    def peek(self, kind: Kind, key: str) -> SealedRow | ConfigRow | None:
         """The cached value of ``key`` without touching LRU order or counters (tests)."""
         entry = self._entries.get((kind, key))
         return None if entry is None else entry[0]
@@ -192,7 +192,7 @@ class SealedRowCache:
         secret_keys: Iterable[str],
         config_keys: Iterable[str],
         secrets: Mapping[str, SealedRow],
-        configs: Mapping[str, str],
+        configs: Mapping[str, ConfigRow],
     ) -> None:
         """Keep what one query read for the requested keys (absent ones negatively),
         unless the key was invalidated, or the cache cleared, since ``ticket``."""
@@ -216,7 +216,7 @@ class SealedRowCache:
                 else:
                     self._put(ck, value)
 
-    def _put(self, ck: CacheKey, value: SealedRow | str) -> None:
+    def _put(self, ck: CacheKey, value: SealedRow | ConfigRow) -> None:
         size = entry_size(value)
         self._negative.pop(ck, None)
         self._drop(ck)

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
-from vaultsvc.storage.repository import Repository, SealedRow
+from vaultsvc.storage.repository import ConfigRow, Repository, SealedRow
 from vaultsvc.vault.cache import SealedRowCache
 
 #: Most names (secrets plus configs) one batch's query carries. A request naming more
@@ -39,7 +39,7 @@ MAX_BATCH_NAMES: Final = 256
 #: Most batch queries in flight at once, per process (each holds a pool connection).
 MAX_IN_FLIGHT: Final = 2
 
-Rows = tuple[dict[str, SealedRow], dict[str, str]]
+Rows = tuple[dict[str, SealedRow], dict[str, ConfigRow]]
 
 
 def _own_copy(exc: Exception) -> Exception:

@@ -29,7 +29,7 @@ from vaultsvc.limits import (
     MAX_TEMPLATE_BYTES,
 )
 from vaultsvc.names import scope_allows
-from vaultsvc.storage.repository import SealedRow
+from vaultsvc.storage.repository import ConfigRow, SealedRow
 from vaultsvc.templates import (
     CompiledTemplate,
     Placeholder,
@@ -199,7 +199,7 @@ class Resolution(VaultBase):
         # executor's own destination.
         destinations: list[str] = []
         for f, template in zip(fields, compiled, strict=True):
-            host = template.destination_host(lambda key: configs[key.lower()], field=f.key)
+            host = template.destination_host(lambda key: configs[key.lower()].value, field=f.key)
             if host is not None:
                 destinations.append(host)
         if destination is not None:
@@ -225,7 +225,7 @@ class Resolution(VaultBase):
             if kind is PlaceholderKind.SECRET:
                 return values[name.lower()]
             if kind is PlaceholderKind.CONFIG:
-                return configs[name.lower()]
+                return configs[name.lower()].value
             return inputs[name]
 
         # A small request can ask for a huge answer (1000 uses of a 3 MiB input): the exact
@@ -243,12 +243,12 @@ class Resolution(VaultBase):
             raise _rendered_too_large()
         # Usage tracking: counted with the event, if the call ends OK (storage/usage.py).
         audit.used_secrets = tuple(row.id for row in sealed.values())
-        audit.used_configs = tuple(config_keys)
+        audit.used_configs = tuple((key, configs[key].create_time) for key in config_keys)
         return rendered
 
     async def _sealed_rows(
         self, secret_keys: list[str], config_keys: list[str]
-    ) -> tuple[dict[str, SealedRow], dict[str, str]]:
+    ) -> tuple[dict[str, SealedRow], dict[str, ConfigRow]]:
         """Sealed rows and config values by lower-cased name: hits from the cache, the
         misses in ONE query (one snapshot), shared with the misses of concurrent resolves
         (:mod:`vaultsvc.vault.fetcher`) and stored back unless a change raced the read."""
