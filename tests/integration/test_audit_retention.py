@@ -10,6 +10,7 @@ import sys
 from datetime import timedelta
 
 import asyncpg
+import pytest
 
 from tests.support.cli import REPO_ROOT
 from tests.support.vault import VaultFactory, VaultHandle
@@ -18,6 +19,15 @@ from vaultsvc.storage.retention import AUDIT_RETENTION_LOCK_ID
 from vaultsvc.vault.retention import AuditRetention
 
 DAYS = 30
+
+
+@pytest.fixture
+async def vault(make_vault: VaultFactory) -> VaultHandle:
+    """A vault whose own retention job is off (0 days: never started). These tests run
+    the job themselves; the server's job runs a round as soon as it starts, and that round
+    holding the lock at the wrong moment makes a test's own round skip (None, not a count)
+    or its holder's try fail."""
+    return await make_vault(audit_retention_days=0)
 
 
 async def backdate(vault: VaultHandle, count: int, age: timedelta, prefix: str) -> None:
