@@ -72,7 +72,8 @@ def test_the_aad_cache_is_keyed_by_key_id_and_never_lets_a_moved_value_open() ->
     # The cache is not part of the identity.
     fresh = SecretContext(ctx.secret_id, "api_key", 1)
     assert fresh == ctx and hash(fresh) == hash(ctx)
-    assert "aad" not in repr(ctx)
+    # (the random id is blanked first: its hex may spell "aad", about 1 run in 140)
+    assert "aad" not in repr(ctx).replace(ctx.secret_id, "<id>")
 
 
 def test_a_cached_row_builds_its_context_once_and_a_new_version_gets_its_own() -> None:
