@@ -391,6 +391,16 @@ async def connection(url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+async def hold_audit_events(gate: asyncpg.Connection) -> tuple[Any, int]:
+    """Lock ``audit_events`` on ``gate`` (SHARE, in a transaction the caller commits):
+    every audit write (a batch, a delete's own event) waits there. The transaction and
+    the gate's backend pid."""
+    transaction = gate.transaction()
+    await transaction.start()
+    await gate.execute("LOCK TABLE audit_events IN SHARE MODE")
+    return transaction, gate.get_server_pid()
+
+
 async def blocked_by(observer: asyncpg.Connection, pid: int) -> list[int]:
     """The backends waiting on a lock ``pid`` holds."""
     rows = await observer.fetch(
@@ -570,10 +580,7 @@ async def test_a_config_value_deleted_while_a_fold_runs_leaves_no_uses_to_its_su
         connection(url) as folding,
         connection(url) as observer,
     ):
-        gate_tx = gate.transaction()
-        await gate_tx.start()
-        await gate.execute("LOCK TABLE audit_events IN SHARE MODE")
-        gate_pid = gate.get_server_pid()
+        gate_tx, gate_pid = await hold_audit_events(gate)
 
         async def delete_host() -> None:
             await configs_admin(vault).DeleteConfigValue(cpb.DeleteConfigValueRequest(key="host"))
@@ -636,10 +643,7 @@ async def test_a_use_of_a_deleted_config_value_committed_after_its_delete_is_not
         connection(url) as gate,
         connection(url) as observer,
     ):
-        gate_tx = gate.transaction()
-        await gate_tx.start()
-        await gate.execute("LOCK TABLE audit_events IN SHARE MODE")
-        gate_pid = gate.get_server_pid()
+        gate_tx, gate_pid = await hold_audit_events(gate)
         # The resolve has read the value; its batch waits on the gate.
         old = asyncio.create_task(resolve(resolver(vault), fields, tool="old"))
 
